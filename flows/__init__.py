@@ -1,0 +1,1 @@
+"""Prefect flows users run, schedule and trigger, their deployments, and the `llmops` CLI."""

@@ -1,0 +1,208 @@
+"""The ``llmops`` command line: run the whole loop, train, serve, monitor, roll back, and run Prefect locally."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+
+def _environment_defaults() -> None:
+    """Before anything imports Prefect: our loggers in Prefect run logs, telemetry off, patient start-up."""
+    from flows.local_server import quiet_prefect_env
+
+    for key, value in {**quiet_prefect_env(), "TOKENIZERS_PARALLELISM": "false"}.items():
+        os.environ.setdefault(key, value)
+
+
+def load_config(args: argparse.Namespace):
+    """The pipeline config from ``--config FILE`` (or defaults) with every ``--set a.b=value`` applied."""
+    from infra.config import PipelineConfig
+
+    overrides = list(getattr(args, "set", None) or [])
+    if getattr(args, "config", None):
+        return PipelineConfig.from_yaml(args.config, overrides)
+    return PipelineConfig.from_dict({}, overrides, source="defaults")
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="pipeline config YAML (default: built-in defaults)")
+    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
+                   help="override one config field, e.g. --set train.max_steps=100 (repeatable)")
+
+
+def cmd_run(args) -> int:
+    from flows.demo import run_demo
+
+    return run_demo(load_config(args), keep_running=args.keep_running)
+
+
+def cmd_train(args) -> int:
+    from flows.training_pipeline import training_pipeline
+
+    config = load_config(args)
+    if args.data:
+        config = config.with_overrides([f"data.sources={[str(p) for p in args.data]!r}"])
+    report = training_pipeline(config)
+    print(f"model {report.model_name} v{report.version.version}: "
+          f"{'promoted to production' if report.promoted else 'not promoted'} — {report.evaluation.gate.reason}")
+    print(f"model card: {report.model_card_uri}\nloss curve: {report.run.loss_plot_uri}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from infra.settings import get_settings
+    from infra.store import open_store
+    from models.serving import serve
+
+    config = load_config(args)
+    serve_cfg = config.serve.model_copy(update={k: v for k, v in {
+        "host": args.host, "port": args.port, "alias": args.alias, "variant": args.variant}.items() if v is not None})
+    serve(open_store(), config.model_name, serve_cfg, Path(get_settings().cache_dir))
+    return 0
+
+
+def cmd_monitor(args) -> int:
+    from flows.offline_monitor import backfill, monitor_files
+
+    config = load_config(args)
+    if args.backfill:
+        return backfill(config, args.out, start=args.start, end=args.end)
+    if not (args.reference and args.current and args.out):
+        raise SystemExit("llmops monitor needs --reference FILE --current FILE --out DIR (or --backfill)")
+    return monitor_files(config, args.reference, args.current, args.out, model_ref=args.version,
+                         model_path=args.model_path, fail_on_alert=args.fail_on_alert)
+
+
+def cmd_rollback(args) -> int:
+    from infra.store import open_store
+    from models.registry import Registry
+
+    name = args.model or load_config(args).model_name
+    old, new = Registry(open_store(), name).rollback(args.alias, reason=args.reason)
+    print(f"{name}/{args.alias}: version {old} -> {new}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from infra.store import open_store
+    from models.registry import ALIASES, Registry
+
+    name = args.model or load_config(args).model_name
+    registry = Registry(open_store(), name)
+    aliases = {a: registry.alias(a) for a in ALIASES}
+    versions = registry.versions()
+    if not versions:
+        print(f"model {name!r} has no registered versions in {open_store().uri}")
+        return 0
+    for v in versions:
+        meta = registry.manifest(v).get("metadata", {})
+        tags = ", ".join(a for a, target in aliases.items() if target == v)
+        bpb = meta.get("test_bits_per_byte")
+        print(f"v{v}\t{'%.4f bits/byte' % bpb if bpb is not None else ''}\t{tags}")
+    return 0
+
+
+def cmd_deploy(args) -> int:
+    from flows.deployments import serve_deployments
+
+    serve_deployments(load_config(args))
+    return 0
+
+
+def cmd_up(args) -> int:
+    from flows.up import run_up
+
+    return run_up(load_config(args), host=args.host, port=args.port, config_path=args.config)
+
+
+def cmd_config(args) -> int:
+    print(load_config(args).to_yaml(), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmops", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="the main job: train, deploy, serve, monitor, alert and retrain, end to end")
+    _add_config_args(p)
+    p.add_argument("--keep-running", action="store_true", help="leave the servers up at the end (Ctrl-C stops them)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("train", help="run the training pipeline on the given sources")
+    _add_config_args(p)
+    p.add_argument("--data", nargs="+", help="files, folders, globs, s3:// prefixes, builtin:// corpora")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("serve", help="serve the production model (OpenAI-compatible /v1/completions)")
+    _add_config_args(p)
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--alias", help="registry alias to serve (default: production)")
+    p.add_argument("--variant", choices=["fp32", "int8"])
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("monitor", help="drift check between two text files, or replay stored traffic windows")
+    _add_config_args(p)
+    p.add_argument("--reference", type=Path, help="reference texts (.jsonl with {'text': ...} or .txt)")
+    p.add_argument("--current", type=Path, help="current texts, same formats")
+    p.add_argument("--out", type=Path, help="folder for drift.json, report.html and plots")
+    p.add_argument("--version", default="production", help="registry version or alias whose model scores the texts")
+    p.add_argument("--model-path", type=Path, help="a local save_pretrained folder instead of the registry")
+    p.add_argument("--fail-on-alert", action="store_true", help="exit with status 1 when the verdict is alert")
+    p.add_argument("--backfill", action="store_true", help="replay stored traffic windows through the drift check")
+    p.add_argument("--start", help="backfill from this ISO time (default: oldest traffic)")
+    p.add_argument("--end", help="backfill until this ISO time (default: now)")
+    p.set_defaults(func=cmd_monitor)
+
+    p = sub.add_parser("rollback", help="move an alias back to the version it pointed at before")
+    _add_config_args(p)
+    p.add_argument("--model", help="model name (default: the config's model_name)")
+    p.add_argument("--alias", default="production")
+    p.add_argument("--reason", default="manual rollback")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("models", help="list registered versions and aliases")
+    _add_config_args(p)
+    p.add_argument("--model")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("deploy", help="register deployments (schedules, drift trigger) with the Prefect API and serve them")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("up", help="start a local Prefect server (SQLite, UI) and serve the deployments")
+    _add_config_args(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=4200)
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("config", help="print the effective configuration as YAML")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    _environment_defaults()
+    from infra.config import ConfigError
+    from infra.store import StoreError
+    from models.ingest import IngestError
+    from models.registry import RegistryError
+    from models.tokenizer import TokenizerError
+    from models.training import TrainingError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, IngestError, RegistryError, StoreError, TokenizerError, TrainingError, FileNotFoundError) as exc:
+        print(f"llmops {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Deployment definitions: the pipeline, the scheduled drift check, and retraining on a cron and on drift events."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.events import DeploymentEventTrigger
+from prefect.schedules import Cron, Interval
+
+from flows.monitor_drift import monitor_drift
+from flows.retrain import retrain
+from flows.training_pipeline import training_pipeline
+from infra.config import PipelineConfig
+from tasks.drift import DRIFT_EVENT
+
+
+def drift_trigger(config: PipelineConfig) -> DeploymentEventTrigger:
+    """Start ``retrain`` on this model's drift events, passing the event's window and signals as parameters."""
+    return DeploymentEventTrigger(
+        name=f"retrain-{config.model_name}-on-drift",
+        description=f"Retrain {config.model_name} when monitoring emits {DRIFT_EVENT}",
+        expect={DRIFT_EVENT},
+        match={"prefect.resource.id": f"llmops.model.{config.model_name}"},
+        schedule_after=timedelta(minutes=config.schedule.retrain_delay_minutes),
+        parameters={
+            "reason": "drift",
+            "drift_event_id": "{{ event.id | string }}",
+            "drift_window": "{{ event.payload.window_start }} .. {{ event.payload.window_end }}",
+            "drift_signals": "{{ event.payload.signals }}",
+            "drift_severity": "{{ event.payload.severity }}",
+        },
+    )
+
+
+def build_deployments(config: PipelineConfig) -> list:
+    """Runner deployments carrying ``config`` as their default parameters (the UI renders it as a form)."""
+    params = {"config": config.model_dump(mode="json")}
+    sched = config.schedule
+    # One retrain at a time: a second trigger while one runs is cancelled, not queued behind it.
+    one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
+    return [
+        training_pipeline.to_deployment(
+            name="train", parameters=params, tags=["llmops"],
+            description="Run the whole training pipeline on demand.",
+        ),
+        monitor_drift.to_deployment(
+            name="monitor", parameters=params, tags=["llmops"],
+            schedules=[Interval(timedelta(minutes=sched.monitor_every_minutes), timezone=sched.timezone)]
+            if sched.monitor_every_minutes else [],
+            description="Check the latest traffic window for drift; emits llmops.drift.detected on alert.",
+        ),
+        retrain.to_deployment(
+            name="retrain", parameters={**params, "reason": "schedule"}, tags=["llmops"],
+            schedules=[Cron(sched.retrain_cron, timezone=sched.timezone)] if sched.retrain_cron else [],
+            triggers=[drift_trigger(config)], concurrency_limit=one_at_a_time,
+            description="Retrain through the gate, on a schedule and on drift.",
+        ),
+    ]
+
+
+def serve_deployments(config: PipelineConfig) -> None:
+    """Register the deployments with the configured Prefect API and run their flows here (blocks)."""
+    from prefect import serve
+
+    serve(*build_deployments(config), print_starting_message=True)

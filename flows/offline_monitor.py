@@ -1,0 +1,98 @@
+"""``llmops monitor``: drift between two text files scored by a model, and replays of stored traffic windows."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Optional
+
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from infra.config import PipelineConfig
+from infra.settings import get_settings
+from infra.store import open_store
+from infra.traffic import parse_ts
+from models.ingest_formats import read_file
+from models.profiling import reference_records
+from models.registry import Registry
+from monitoring.drift import compare_records
+from monitoring.results import DriftReport
+
+
+def read_texts(path: Path, config: PipelineConfig) -> list[str]:
+    """Texts of a .jsonl ({"text": ...}), .txt/.md or .parquet file, at most ``serve.max_prompt_chars`` each."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    texts = [c.text.strip() for c in read_file(path, label=str(path), text_field=config.data.text_field,
+                                                chunk_chars=min(config.data.chunk_chars, config.serve.max_prompt_chars))
+             if c.text and c.text.strip()]
+    texts = [t for t in texts if len(t) <= config.serve.max_prompt_chars]
+    if not texts:
+        raise ValueError(f"{path}: no usable text (field {config.data.text_field!r} for JSONL/Parquet)")
+    return texts
+
+
+def _load(config: PipelineConfig, model_ref: str, model_path: Optional[Path]):
+    if model_path is not None:
+        return (AutoModelForCausalLM.from_pretrained(model_path).eval(), AutoTokenizer.from_pretrained(model_path),
+                str(model_path), 0)
+    loaded = Registry(open_store(), config.model_name).load(model_ref, cache_dir=get_settings().cache_dir)
+    return loaded.model, loaded.tokenizer, config.model_name, loaded.version
+
+
+def print_report(report: DriftReport) -> None:
+    print(f"verdict: {report.verdict} (severity {report.severity}); {report.n_samples} current records")
+    for name, s in report.signals.items():
+        print(f"  {name:<20} PSI {s.psi:7.3f}  KL {s.kl:7.3f}  {s.test} p={s.p_value:.2e}  {s.status}")
+    for name, why in report.skipped.items():
+        print(f"  {name:<20} skipped: {why}")
+    print(f"files: {report.out_dir}/" + ", ".join(sorted(set(report.files.values()))))
+
+
+def monitor_files(config: PipelineConfig, reference: Path, current: Path, out: Path, *, model_ref: str = "production",
+                  model_path: Optional[Path] = None, fail_on_alert: bool = False) -> int:
+    """Score both files with the model as if they were served, profile the reference, check the current."""
+    from tasks.drift import serving_params, tokenize_with
+
+    model, tokenizer, name, version = _load(config, model_ref, model_path)
+    records = {}
+    for role, path in (("reference", reference), ("current", current)):
+        texts = read_texts(Path(path), config)
+        print(f"scoring {len(texts)} {role} texts from {path} with {name} v{version}...")
+        records[role] = reference_records(model, tokenizer, texts, params=serving_params(config),
+                                          model_name=name, version=version)
+    report = compare_records(records["reference"], records["current"], tokenize_with(tokenizer), config.monitor,
+                             Path(out), model_name=name, model_version=version)
+    print_report(report)
+    return 1 if fail_on_alert and report.verdict == "alert" else 0
+
+
+def backfill(config: PipelineConfig, out: Optional[Path] = None, *, start: Optional[str] = None,
+             end: Optional[str] = None) -> int:
+    """Replay stored traffic through the drift check, window by window (no events are emitted)."""
+    from monitoring.trend import trend
+    from tasks.drift import run_drift_check
+
+    store = open_store()
+    stop = parse_ts(end) if end else datetime.now(timezone.utc)
+    first = parse_ts(start) if start else _oldest_traffic(store, config.model_name)
+    if first is None:
+        print(f"no stored traffic for {config.model_name} in {store.uri}")
+        return 0
+    step = timedelta(minutes=config.monitor.window_minutes)
+    moment = first
+    while moment < stop:
+        report = run_drift_check(config, moment, min(moment + step, stop))
+        print(f"{report.window_id}: {report.verdict} ({report.n_samples} records) -> {report.out_dir}")
+        moment += step
+    result = trend(store, config.model_name, out_dir=out)
+    if out is not None:
+        print(f"trend: {Path(out) / result.files.get('table', '')}, {Path(out) / result.files.get('plot', '')}")
+    return 0
+
+
+def _oldest_traffic(store, model: str) -> Optional[datetime]:
+    keys = store.list(f"traffic/{model}")
+    if not keys:
+        return None
+    year, month, day, hour = keys[0].split("/")[2:6]
+    return datetime(int(year), int(month), int(day), int(hour), tzinfo=timezone.utc)

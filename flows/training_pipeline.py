@@ -1,0 +1,34 @@
+"""The training pipeline flow: ingest, tokenize, train, evaluate, compress, profile, register, promote."""
+from __future__ import annotations
+
+from prefect import flow
+
+from infra.config import PipelineConfig
+from models.records import PipelineReport
+from tasks.compression import quantize_model
+from tasks.drift import build_reference_profile
+from tasks.evaluation import evaluate_model
+from tasks.ingestion import ingest_data
+from tasks.registration import promote_model, register_model, reserve_version
+from tasks.tokenization import build_tokenizer_task, pack_data
+from tasks.training import train_model
+
+
+@flow(name="training-pipeline", log_prints=True)
+def training_pipeline(config: PipelineConfig = PipelineConfig()) -> PipelineReport:
+    """Train a model on ``config.data.sources`` and promote it only if it passes the gate."""
+    dataset = ingest_data(config.data, config.model_name)
+    tokenizer = build_tokenizer_task(config.tokenizer, dataset)
+    packed = pack_data(dataset, tokenizer, config.train.block_size, config.tokenizer.num_proc)
+    run = train_model(packed, tokenizer, config.model, config.train)
+    evaluation = evaluate_model(run, dataset, config.eval, config.gate, config.model_name)
+    quant = quantize_model(run, dataset, config.compress, config.eval, config.model_name)
+    number = reserve_version(config.model_name)
+    profile = build_reference_profile(run, dataset, config, number)
+    version = register_model(config, number, dataset, tokenizer, run, evaluation, quant, profile)
+    production = promote_model(version, evaluation, config.promote)
+    return PipelineReport(
+        model_name=config.model_name, dataset=dataset, tokenizer=tokenizer, run=run, evaluation=evaluation,
+        quantization=quant, version=version, promoted=production == version.version,
+        production_version=production, model_card_uri=version.uri.rsplit("/", 1)[0] + "/README.md",
+    )

@@ -1,0 +1,1 @@
+"""Settings, typed configuration and the artifact store: the layer every other package stands on."""

@@ -1,0 +1,48 @@
+"""Settings that belong to the environment (store, S3 endpoint, credentials, Prefect API), read from env vars."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Where llmops keeps things and how it reaches them.
+
+    Every field reads the environment variable ``LLMOPS_<FIELD>`` (for example
+    ``LLMOPS_STORE_URI=s3://bucket/prefix``). AWS credentials also fall back to boto3's own
+    chain (``AWS_ACCESS_KEY_ID``, profiles, instance roles) when left unset here.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="LLMOPS_", extra="ignore")
+
+    store_uri: str = Field(
+        default="llmops-store",
+        description="Artifact store: a local directory (relative to the working directory) or s3://bucket/prefix.",
+    )
+    cache_dir: Path = Field(
+        default=Path(".llmops-cache"),
+        description="Local scratch space: models downloaded from the store, built-in corpora.",
+    )
+    s3_endpoint_url: Optional[str] = Field(default=None, description="Custom S3 endpoint, e.g. MinIO's http://host:9000.")
+    s3_region: Optional[str] = Field(default=None, description="Region for the S3 client.")
+    s3_access_key_id: Optional[SecretStr] = None
+    s3_secret_access_key: Optional[SecretStr] = None
+    prefect_api_url: Optional[str] = Field(
+        default=None,
+        description="Prefect API to use; unset means Prefect's own PREFECT_API_URL or an ephemeral server.",
+    )
+
+    def __repr__(self) -> str:  # never print credentials, even by accident
+        return f"Settings(store_uri={self.store_uri!r}, s3_endpoint_url={self.s3_endpoint_url!r})"
+
+    __str__ = __repr__
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once; call ``get_settings.cache_clear()`` after changing env vars)."""
+    return Settings()

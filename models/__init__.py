@@ -1,0 +1,1 @@
+"""The model and its lifecycle in plain Python: data, tokenizer, training, evaluation, compression, registry, serving."""

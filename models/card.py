@@ -1,0 +1,84 @@
+"""The model card: a Hugging Face README.md (YAML metadata + markdown) recording lineage, training, evaluation, gate."""
+from __future__ import annotations
+
+from typing import Optional
+
+import yaml
+
+from infra.config import PipelineConfig
+from infra.markdown import markdown_table
+from models.records import DatasetRef, EvalReport, QuantReport, TokenizerRef, TrainRef
+
+
+def render_card(*, name: str, version: int, config: PipelineConfig, dataset: DatasetRef, tokenizer: TokenizerRef,
+                run: TrainRef, evaluation: EvalReport, quant: Optional[QuantReport]) -> str:
+    test = evaluation.splits.get("test")
+    metadata = {
+        "license": "mit",
+        "library_name": "transformers",
+        "pipeline_tag": "text-generation",
+        "tags": ["llmops", "causal-lm", config.model.preset],
+        "datasets": [f"{dataset.name}@{dataset.sha256[:16]}"],
+        "model-index": [{
+            "name": f"{name}-v{version}",
+            "results": [{
+                "task": {"type": "text-generation", "name": "Causal language modeling"},
+                "dataset": {"name": dataset.name, "type": dataset.name, "revision": dataset.sha256[:16], "split": "test"},
+                "metrics": [
+                    {"type": "perplexity", "value": round(test.perplexity, 4), "name": "Test perplexity"},
+                    {"type": "bits_per_byte", "value": round(test.bits_per_byte, 4), "name": "Test bits per byte"},
+                ],
+            }],
+        }] if test else [],
+    }
+    gate = evaluation.gate
+    parts = [
+        "---\n" + yaml.safe_dump(metadata, sort_keys=False) + "---",
+        f"# {name} — version {version}",
+        f"A {config.model.preset} decoder-only language model trained from scratch by llmops "
+        f"({run.parameters:,} parameters, context {config.train.block_size} tokens).",
+        "## Data lineage",
+        markdown_table(["what", "value"], [
+            ["dataset snapshot", f"`{dataset.uri}`"],
+            ["dataset sha256", f"`{dataset.sha256}`"],
+            ["sources", ", ".join(f"`{s}`" for s in dataset.sources)],
+            *[[f"{split} records", ref.records] for split, ref in dataset.splits.items()],
+            ["quarantined", ", ".join(f"{k}: {v}" for k, v in sorted(dataset.rejected.items())) or "none"],
+            ["tokenizer", f"{tokenizer.kind}, {tokenizer.vocab_size} tokens, sha256 `{tokenizer.sha256[:16]}`"],
+            ["training run", f"`{run.run_id}`"],
+        ]),
+        "## Training",
+        markdown_table(["what", "value"], [
+            ["steps", run.steps], ["tokens seen", f"{run.tokens_seen:,}"], ["wall-clock", f"{run.wall_s:.1f} s"],
+            ["device / precision", f"{run.device} / {run.precision}"],
+            ["final train loss", f"{run.final_train_loss:.4f}"],
+            ["final validation loss", f"{run.final_val_loss:.4f}" if run.final_val_loss is not None else "n/a"],
+            ["resumed from step", run.resumed_from_step if run.resumed_from_step is not None else "no"],
+            ["loss curve", f"`{run.loss_plot_uri}`"],
+        ]),
+        "Configuration:\n\n```yaml\n" + yaml.safe_dump(
+            {"model": config.model.model_dump(), "train": config.train.model_dump()}, sort_keys=False) + "```",
+        "## Evaluation",
+        markdown_table(["split", "documents", "tokens", "loss (nats/token)", "perplexity", "bits/byte"], [
+            [s.split, s.documents, s.tokens, f"{s.loss:.4f}", f"{s.perplexity:.2f}", f"{s.bits_per_byte:.4f}"]
+            for s in evaluation.splits.values()
+        ]),
+        "## Gate decision",
+        f"**{'promoted' if gate.promote else 'not promoted'}** — {gate.reason}",
+        "## Samples",
+        markdown_table(["setting", "prompt", "completion"], [
+            [s.setting, s.prompt, s.completion]
+            for s in evaluation.samples
+        ]),
+    ]
+    if quant:
+        parts += ["## Compression", markdown_table(["variant", "bytes", "bits/byte", "latency (ms, 16 tokens)"], [
+            ["fp32", f"{quant.fp32_bytes:,}", f"{quant.fp32_bits_per_byte:.4f}", f"{quant.fp32_latency_ms:.1f}"],
+            ["int8", f"{quant.int8_bytes:,}", f"{quant.int8_bits_per_byte:.4f}", f"{quant.int8_latency_ms:.1f}"],
+        ]), f"int8 servable: {'yes' if quant.servable else 'no'} (bits/byte increase {quant.bpb_increase:+.4f})."]
+    parts += [
+        "## Intended use and limitations",
+        "A small model trained on the sources above, for the text they contain. It has not been "
+        "evaluated for safety or factuality and should not be used to make decisions about people.",
+    ]
+    return "\n\n".join(parts) + "\n"

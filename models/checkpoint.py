@@ -1,0 +1,145 @@
+"""Resumable training checkpoints in the artifact store: model, optimizer, RNG and data position, atomic, last K kept."""
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_model, save_model
+
+from infra.store import ArtifactStore
+
+log = logging.getLogger("llmops.checkpoint")
+
+
+class TrainerState(BaseModel):
+    """Where a run stands; with the tensors beside it, enough to continue as if never stopped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    step: int = 0
+    epoch: int = 0
+    cursor: int = 0  # next position in this epoch's permutation of the training blocks
+    tokens_seen: int = 0
+    elapsed_s: float = 0.0  # training wall-clock so far, across restarts (drives time-budgeted schedules)
+    last_val_loss: Optional[float] = None
+    python_rng: Optional[list] = Field(None, repr=False)
+    numpy_rng: Optional[dict] = Field(None, repr=False)
+
+
+def capture_rng(state: TrainerState) -> dict[str, torch.Tensor]:
+    """Record Python/NumPy RNG in ``state``; return torch RNG tensors to save beside it."""
+    version, internal, gauss = random.getstate()
+    state.python_rng = [version, list(internal), gauss]
+    state.numpy_rng = _jsonable(np.random.get_state(legacy=False))
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{i}"] = s
+    return tensors
+
+
+def restore_rng(state: TrainerState, tensors: dict[str, torch.Tensor]) -> None:
+    if state.python_rng:
+        version, internal, gauss = state.python_rng
+        random.setstate((version, tuple(internal), gauss))
+    if state.numpy_rng:
+        np.random.set_state(state.numpy_rng)
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+class Checkpointer:
+    """Checkpoints under ``<prefix>/step-<n>/``; a checkpoint exists once its manifest.json does.
+
+    ``<prefix>/latest.json`` names the newest complete checkpoint. A crash mid-save leaves an
+    incomplete folder without a manifest, which is ignored (and overwritten on the next save).
+    """
+
+    def __init__(self, store: ArtifactStore, prefix: str, keep: int = 2):
+        self.store, self.prefix, self.keep = store, prefix.rstrip("/"), keep
+
+    def _dir(self, step: int) -> str:
+        return f"{self.prefix}/step-{step:08d}"
+
+    def save(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: TrainerState,
+             scaler: Optional[torch.amp.GradScaler] = None, files: Optional[dict[str, Path]] = None) -> str:
+        """Save a checkpoint at ``state.step``; ``files`` (name -> local path) travel with it."""
+        rng = capture_rng(state)
+        extra = {"optimizer": optimizer.state_dict()}
+        if scaler is not None and scaler.is_enabled():
+            extra["scaler"] = scaler.state_dict()
+        key = self._dir(state.step)
+        with tempfile.TemporaryDirectory() as tmp:
+            save_model(model, f"{tmp}/model.safetensors")
+            torch.save(extra, f"{tmp}/optimizer.pt")
+            torch.save(rng, f"{tmp}/rng.pt")
+            for name, path in (files or {}).items():
+                if Path(path).exists():
+                    shutil.copyfile(path, f"{tmp}/{name}")
+            hashes = self.store.upload_dir(tmp, key)
+        self.store.put_json(f"{key}/trainer_state.json", state.model_dump(mode="json"))
+        self.store.put_json(f"{key}/manifest.json", {"step": state.step, "files": hashes})
+        self.store.put_json(f"{self.prefix}/latest.json", {"step": state.step, "key": key})
+        self._prune()
+        log.info("checkpoint at step %d -> %s", state.step, self.store.uri_for(key))
+        return self.store.uri_for(key)
+
+    def steps(self) -> list[int]:
+        """Steps of complete checkpoints, oldest first."""
+        found = set()
+        for key in self.store.list(self.prefix):
+            parent, _, name = key.rpartition("/")
+            if name == "manifest.json" and parent.rsplit("/", 1)[-1].startswith("step-"):
+                found.add(int(parent.rsplit("-", 1)[-1]))
+        return sorted(found)
+
+    def _prune(self) -> None:
+        for step in self.steps()[:-self.keep]:
+            # manifest first: the checkpoint stops existing before its files go
+            self.store.delete(f"{self._dir(step)}/manifest.json")
+            for key in self.store.list(self._dir(step)):
+                self.store.delete(key)
+
+    def latest(self) -> Optional[int]:
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def load(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             scaler: Optional[torch.amp.GradScaler], device: torch.device,
+             files: Optional[dict[str, Path]] = None) -> TrainerState:
+        """Load checkpoint ``step`` into the given objects, restore RNG and the saved ``files``."""
+        key = self._dir(step)
+        with tempfile.TemporaryDirectory() as tmp:
+            local = self.store.download_dir(key, Path(tmp))
+            for name, dest in (files or {}).items():
+                if (local / name).exists():
+                    Path(dest).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(local / name, dest)
+            load_model(model, str(local / "model.safetensors"), device=str(device))
+            extra = torch.load(local / "optimizer.pt", map_location=device, weights_only=True)
+            rng = torch.load(local / "rng.pt", weights_only=True)
+        optimizer.load_state_dict(extra["optimizer"])
+        if scaler is not None and "scaler" in extra:
+            scaler.load_state_dict(extra["scaler"])
+        state = TrainerState.model_validate(self.store.get_json(f"{key}/trainer_state.json"))
+        restore_rng(state, rng)
+        return state

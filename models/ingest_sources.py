@@ -1,0 +1,194 @@
+"""Ingest sources: paths, globs, s3://, saved datasets, builtin:// and traffic:// resolved to readable units."""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from functools import partial
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+from urllib.parse import parse_qs, urlsplit
+
+from infra.config import DataConfig
+from infra.store import ArtifactStore, StoreError, open_store
+from models.corpus import BUILTIN_CORPORA
+from models.ingest_formats import (
+    SUFFIXES, Candidate, IngestError, dataset_records, is_saved_dataset, jsonl_records, read_file,
+)
+
+logger = logging.getLogger("llmops.ingest")
+
+TRAFFIC_FIELD = "prompt"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One readable piece of a source (a file, an S3 object, a saved dataset, a corpus, a traffic log)."""
+
+    label: str
+    read: Callable[[], Iterator[Candidate]]
+
+
+def resolve_source(spec: str, cfg: DataConfig, store: ArtifactStore, *, model_name: str,
+                   cache_dir: Path, now: Optional[datetime] = None) -> list[Unit]:
+    """The units ``spec`` names, in a deterministic order; structural problems raise ``IngestError``.
+
+    Args:
+        spec: One entry of ``cfg.sources``.
+        cfg: The data configuration (text field, chunk size, traffic window).
+        store: The artifact store ``traffic://`` reads from.
+        model_name: The model whose traffic a bare ``traffic://`` means.
+        cache_dir: Where S3 objects and built-in corpora are cached.
+        now: The end of the traffic window (default: the current time).
+    """
+    scheme = spec.split("://", 1)[0].lower() if "://" in spec else ""
+    if scheme == "builtin":
+        return [_builtin_unit(spec, cache_dir)]
+    if scheme == "traffic":
+        return _traffic_units(spec, store, model_name, cfg, now or datetime.now(timezone.utc))
+    if scheme == "s3":
+        return _s3_units(spec, cfg, cache_dir)
+    if scheme in ("", "file"):
+        return _local_units(spec.removeprefix("file://"), cfg)
+    raise IngestError(f"source {spec!r}: unknown scheme {scheme + '://'!r}; "
+                      "use a path, s3://, builtin:// or traffic://")
+
+
+def _file_unit(path: Path, cfg: DataConfig, label: Optional[str] = None) -> Unit:
+    # Records of a text file never exceed max_chars merely because the chunk size was set higher.
+    chunk = min(cfg.chunk_chars, cfg.max_chars)
+    label = label or str(path)
+    return Unit(label, partial(read_file, path, label=label, text_field=cfg.text_field, chunk_chars=chunk))
+
+
+def _local_units(spec: str, cfg: DataConfig) -> list[Unit]:
+    if glob.has_magic(spec):
+        paths = sorted(Path(p) for p in glob.glob(spec, recursive=True))
+        if not paths:
+            raise IngestError(f"source {spec!r}: the pattern matches no files")
+        return [unit for path in paths for unit in _path_units(path, cfg, spec)]
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise IngestError(f"source {spec!r}: {path} does not exist")
+    return _path_units(path, cfg, spec)
+
+
+def _path_units(path: Path, cfg: DataConfig, spec: str) -> list[Unit]:
+    if is_saved_dataset(path):
+        return [Unit(str(path), partial(dataset_records, path, cfg.text_field))]
+    if path.is_file():
+        if path.suffix.lower() not in SUFFIXES:
+            raise IngestError(f"source {spec!r}: {path} has unsupported type {path.suffix or '(none)'!r}; "
+                              f"use one of {', '.join(SUFFIXES)}, a folder or a saved dataset")
+        return [_file_unit(path, cfg)]
+    units = _folder_units(path, cfg)
+    if not units:
+        raise IngestError(f"source {spec!r}: folder {path} holds no {'/'.join(SUFFIXES)} files or saved datasets")
+    return units
+
+
+def _folder_units(root: Path, cfg: DataConfig) -> list[Unit]:
+    units = []
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        if is_saved_dataset(here):  # its .arrow shards are read through `datasets`, not as files
+            units.append(Unit(str(here), partial(dataset_records, here, cfg.text_field)))
+            dirs.clear()
+            continue
+        # Hidden folders and files (.git, .ipynb_checkpoints) are tool state, not corpus.
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        units += [_file_unit(here / name, cfg) for name in sorted(files)
+                  if not name.startswith(".") and name.lower().endswith(SUFFIXES)]
+    return units
+
+
+def _s3_units(spec: str, cfg: DataConfig, cache_dir: Path) -> list[Unit]:
+    base = spec.rstrip("/")
+    if base.lower().endswith(SUFFIXES):  # one object: list its folder, keep it
+        parent, _, name = base.rpartition("/")
+        if parent == "s3:/":
+            raise IngestError(f"source {spec!r}: an S3 source looks like s3://bucket/prefix")
+        names = [name]
+        base = parent
+    else:
+        names = None
+    try:
+        bucket_store = open_store(base)
+        keys = bucket_store.list("")
+    except (StoreError, ValueError) as exc:
+        raise IngestError(f"source {spec!r}: cannot list S3 objects: {exc}") from None
+    keys = [k for k in keys if k.lower().endswith(SUFFIXES) and (names is None or k in names)]
+    if not keys:
+        raise IngestError(f"source {spec!r}: no {'/'.join(SUFFIXES)} objects under this S3 prefix")
+    local = Path(cache_dir) / "s3" / base[len("s3://"):]
+    return [Unit(f"{base}/{key}", partial(_read_s3, bucket_store, key, local / key, cfg, f"{base}/{key}"))
+            for key in keys]
+
+
+def _read_s3(store: ArtifactStore, key: str, dest: Path, cfg: DataConfig, label: str) -> Iterator[Candidate]:
+    try:
+        store.get_file(key, dest)
+    except StoreError as exc:
+        raise IngestError(f"{label}: download failed: {exc}") from None
+    return _file_unit(dest, cfg, label).read()
+
+
+def _builtin_unit(spec: str, cache_dir: Path) -> Unit:
+    parts = urlsplit(spec)
+    corpus = BUILTIN_CORPORA.get(parts.netloc)
+    if corpus is None or parts.path.strip("/"):
+        known = ", ".join(f"builtin://{name}" for name in BUILTIN_CORPORA)
+        raise IngestError(f"source {spec!r}: unknown built-in corpus; known: {known}")
+    max_bytes = _max_bytes(spec, parse_qs(parts.query))
+    return Unit(spec, partial(_read_builtin, corpus, max_bytes, Path(cache_dir) / "corpus"))
+
+
+def _max_bytes(spec: str, query: dict[str, list[str]]) -> Optional[int]:
+    unknown = set(query) - {"max_bytes"}
+    if unknown:
+        raise IngestError(f"source {spec!r}: unknown option(s) {sorted(unknown)}; only max_bytes is understood")
+    if "max_bytes" not in query:
+        return None
+    value = query["max_bytes"][-1]
+    if not value.isdigit() or int(value) < 1:
+        raise IngestError(f"source {spec!r}: max_bytes must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _read_builtin(corpus, max_bytes: Optional[int], cache_dir: Path) -> Iterator[Candidate]:
+    for doc in corpus(max_bytes, cache_dir=cache_dir):
+        yield Candidate(doc.path, doc.line, doc.text)
+
+
+def _traffic_units(spec: str, store: ArtifactStore, model_name: str, cfg: DataConfig, now: datetime) -> list[Unit]:
+    parts = urlsplit(spec)
+    if parts.path.strip("/") or parts.query:
+        raise IngestError(f"source {spec!r}: a traffic source looks like traffic:// or traffic://<model>")
+    model = parts.netloc or model_name
+    prefix = f"traffic/{model}"
+    try:
+        keys = store.list(prefix)
+    except ValueError as exc:
+        raise IngestError(f"source traffic://{model}: not a valid model name ({exc})") from None
+    # A whole hour's folder is read if any of it falls inside the window.
+    since = now - timedelta(days=cfg.traffic_days, hours=1)
+    picked = [k for k in keys if k.endswith(".jsonl") and _in_window(k, prefix, since)]
+    logger.info("traffic://%s: %d of %d log files within the last %d days",
+                model, len(picked), len(keys), cfg.traffic_days)
+    return [Unit(store.uri_for(k), partial(_read_traffic, store, k)) for k in picked]
+
+
+def _in_window(key: str, prefix: str, since: datetime) -> bool:
+    parts = key[len(prefix) + 1:].split("/")
+    try:
+        hour = datetime(*map(int, parts[:4]), tzinfo=timezone.utc)
+    except (TypeError, ValueError):
+        logger.warning("ignoring %s: not under traffic/<model>/<yyyy>/<mm>/<dd>/<hh>/", key)
+        return False
+    return hour > since
+
+
+def _read_traffic(store: ArtifactStore, key: str) -> Iterator[Candidate]:
+    return jsonl_records(store.get_bytes(key), TRAFFIC_FIELD, store.uri_for(key))

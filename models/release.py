@@ -1,0 +1,59 @@
+"""Releasing a trained run: register it as a version with card and profile, smoke-test it, promote through the gate."""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Optional
+
+from infra.config import PipelineConfig
+from infra.store import ArtifactStore
+from models.card import render_card
+from models.generation import SamplingParams, complete
+from models.records import DatasetRef, EvalReport, ModelVersionRef, QuantReport, TokenizerRef, TrainRef
+from models.registry import Registry, RegistryError
+from models.runs import download_run_model
+
+log = logging.getLogger("llmops.release")
+
+
+def register_candidate(store: ArtifactStore, config: PipelineConfig, *, version: int, dataset: DatasetRef,
+                       tokenizer: TokenizerRef, run: TrainRef, evaluation: EvalReport, quant: Optional[QuantReport],
+                       reference_profile: Optional[str], cache_dir: Path) -> ModelVersionRef:
+    """Fill the reserved ``version`` with the model, its card, eval report, reference profile and int8 variant."""
+    registry = Registry(store, config.model_name)
+    card = render_card(name=config.model_name, version=version, config=config, dataset=dataset,
+                       tokenizer=tokenizer, run=run, evaluation=evaluation, quant=quant)
+    files: dict = {"README.md": card, "eval.json": store.get_bytes(store.key_for(evaluation.uri)),
+                   "pipeline_config.yaml": config.to_yaml()}
+    if reference_profile is not None:
+        files["reference_profile.json"] = reference_profile
+    variants = {}
+    if quant is not None and quant.servable:
+        variants["int8"] = cache_dir / "runs" / run.run_id / "int8-download"
+        store.download_dir(store.key_for(quant.uri), variants["int8"])
+    metadata = {
+        "run_id": run.run_id, "dataset": dataset.uri, "dataset_sha256": dataset.sha256,
+        "tokenizer_sha256": tokenizer.sha256, "gate": evaluation.gate.model_dump(),
+        "test_bits_per_byte": evaluation.splits["test"].bits_per_byte,
+    }
+    return registry.register(download_run_model(store, run, cache_dir), version=version, files=files,
+                             variants=variants, metadata=metadata)
+
+
+def smoke_test(store: ArtifactStore, name: str, version: int, cache_dir: Path) -> str:
+    """Load the registered version exactly as the server will and generate a few tokens."""
+    loaded = Registry(store, name).load(version, cache_dir=cache_dir)
+    completion = complete(loaded.model, loaded.tokenizer, ["The"], SamplingParams(max_new_tokens=4, do_sample=False))[0][0]
+    if not math.isfinite(completion.mean_logprob):
+        raise RegistryError(f"{name} version {version} failed its smoke test: log-prob {completion.mean_logprob}")
+    return completion.text
+
+
+def release(store: ArtifactStore, name: str, version: int, promote: bool, reason: str) -> Optional[int]:
+    """Point staging at the new version, and production too when the gate passed; return production's version."""
+    registry = Registry(store, name)
+    registry.set_alias("staging", version, reason)
+    if promote:
+        registry.set_alias("production", version, reason)
+    return registry.alias("production")

@@ -1,0 +1,1 @@
+"""Drift monitoring in plain Python: signals, reference profiles, statistics, reports, alert policy."""

@@ -1,0 +1,201 @@
+"""The drift check of one window: extract signals, compare with the reference profile, judge, write the files."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from infra.config import MonitorConfig
+from monitoring import policy, report, stats
+from monitoring.profile import CategoricalProfile, ContinuousProfile, ReferenceProfile, build_profile
+from monitoring.results import DriftReport, SignalResult, SignalStats
+from monitoring.signals import SIGNALS, Extraction, Tokenize, extract
+from infra.traffic import read_jsonl_file, window_id as make_window_id
+
+
+def _interval_labels(edges: list[float]) -> list[str]:
+    if not edges:
+        return ["(-inf, inf)"]
+    inner = [f"({a:.4g}, {b:.4g}]" for a, b in zip(edges[:-1], edges[1:])]
+    return [f"<= {edges[0]:.4g}", *inner, f"> {edges[-1]:.4g}"]
+
+
+def continuous_stats(name: str, prof: ContinuousProfile, values: np.ndarray, missing: int, pseudo: float) -> SignalStats:
+    """PSI/KL/JS on the profile's bins and KS against its sample, for one continuous signal."""
+    ref_counts = np.asarray(prof.counts)
+    cur_counts = stats.bin_counts(values, np.asarray(prof.edges))
+    div = stats.divergences(ref_counts, cur_counts, pseudo)
+    test = stats.ks_test(np.asarray(prof.sample), values)
+    return SignalStats(
+        name=name, kind="continuous", n_reference=prof.stats.n, n_current=int(values.size), missing=missing,
+        psi=float(div["psi"]), kl=float(div["kl"]), js=float(div["js"]),
+        psi_noise_floor=stats.psi_noise_floor(ref_counts.size, prof.stats.n, values.size),
+        test="ks", statistic=test.statistic, p_value=test.p_value, effect_size=test.effect_size,
+        effect_size_name="ks_d", bins=_interval_labels(prof.edges), reference_counts=ref_counts.tolist(),
+        current_counts=cur_counts.tolist(), reference_mean=prof.stats.mean, current_mean=float(values.mean()),
+    )
+
+
+def categorical_stats(name: str, prof: CategoricalProfile, values: np.ndarray, missing: int, pseudo: float) -> SignalStats:
+    """PSI/KL/JS and the chi-square test of homogeneity on the profile's categories."""
+    ref_counts = np.asarray(prof.counts)
+    cur_counts = stats.category_counts(values, prof.categories)
+    div = stats.divergences(ref_counts, cur_counts, pseudo)
+    test = stats.chi2_test(ref_counts, cur_counts)
+    return SignalStats(
+        name=name, kind="categorical", n_reference=int(ref_counts.sum()), n_current=int(values.size),
+        missing=missing, psi=float(div["psi"]), kl=float(div["kl"]), js=float(div["js"]),
+        psi_noise_floor=stats.psi_noise_floor(ref_counts.size, int(ref_counts.sum()), values.size),
+        test="chi2", statistic=test.statistic, p_value=test.p_value, effect_size=test.effect_size,
+        effect_size_name="cramers_v", bins=list(prof.categories), reference_counts=ref_counts.tolist(),
+        current_counts=cur_counts.tolist(),
+    )
+
+
+def measure(profile: ReferenceProfile, extraction: Extraction, cfg: MonitorConfig) -> tuple[dict[str, SignalStats], dict[str, str]]:
+    """Statistics for every profiled signal with enough values; the others with the reason they were skipped."""
+    measured, skipped = {}, {n: f"not in the reference profile: {r}" for n, r in profile.skipped.items()}
+    for name in profile.signals:
+        values = extraction.get(name)
+        if values is None:
+            skipped[name] = extraction.skipped.get(name, "no values")
+        elif values.size < cfg.min_samples:
+            skipped[name] = f"only {values.size} values in the window (min_samples={cfg.min_samples})"
+        elif name in profile.continuous:
+            measured[name] = continuous_stats(name, profile.continuous[name], values,
+                                              extraction.missing.get(name, 0), cfg.smoothing)
+        else:
+            measured[name] = categorical_stats(name, profile.categorical[name], values,
+                                               extraction.missing.get(name, 0), cfg.smoothing)
+    return measured, skipped
+
+
+def judge(measured: Mapping[str, SignalStats], cfg: MonitorConfig) -> dict[str, SignalResult]:
+    """Apply the policy: correct p-values over every signal tested, then a status per signal."""
+    adjusted = policy.adjust_p_values({n: s.p_value for n, s in measured.items()}, cfg.correction)
+    results = {}
+    for name, s in measured.items():
+        warn, alert = policy.thresholds_for(name, cfg)
+        effect = policy.psi_effect(s.psi, s.psi_noise_floor, cfg.psi_debias)
+        status = policy.signal_status(effect, adjusted[name], psi_warn=warn, psi_alert=alert, alpha=cfg.alpha)
+        results[name] = SignalResult(**s.model_dump(), status=status, report_only=name in cfg.report_only_signals,
+                                     psi_effect=effect, p_adjusted=adjusted[name],
+                                     significant=adjusted[name] < cfg.alpha, psi_warn=warn, psi_alert=alert)
+    return results
+
+
+def validate_config(cfg: MonitorConfig) -> None:
+    """Signal names in the config must exist: a typo would otherwise silently alert on latency."""
+    named = set(cfg.report_only_signals) | set(cfg.signal_thresholds)
+    unknown = sorted(named - set(SIGNALS))
+    if unknown:
+        raise ValueError(f"monitor config names unknown signal(s) {unknown}; known: {sorted(SIGNALS)}")
+
+
+def check_window(profile: ReferenceProfile, records: Sequence[dict], tokenize: Optional[Tokenize],
+                 cfg: MonitorConfig, out_dir: Path, *, window_id: Optional[str] = None,
+                 start: Optional[datetime] = None, end: Optional[datetime] = None,
+                 notes: Sequence[str] = ()) -> DriftReport:
+    """Check one traffic window against a reference profile and write its files to ``out_dir``.
+
+    Files: report.html/report.json (Evidently, when ``cfg.evidently_report`` and a signal was
+    tested), hist_<signal>.png for moved signals, summary.md, and drift.json, written last: a
+    reader trusts a window folder only once drift.json is there.
+
+    Args:
+        profile: The production model's reference profile.
+        records: The window's traffic records (contract format).
+        tokenize: The served tokenizer, batch form; None skips ``token_frequency``.
+        cfg: Thresholds and policy.
+        out_dir: Local folder for the files (created).
+        window_id: Name of the window (default: derived from start/end or the current time).
+        start: Window start, recorded in the report.
+        end: Window end, recorded in the report.
+        notes: Extra lines for the report (e.g. malformed traffic lines).
+    """
+    validate_config(cfg)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "drift.json").unlink(missing_ok=True)  # a rerun's folder is untrusted until its drift.json lands
+    created = datetime.now(timezone.utc)
+    extraction = extract(records, tokenize, signals=profile.signals)
+    if len(records) < cfg.min_samples:
+        measured = {}
+        skipped = {n: f"window has {len(records)} records (min_samples={cfg.min_samples})" for n in profile.signals}
+    else:
+        measured, skipped = measure(profile, extraction, cfg)
+    results = judge(measured, cfg)
+    decision = policy.window_verdict(results, len(records), cfg)
+    files, problems = _write_companions(profile, extraction, results, cfg, out_dir)
+    drift = DriftReport(
+        window_id=window_id or _default_window_id(start, end, created), model_name=profile.model_name,
+        model_version=profile.model_version, start=start, end=end, created_at=created,
+        verdict=decision.verdict, severity=decision.severity, n_samples=len(records), min_samples=cfg.min_samples,
+        alerting=decision.alerting, warning=decision.warning, signals=results, skipped=skipped,
+        correction=cfg.correction, alpha=cfg.alpha, n_tests=len(results), notes=[*notes, *problems],
+        out_dir=str(out_dir.resolve()), files=files,
+    )
+    (out_dir / "summary.md").write_text(report.render_summary(drift), encoding="utf-8")
+    _write_atomic(out_dir / "drift.json", drift.model_dump_json(indent=2))
+    return drift
+
+
+def _write_companions(profile: ReferenceProfile, extraction: Extraction, results: dict[str, SignalResult],
+                      cfg: MonitorConfig, out_dir: Path) -> tuple[dict[str, str], list[str]]:
+    """Evidently's report and the histograms: (role -> file name incl. the two written last, problems)."""
+    files, problems = {}, []
+    if cfg.evidently_report and results:
+        try:
+            files.update(report.write_evidently_report(profile, extraction, list(results), out_dir))
+        except Exception as exc:  # a third-party companion report must not cost us the verdict
+            problems.append(f"Evidently report not written: {type(exc).__name__}: {exc}")
+    files.update(report.write_histograms(results, out_dir))
+    return {**files, "summary": "summary.md", "drift": "drift.json"}, problems
+
+
+def _default_window_id(start: Optional[datetime], end: Optional[datetime], created: datetime) -> str:
+    if start and end:
+        return make_window_id(start, end)
+    return f"adhoc-{created:%Y%m%dT%H%M%SZ}"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def compare_records(reference: Sequence[dict], current: Sequence[dict], tokenize: Optional[Tokenize],
+                    cfg: MonitorConfig, out_dir: Path, *, model_name: str = "adhoc", model_version: int = 0) -> DriftReport:
+    """Build a profile from one set of records and check another against it (``llmops monitor``)."""
+    profile = build_profile(reference, tokenize, cfg, model_name=model_name, model_version=model_version)
+    return check_window(profile, current, tokenize, cfg, out_dir)
+
+
+def load_reference(path: Path, tokenize: Optional[Tokenize], cfg: MonitorConfig) -> ReferenceProfile:
+    """A reference from a file: a saved profile (.json) or traffic-format records (.jsonl) to profile."""
+    path = Path(path)
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise FileNotFoundError(f"no reference profile at {path}")
+        return ReferenceProfile.from_json(path.read_bytes())
+    records = read_jsonl_file(path)
+    if records.malformed:
+        raise ValueError(f"reference {path}: {len(records.malformed)} malformed line(s), first: {records.malformed[0]}")
+    return build_profile(records, tokenize, cfg, model_name=path.stem, model_version=0)
+
+
+def check_files(reference: Path, current: Path, tokenize: Optional[Tokenize], cfg: MonitorConfig, out_dir: Path) -> DriftReport:
+    """``llmops monitor --reference FILE --current FILE``: reference profile (.json) or records (.jsonl) vs records."""
+    profile = load_reference(reference, tokenize, cfg)
+    records = read_jsonl_file(current)
+    notes = [f"skipped {len(records.malformed)} malformed line(s) of {current}; first: {records.malformed[0]}"] if records.malformed else []
+    return check_window(profile, records, tokenize, cfg, out_dir, window_id=f"file-{Path(current).stem}", notes=notes)
+
+
+def load_report(text: str | bytes) -> DriftReport:
+    """Parse a drift.json (e.g. read back from the store)."""
+    return DriftReport.model_validate(json.loads(text))

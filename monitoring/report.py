@@ -1,0 +1,142 @@
+"""Report files of a window: Evidently's HTML/JSON (the only Evidently import), PNG histograms, markdown summary."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Mapping, Optional
+
+import numpy as np
+
+from monitoring.profile import ReferenceProfile
+from monitoring.results import DriftReport, SignalResult
+from monitoring.signals import OTHER, SIGNALS, Extraction
+from monitoring.stats import category_counts
+
+EVIDENTLY_SAMPLE = 5000  # rows per side handed to Evidently: a visual companion, drift.json is authoritative
+EVIDENTLY_METHOD = {"continuous": "psi", "categorical": "chisquare"}
+
+
+def _expand_counts(categories: list[str], counts: list[int], size: int) -> np.ndarray:
+    """A sample of at most ``size`` category labels with the proportions of ``counts``."""
+    counts_arr = np.asarray(counts, dtype=np.float64)
+    scale = min(1.0, size / max(counts_arr.sum(), 1.0))
+    return np.repeat(np.array(categories, dtype=object), np.round(counts_arr * scale).astype(np.int64))
+
+
+def _subsample(values: np.ndarray, size: int) -> np.ndarray:
+    if values.size <= size:
+        return values
+    return values[np.random.default_rng(0).choice(values.size, size=size, replace=False)]
+
+
+def _current_column(profile: ReferenceProfile, name: str, values: np.ndarray) -> np.ndarray:
+    if name in profile.continuous:
+        return _subsample(values, EVIDENTLY_SAMPLE)
+    categories = profile.categorical[name].categories
+    # Bucket current values into the reference categories so Evidently compares the same buckets.
+    index = np.repeat(np.arange(len(categories)), category_counts(values, categories))
+    return np.array(categories, dtype=object)[_subsample(index, EVIDENTLY_SAMPLE)]
+
+
+def evidently_frames(profile: ReferenceProfile, extraction: Extraction, signals: list[str]):
+    """(reference DataFrame, current DataFrame, Evidently DataDefinition, per-column method).
+
+    Columns have different lengths (token occurrences vs records): shorter ones are padded with
+    NaN, which Evidently drops per column before its tests.
+    """
+    import pandas as pd
+    from evidently import DataDefinition
+
+    reference, current = {}, {}
+    for name in signals:
+        if name in profile.continuous:
+            reference[name] = pd.Series(profile.continuous[name].sample, dtype="float64")
+        else:
+            cat = profile.categorical[name]
+            reference[name] = pd.Series(_expand_counts(cat.categories, cat.counts, EVIDENTLY_SAMPLE), dtype=object)
+        current[name] = pd.Series(_current_column(profile, name, extraction[name]),
+                                  dtype="float64" if name in profile.continuous else object)
+    definition = DataDefinition(numerical_columns=[n for n in signals if n in profile.continuous],
+                                categorical_columns=[n for n in signals if n in profile.categorical])
+    methods = {n: EVIDENTLY_METHOD[SIGNALS[n].kind] for n in signals}
+    return pd.DataFrame(reference), pd.DataFrame(current), definition, methods
+
+
+def write_evidently_report(profile: ReferenceProfile, extraction: Extraction, signals: list[str], out_dir: Path) -> dict[str, str]:
+    """Write Evidently's DataDriftPreset report (report.html, report.json) of reference sample vs window.
+
+    Returns:
+        ``{"report_html": "report.html", "report_json": "report.json"}`` (names inside ``out_dir``).
+    """
+    from evidently import Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    ref_df, cur_df, definition, methods = evidently_frames(profile, extraction, signals)
+    report = Report(metrics=[DataDriftPreset(per_column_method=methods)])
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+        # Evidently's chisquare divides by a zero expected count when a category is new in the window.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        snapshot = report.run(current_data=Dataset.from_pandas(cur_df, data_definition=definition),
+                              reference_data=Dataset.from_pandas(ref_df, data_definition=definition))
+    snapshot.save_html(str(out_dir / "report.html"))
+    snapshot.save_json(str(out_dir / "report.json"))
+    return {"report_html": "report.html", "report_json": "report.json"}
+
+
+def write_histograms(signals: Mapping[str, SignalResult], out_dir: Path) -> dict[str, str]:
+    """One PNG per moved signal (warn/alert): reference vs current proportions on the fixed bins."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg is used for PNG
+
+    files = {}
+    for name, result in signals.items():
+        if result.status == "ok":
+            continue
+        ref = np.asarray(result.reference_counts, float) / max(sum(result.reference_counts), 1)
+        cur = np.asarray(result.current_counts, float) / max(sum(result.current_counts), 1)
+        x = np.arange(len(result.bins))
+        fig = Figure(figsize=(max(6.0, 0.35 * len(x)), 3.6), layout="constrained")
+        ax = fig.subplots()
+        ax.bar(x - 0.2, ref, width=0.4, label=f"reference (n={result.n_reference})")
+        ax.bar(x + 0.2, cur, width=0.4, label=f"current (n={result.n_current})")
+        ax.set_xticks(x, [b.replace(OTHER, "other") for b in result.bins], rotation=60, fontsize=7, ha="right")
+        ax.set_ylabel("share")
+        ax.set_title(f"{name}: {result.status}, PSI {result.psi:.3f}, {result.test} p={result.p_value:.2g}")
+        ax.legend(fontsize=8)
+        fig.savefig(out_dir / f"hist_{name}.png", dpi=90)
+        files[f"hist_{name}"] = f"hist_{name}.png"
+    return files
+
+
+def _row(result: SignalResult) -> str:
+    status = result.status + (" (report only)" if result.report_only else "")
+    return (f"| {result.name} | {status} | {result.psi:.4f} | {result.psi_noise_floor:.4f} | {result.kl:.4f} | {result.js:.4f} | {result.test} "
+            f"| {result.statistic:.4g} | {result.p_value:.3g} | {result.p_adjusted:.3g} "
+            f"| {result.effect_size_name}={result.effect_size:.3f} | {result.n_current} |")
+
+
+def render_summary(report: DriftReport, link_base: Optional[str] = None) -> str:
+    """The markdown summary (for summary.md and the orchestrator's artifact).
+
+    Args:
+        report: The window's report.
+        link_base: Prefix for file links (e.g. the window folder's store URI); default relative names.
+    """
+    base = (link_base.rstrip("/") + "/") if link_base else ""
+    lines = [
+        f"# Drift check `{report.window_id}`: **{report.verdict}** (severity {report.severity})",
+        "",
+        f"Model `{report.model_name}` v{report.model_version}; {report.n_samples} records "
+        f"(min {report.min_samples}); {report.correction} over {report.n_tests} tests at alpha={report.alpha}.",
+        f"Alerting: {', '.join(report.alerting) or 'none'}. Warning: {', '.join(report.warning) or 'none'}.",
+        "",
+        "| signal | status | PSI | PSI noise | KL(cur‖ref) | JS | test | statistic | p | p adj. | effect size | n |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *(_row(r) for r in report.signals.values()),
+    ]
+    if report.skipped:
+        lines += ["", "Not tested: " + "; ".join(f"{k} ({v})" for k, v in report.skipped.items())]
+    if report.notes:
+        lines += ["", *(f"- {note}" for note in report.notes)]
+    if report.files:
+        lines += ["", "Files: " + ", ".join(f"[{name}]({base}{name})" for name in report.files.values())]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin, typed wrappers around the plain-Python cores, one module per stage."""

@@ -1,0 +1,135 @@
+"""Monitor stage: the reference profile at training time, the drift check of a traffic window, the drift event."""
+from __future__ import annotations
+
+import random
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.events import emit_event
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from infra.config import PipelineConfig
+from infra.store import ArtifactNotFound
+from infra.traffic import read_window
+from models.generation import SamplingParams
+from models.ingest import read_split
+from models.profiling import reference_records
+from models.records import DatasetRef, TrainRef
+from models.registry import Registry
+from models.runs import download_run_model
+from monitoring.drift import check_window
+from monitoring.policy import should_emit
+from monitoring.profile import ReferenceProfile, build_profile
+from monitoring.report import render_summary
+from monitoring.results import DriftOutcome, DriftReport
+from monitoring.trend import trend
+from tasks.common import artifact_key, cache_dir, link, store
+
+DRIFT_EVENT = "llmops.drift.detected"
+
+
+def tokenize_with(tokenizer: PreTrainedTokenizerBase):
+    return lambda texts: tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+
+def serving_params(config: PipelineConfig) -> SamplingParams:
+    """What a request with the server's defaults samples with: the reference must look like such traffic."""
+    return SamplingParams(max_new_tokens=config.serve.default_max_tokens, do_sample=True, temperature=1.0)
+
+
+@task(name="build-reference-profile")
+def build_reference_profile(run: TrainRef, dataset: DatasetRef, config: PipelineConfig, version: int) -> str:
+    """Validation documents, served-size, through the model's own scoring and generation, profiled (JSON)."""
+    st = store()
+    local = download_run_model(st, run, cache_dir())
+    model = AutoModelForCausalLM.from_pretrained(local, attn_implementation="sdpa").eval()
+    tokenizer = AutoTokenizer.from_pretrained(local)
+    texts = [t for t in read_split(st, dataset, "validation") if len(t) <= config.serve.max_prompt_chars]
+    prompts = random.Random(0).sample(texts, min(len(texts), config.monitor.reference_size))
+    records = reference_records(model, tokenizer, prompts, params=serving_params(config),
+                                model_name=config.model_name, version=version)
+    profile = build_profile(records, tokenize_with(tokenizer), config.monitor,
+                            model_name=config.model_name, model_version=version)
+    get_run_logger().info("reference profile: %d validation documents, %d signals", len(records), len(profile.signals))
+    return profile.to_json()
+
+
+def run_drift_check(config: PipelineConfig, start: datetime, end: datetime) -> DriftReport:
+    """Compare the window's traffic of the production version with that version's reference profile.
+
+    Plain function (no Prefect calls) so ``llmops monitor --backfill`` can replay windows with it.
+    The window's files land in ``monitoring/<model>/<window-id>/``.
+    """
+    st, name = store(), config.model_name
+    registry = Registry(st, name)
+    version = registry.resolve(config.serve.alias)
+    try:
+        profile = ReferenceProfile.from_json(registry.read_file(version, "reference_profile.json"))
+    except ArtifactNotFound:
+        raise ArtifactNotFound(f"{name} v{version} has no reference_profile.json: it was registered without monitoring") from None
+    tokenizer = AutoTokenizer.from_pretrained(registry.download(version, cache_dir()))
+    window = read_window(st, name, start, end)
+    records = [r for r in window if r.get("version") == version]
+    notes = [f"{len(window) - len(records)} record(s) served by other versions left out"] if len(records) < len(window) else []
+    notes += [f"{len(window.malformed)} malformed traffic line(s), first: {window.malformed[0]}"] if window.malformed else []
+    window_name = f"{start.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{end.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}"
+    prefix = f"monitoring/{name}/{window_name}"
+    local = st.local_path(prefix)
+    with tempfile.TemporaryDirectory() as tmp:
+        out_dir = local if local is not None else Path(tmp)
+        report = check_window(profile, records, tokenize_with(tokenizer), config.monitor, out_dir,
+                              window_id=window_name, start=start, end=end, notes=notes)
+        if local is None:
+            st.upload_dir(out_dir, prefix)
+    return report.model_copy(update={"out_dir": st.uri_for(prefix)})
+
+
+@task(name="check-drift")
+def check_drift(config: PipelineConfig, start: datetime, end: datetime) -> DriftReport:
+    report = run_drift_check(config, start, end)
+    create_markdown_artifact(render_summary(report, link_base=link(report.out_dir)),
+                             key=artifact_key(config.model_name, "drift"), description=f"drift verdict: {report.verdict}")
+    get_run_logger().info("window %s: %s (severity %s), %d records; alerting: %s", report.window_id, report.verdict,
+                          report.severity, report.n_samples, report.alerting or "none")
+    return report
+
+
+@task(name="decide-drift-event")
+def decide_drift_event(config: PipelineConfig, report: DriftReport) -> DriftOutcome:
+    """Apply debounce and cooldown over the stored windows; emit ``llmops.drift.detected`` when they allow."""
+    st, name, now = store(), config.model_name, datetime.now(timezone.utc)
+    history = [p.verdict for p in trend(st, name).points]
+    state_key = f"monitoring/{name}/last_drift_event.json"
+    last = st.get_json(state_key) if st.exists(state_key) else None
+    last_at = datetime.fromisoformat(last["at"]) if last else None
+    emit = should_emit(history or [report.verdict], config.monitor, now, last_at)
+    if report.verdict != "alert":
+        reason = f"verdict {report.verdict}"
+    elif emit:
+        reason = "alert confirmed"
+    elif last_at and (now - last_at).total_seconds() < config.monitor.cooldown_minutes * 60:
+        reason = f"in cooldown since the event at {last_at.isoformat()}"
+    else:
+        reason = f"waiting for {config.monitor.consecutive_windows} alerting windows in a row"
+    if emit:
+        event = emit_event(
+            event=DRIFT_EVENT,
+            resource={"prefect.resource.id": f"llmops.model.{name}", "prefect.resource.name": name},
+            payload={"window_id": report.window_id, "window_start": report.start.isoformat() if report.start else None,
+                     "window_end": report.end.isoformat() if report.end else None, "model_version": report.model_version,
+                     "severity": report.severity, "signals": ",".join(report.alerting), "report": report.out_dir},
+        )
+        st.put_json(state_key, {"at": now.isoformat(), "window_id": report.window_id,
+                                "event_id": str(event.id) if event else None})
+    get_run_logger().info("drift event: %s (%s)", "emitted" if emit else "not emitted", reason)
+    base = report.out_dir.rstrip("/")
+    return DriftOutcome(
+        window_id=report.window_id, model_name=name, model_version=report.model_version, verdict=report.verdict,
+        severity=report.severity, n_samples=report.n_samples, alerting_signals=report.alerting,
+        warning_signals=report.warning, drift_uri=f"{base}/drift.json",
+        report_html=f"{base}/{report.files['report_html']}" if "report_html" in report.files else None,
+        summary_uri=f"{base}/summary.md", event_emitted=emit, event_reason=reason,
+    )

@@ -1,0 +1,25 @@
+"""Shared fixtures: every test runs with its own store, cache and Prefect home, offline."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_settings(tmp_path, monkeypatch):
+    """A fresh local store and cache per test, so tests never see each other's artifacts."""
+    from infra.settings import get_settings
+
+    monkeypatch.setenv("LLMOPS_STORE_URI", str(tmp_path / "store"))
+    monkeypatch.setenv("LLMOPS_CACHE_DIR", str(tmp_path / "cache"))
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()

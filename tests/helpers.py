@@ -1,0 +1,73 @@
+"""Test helpers shared across suites: a tiny tokenizer and tiny registered model versions built offline in seconds."""
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
+
+from infra.store import ArtifactStore
+from models.presets import build_config
+from models.quantization import quantize_int8, save_int8
+from models.records import ModelVersionRef
+from models.registry import Registry
+from models.tokenizer import train_bpe
+
+_CORPUS_MODULES = ("os", "json", "re", "pathlib", "collections", "typing", "functools", "itertools")
+
+
+def stdlib_texts() -> list[str]:
+    """Docstrings of a few standard-library modules: real English text every Python install has."""
+    texts = []
+    for module_name in _CORPUS_MODULES:
+        module = __import__(module_name)
+        for attr in sorted(dir(module)):
+            doc = getattr(getattr(module, attr, None), "__doc__", None)
+            if isinstance(doc, str) and len(doc) > 40:
+                texts.append(doc)
+    return texts
+
+
+@functools.lru_cache(maxsize=4)
+def tiny_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on :func:`stdlib_texts` (cached: the same object for a process)."""
+    return train_bpe(stdlib_texts(), vocab_size)
+
+
+def tiny_model(tokenizer: PreTrainedTokenizerFast, *, seed: int = 0, context_length: int = 64) -> PreTrainedModel:
+    """An untrained ``tiny`` preset model sized to ``tokenizer``; ``seed`` fixes its weights."""
+    config = build_config("tiny", vocab_size=len(tokenizer), context_length=context_length,
+                          bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def make_registered_model(store: ArtifactStore, name: str, *, alias: Optional[str] = "production", seed: int = 0,
+                          int8: bool = False, context_length: int = 64, vocab_size: int = 400) -> ModelVersionRef:
+    """Register a new version of a tiny untrained model (tokenizer included) and point ``alias`` at it.
+
+    Args:
+        store: The artifact store holding the registry.
+        name: Model name in the registry.
+        alias: Alias to move to the new version; None leaves aliases alone.
+        seed: Weight initialisation seed (versions built with different seeds differ).
+        int8: Also register the ``int8`` variant (``quantize_int8`` + ``save_int8``).
+    """
+    tokenizer = tiny_tokenizer(vocab_size)
+    model = tiny_model(tokenizer, seed=seed, context_length=context_length)
+    registry = Registry(store, name)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, variants = Path(tmp) / "model", {}
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        if int8:
+            save_int8(quantize_int8(model), Path(tmp) / "int8")
+            variants["int8"] = Path(tmp) / "int8"
+        ref = registry.register(folder, variants=variants, metadata={"built_by": "tests.helpers", "seed": seed})
+    if alias is not None:
+        registry.set_alias(alias, ref.version, reason="test fixture")
+        ref = registry.ref(ref.version)
+    return ref
