@@ -46,7 +46,8 @@ def tiny_model(tokenizer: PreTrainedTokenizerFast, *, seed: int = 0, context_len
 
 
 def make_registered_model(store: ArtifactStore, name: str, *, alias: Optional[str] = "production", seed: int = 0,
-                          int8: bool = False, context_length: int = 64, vocab_size: int = 400) -> ModelVersionRef:
+                          int8: bool = False, context_length: int = 64, vocab_size: int = 400,
+                          files: Optional[dict] = None) -> ModelVersionRef:
     """Register a new version of a tiny untrained model (tokenizer included) and point ``alias`` at it.
 
     Args:
@@ -55,6 +56,7 @@ def make_registered_model(store: ArtifactStore, name: str, *, alias: Optional[st
         alias: Alias to move to the new version; None leaves aliases alone.
         seed: Weight initialisation seed (versions built with different seeds differ).
         int8: Also register the ``int8`` variant (``quantize_int8`` + ``save_int8``).
+        files: Extra files for the version folder (name -> text or bytes), e.g. reference_profile.json.
     """
     tokenizer = tiny_tokenizer(vocab_size)
     model = tiny_model(tokenizer, seed=seed, context_length=context_length)
@@ -66,7 +68,8 @@ def make_registered_model(store: ArtifactStore, name: str, *, alias: Optional[st
         if int8:
             save_int8(quantize_int8(model), Path(tmp) / "int8")
             variants["int8"] = Path(tmp) / "int8"
-        ref = registry.register(folder, variants=variants, metadata={"built_by": "tests.helpers", "seed": seed})
+        ref = registry.register(folder, variants=variants, files=files,
+                                metadata={"built_by": "tests.helpers", "seed": seed})
     if alias is not None:
         registry.set_alias(alias, ref.version, reason="test fixture")
         ref = registry.ref(ref.version)

@@ -1,4 +1,4 @@
-"""Integration fixtures: a real S3-protocol server (moto) on loopback."""
+"""Integration fixtures: a real Prefect API (one per session) and a real S3-protocol server (moto) on loopback."""
 from __future__ import annotations
 
 import uuid
@@ -31,3 +31,12 @@ def s3_bucket(moto_endpoint, monkeypatch):
     name = f"llmops-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """Prefect's test harness: a real API server in a subprocess with a temporary SQLite database."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

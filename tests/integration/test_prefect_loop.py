@@ -1,0 +1,112 @@
+"""Against a real Prefect API: the drift check emits the event, the deployment trigger creates the retrain run,
+the cooldown stops a second one, and the training pipeline runs as a flow with its artifacts and events."""
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from infra.config import PipelineConfig
+from infra.store import open_store
+from infra.traffic import write_records
+from monitoring.profile import build_profile
+from monitoring.synthetic import TrafficShape, synthetic_records
+from tests.helpers import make_registered_model, tiny_tokenizer
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+def tokenize(texts):
+    return tiny_tokenizer()(list(texts), add_special_tokens=False)["input_ids"]
+
+
+def drift_setup(name: str) -> tuple[PipelineConfig, datetime, datetime]:
+    """A production model whose reference is normal synthetic traffic, and a window of drifted traffic."""
+    config = PipelineConfig(model_name=name).with_overrides(["monitor.min_samples=50", "monitor.cooldown_minutes=60"])
+    reference = synthetic_records(400, TrafficShape(), seed=1, model=name)
+    profile = build_profile(reference, tokenize, config.monitor, model_name=name, model_version=1)
+    store = open_store()
+    make_registered_model(store, name, files={"reference_profile.json": profile.to_json()})
+    end = datetime.now(timezone.utc).replace(microsecond=0)
+    start = end - timedelta(minutes=10)
+    drifted = TrafficShape(words_mean=60, vocab_offset=200, surprisal_mean=6.0, length_stop_share=0.1)
+    write_records(store, name, synthetic_records(150, drifted, seed=2, start=start, spacing_s=2, model=name))
+    return config, start, end
+
+
+def wait_for_runs(deployment: str, since: datetime, count: int, timeout: float = 90.0):
+    from flows.triggered import triggered_runs
+
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = triggered_runs(deployment, since)
+        if len(runs) >= count or time.monotonic() > deadline:
+            return runs
+        time.sleep(1)
+
+
+def test_drift_event_triggers_exactly_one_retrain_and_the_cooldown_holds_the_second(tmp_path):
+    from flows.deployments import build_deployments
+    from flows.monitor_drift import monitor_drift
+
+    name = f"drift-{uuid.uuid4().hex[:8]}"
+    config, start, end = drift_setup(name)
+    retrain = next(d for d in build_deployments(config) if d.name == "retrain")
+    retrain.apply()
+    since = datetime.now(timezone.utc)
+
+    first = monitor_drift(config, start=start, end=end)
+    assert first.verdict == "alert" and first.event_emitted and first.event_reason == "alert confirmed"
+    assert {"prompt_tokens", "prompt_surprisal"} <= set(first.alerting_signals)
+    runs = wait_for_runs("retrain", since, count=1)
+    assert len(runs) == 1, "the trigger must create the retrain run"
+    params = runs[0].parameters
+    assert params["reason"] == "drift" and params["drift_severity"] == first.severity
+    assert start.isoformat() in params["drift_window"] and "prompt_surprisal" in params["drift_signals"]
+    assert params["config"]["model_name"] == name, "the deployment's config travels with the triggered run"
+
+    second = monitor_drift(config, start=start, end=end)
+    assert second.verdict == "alert" and not second.event_emitted and "cooldown" in second.event_reason
+    time.sleep(15)  # longer than the trigger took: a second event would have produced a run by now
+    assert len(wait_for_runs("retrain", since, count=2, timeout=5)) == 1
+
+
+def test_familiar_traffic_does_not_alert():
+    from flows.monitor_drift import monitor_drift
+
+    name = f"quiet-{uuid.uuid4().hex[:8]}"
+    config, _, end = drift_setup(name)
+    start = end + timedelta(minutes=1)
+    write_records(open_store(), name, synthetic_records(150, TrafficShape(), seed=3, start=start, spacing_s=2, model=name))
+    outcome = monitor_drift(config, start=start, end=start + timedelta(minutes=10))
+    assert outcome.verdict in ("ok", "warn") and not outcome.event_emitted
+    assert outcome.n_samples == 150
+
+
+def test_training_pipeline_flow_trains_gates_registers_and_reuses_unchanged_stages():
+    from prefect.client.orchestration import get_client
+
+    from flows.training_pipeline import training_pipeline
+    from models.registry import Registry
+
+    config = PipelineConfig.from_yaml("configs/tiny.yaml").with_overrides([f"model_name=pipe-{uuid.uuid4().hex[:8]}"])
+    report = training_pipeline(config)
+    assert report.promoted and report.version.version == 1 and report.production_version == 1
+    assert report.evaluation.splits["test"].bits_per_byte < config.gate.max_bits_per_byte
+    assert report.run.steps == config.train.max_steps and report.run.loss_plot_uri.endswith("loss.png")
+    store = open_store()
+    registry = Registry(store, config.model_name)
+    files = registry.manifest(1)["files"]
+    assert {"model.safetensors", "README.md", "eval.json", "reference_profile.json"} <= set(files)
+    assert "variants/int8/model.int8.pt" in files or report.quantization and not report.quantization.servable
+
+    again = training_pipeline(config)
+    assert again.dataset == report.dataset and again.tokenizer == report.tokenizer and again.run == report.run
+    assert not again.promoted and registry.alias("production") == 1, "an identical model does not beat production"
+    assert again.evaluation.gate.difference == pytest.approx(0.0, abs=1e-6)
+
+    with get_client(sync_client=True) as client:
+        keys = {a.key for a in client.read_artifacts()}
+    assert f"{config.model_name}-evaluation" in keys and f"{config.model_name}-model-card" in keys
