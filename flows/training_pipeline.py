@@ -18,8 +18,8 @@ from tasks.training import train_model
 def training_pipeline(config: PipelineConfig = PipelineConfig()) -> PipelineReport:
     """Train a model on ``config.data.sources`` and promote it only if it passes the gate."""
     dataset = ingest_data(config.data, config.model_name)
-    tokenizer = build_tokenizer_task(config.tokenizer, dataset)
-    packed = pack_data(dataset, tokenizer, config.train.block_size, config.tokenizer.num_proc)
+    tokenizer = build_tokenizer_task(config.tokenizer, dataset, config.model)
+    packed = pack_data(dataset, tokenizer, config.train.block_size, config.tokenizer.num_proc, config.train.batching)
     run = train_model(packed, tokenizer, config.model, config.train)
     evaluation = evaluate_model(run, dataset, config.eval, config.gate, config.model_name)
     quant = quantize_model(run, dataset, config.compress, config.eval, config.model_name)

@@ -48,7 +48,11 @@ class DataConfig(Frozen):
 
 
 class TokenizerConfig(Frozen):
-    kind: Literal["bpe", "pretrained"] = Field("bpe", description="Train a byte-level BPE, or attach an existing tokenizer.")
+    kind: Literal["bpe", "pretrained"] = Field(
+        "bpe",
+        description="Train a byte-level BPE, or attach an existing tokenizer. With model.pretrained set, bpe "
+        "means the pretrained model's own tokenizer.",
+    )
     vocab_size: int = Field(4096, ge=260, le=1_000_000)
     min_frequency: int = Field(2, ge=1)
     path: Optional[str] = Field(None, description="Local path or hub id of a tokenizer to attach (kind=pretrained).")
@@ -62,9 +66,37 @@ class TokenizerConfig(Frozen):
 
 
 class ModelConfig(Frozen):
-    preset: str = Field("mini", description="A preset name from models/presets.py (tiny, mini, small, gpt2-124m, llama-1b).")
+    preset: str = Field(
+        "mini",
+        description="A preset name from models/presets.py (tiny, mini, small, gpt2-124m, gpt2, llama-1b); "
+        "ignored when `pretrained` is set.",
+    )
     overrides: dict[str, Union[int, float, str, bool]] = Field(
         default_factory=dict, description="Fields of the transformers config to override, e.g. {num_hidden_layers: 2}."
+    )
+    attention: Literal["sdpa", "eager"] = Field(
+        "sdpa",
+        description="Attention kernel: PyTorch scaled_dot_product_attention (flash/memory-efficient on GPU), "
+        "or the eager matmul-softmax reference.",
+    )
+    pretrained: Optional[str] = Field(
+        None,
+        description="Fine-tune this causal LM instead of training a preset from scratch: a local folder "
+        "(save_pretrained layout) or a hub id when online. Its tokenizer is used unless "
+        "tokenizer.kind=pretrained names another.",
+    )
+
+
+class LoraSettings(Frozen):
+    """Low-rank adapters (peft): only the adapters train; the saved model has them merged in."""
+
+    r: int = Field(8, ge=1, description="Rank of each adapter.")
+    alpha: int = Field(16, ge=1, description="Scale: the adapter's update is multiplied by alpha / r.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter's input.")
+    target_modules: Optional[list[str]] = Field(
+        None,
+        description="Module names (suffixes) to adapt; default: every linear projection of the attention "
+        "and MLP blocks (peft's all-linear, the LM head excluded).",
     )
 
 
@@ -90,7 +122,34 @@ class TrainConfig(Frozen):
     seed: int = 1337
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU.")
-    compile: bool = False
+    compile: bool = Field(
+        False,
+        description="torch.compile the model. Pays off on GPU (fused kernels, fewer launches); on CPU about 1.1x "
+        "for a cold compile of about a minute per process (bench/results/training_throughput_compile.md).",
+    )
+    fused_adamw: bool = Field(True, description="Use the fused AdamW kernel where this torch supports it (falls back otherwise).")
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute each layer's activations in the backward pass: activation memory of about one "
+        "layer instead of all, for about a third more compute.",
+    )
+    batching: Literal["pack", "pad"] = Field(
+        "pack",
+        description="pack: documents concatenated with eos and cut into full blocks (pretraining). pad: each "
+        "document one example truncated to block_size, batches of similar length padded to their longest "
+        "(fine-tuning on variable-length examples).",
+    )
+    lora: Optional[LoraSettings] = Field(
+        None, description="Train low-rank adapters instead of every weight (fine-tuning); merged into the saved model."
+    )
+    preflight: Literal["enforce", "warn"] = Field(
+        "enforce",
+        description="enforce: a run whose memory estimate exceeds 90% of the free device memory fails before "
+        "training, saying what to change; warn: log it and try anyway.",
+    )
+    preflight_steps: int = Field(
+        2, ge=0, description="Forward+backward passes timed before training to estimate its duration (0: skip)."
+    )
     num_threads: Optional[int] = Field(None, ge=1, description="torch CPU threads; default: torch's choice.")
 
 
@@ -205,7 +264,28 @@ class MonitorConfig(Frozen):
         True, description="Judge PSI minus its expected value under no drift ((bins-1)(1/n_ref+1/n_cur)), so small windows do not warn on noise."
     )
     ks_sample_size: int = Field(5000, ge=100, description="Reference values kept in the profile for the KS test.")
+    ks_window_sample: int = Field(
+        20_000, ge=100,
+        description="Window values kept (uniform reservoir) per signal for the KS test; counts and means use every value.",
+    )
+    common_token_coverage: float = Field(
+        0.95, gt=0, lt=1,
+        description="rare_token_share: the common-token set is the fewest ids covering this share of the reference's token occurrences.",
+    )
     evidently_report: bool = Field(True, description="Also write Evidently's HTML/JSON drift report for each window.")
+    compact_traffic: bool = Field(
+        True, description="Before each scheduled check, compact the model's closed traffic hours into Parquet (docs/monitoring.md).",
+    )
+    compact_grace_minutes: float = Field(
+        10.0, gt=0,
+        description="An hour is closed, and may be compacted, this long after it ended; must exceed serve.flush_interval_s.",
+    )
+    compact_lookback_hours: int = Field(
+        48, ge=1, description="The scheduled compaction looks at closed hours this far back (`llmops compact` at all of them).",
+    )
+    compact_delete_jsonl: bool = Field(
+        False, description="Delete an hour's JSONL files once the manifest of its compacted Parquet file is committed.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "MonitorConfig":
@@ -287,7 +367,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
-        node[leaf] = yaml.safe_load(value)
+        try:
+            node[leaf] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:  # e.g. an unclosed list: an error naming the override, not a traceback
+            why = getattr(exc, "problem", None) or exc
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({why})") from None
     return result
 
 

@@ -1,4 +1,4 @@
-"""Resumable training checkpoints in the artifact store: model, optimizer, RNG and data position, atomic, last K kept."""
+"""Resumable training checkpoints in the artifact store: weights, optimizer, RNG and data position, atomic, last K kept."""
 from __future__ import annotations
 
 import logging
@@ -11,11 +11,15 @@ from typing import Optional
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from infra.store import ArtifactStore
 
 log = logging.getLogger("llmops.checkpoint")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or cannot continue (diverged, misconfigured, too little data)."""
 
 
 class TrainerState(BaseModel):
@@ -67,6 +71,33 @@ def _jsonable(obj):
     return obj
 
 
+def _has_frozen(model: torch.nn.Module) -> bool:
+    return any(not p.requires_grad for p in model.parameters())
+
+
+def save_weights(model: torch.nn.Module, path: str) -> None:
+    """Every weight, or with frozen ones (LoRA) only the trainable: the frozen come back from the base model."""
+    if _has_frozen(model):
+        save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}, path)
+    else:
+        save_model(model, path)
+
+
+def load_weights(model: torch.nn.Module, path: str, device: torch.device) -> None:
+    """The inverse of :func:`save_weights`; a checkpoint of other trainable weights is refused."""
+    if not _has_frozen(model):
+        load_model(model, path, device=str(device))
+        return
+    tensors = load_file(path, device=str(device))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if set(tensors) != trainable:
+        raise TrainingError(
+            f"the checkpoint holds {len(tensors)} trainable tensors but the model has {len(trainable)} "
+            f"(e.g. {sorted(set(tensors) ^ trainable)[:3]}): it was written by another train.lora setting"
+        )
+    model.load_state_dict(tensors, strict=False)
+
+
 class Checkpointer:
     """Checkpoints under ``<prefix>/step-<n>/``; a checkpoint exists once its manifest.json does.
 
@@ -89,7 +120,7 @@ class Checkpointer:
             extra["scaler"] = scaler.state_dict()
         key = self._dir(state.step)
         with tempfile.TemporaryDirectory() as tmp:
-            save_model(model, f"{tmp}/model.safetensors")
+            save_weights(model, f"{tmp}/model.safetensors")
             torch.save(extra, f"{tmp}/optimizer.pt")
             torch.save(rng, f"{tmp}/rng.pt")
             for name, path in (files or {}).items():
@@ -134,7 +165,7 @@ class Checkpointer:
                 if (local / name).exists():
                     Path(dest).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(local / name, dest)
-            load_model(model, str(local / "model.safetensors"), device=str(device))
+            load_weights(model, str(local / "model.safetensors"), device)
             extra = torch.load(local / "optimizer.pt", map_location=device, weights_only=True)
             rng = torch.load(local / "rng.pt", weights_only=True)
         optimizer.load_state_dict(extra["optimizer"])

@@ -41,13 +41,46 @@ class TokenizerRef(Record):
 
 
 class PackedRef(Record):
-    """Token blocks ready for training: ``packed/<key>/{train,validation}.npy`` of shape (n_blocks, block_size)."""
+    """Tokens ready for training under ``packed/<key>/``, in one of two layouts.
+
+    ``blocks``: ``{split}.npy`` of shape (n_blocks, block_size), documents concatenated with eos
+    (train.batching=pack). ``ragged``: one example per document, truncated to block_size, as
+    ``{split}.ids.npy`` (all tokens, flat) and ``{split}.offsets.npy`` (n_documents + 1 int64:
+    example i is ``ids[offsets[i]:offsets[i + 1]]``) (train.batching=pad).
+    """
 
     uri: str = Field(description="URI of the packed folder's manifest.json")
-    sha256: str = Field(description="Hash of the dataset, tokenizer and block size the blocks were built from")
+    sha256: str = Field(description="Hash of the dataset, tokenizer, block size and layout the examples were built from")
     block_size: int
-    blocks: dict[str, int]
+    blocks: dict[str, int] = Field(description="Examples per split: blocks, or documents in the ragged layout")
     tokens: dict[str, int]
+    layout: Literal["blocks", "ragged"] = "blocks"
+
+
+class PreflightReport(Record):
+    """What a run needs before it starts: memory per device, compute, data, and an estimated duration."""
+
+    device: str
+    precision: str
+    parameters: int
+    trainable_parameters: int
+    weights_bytes: int
+    gradients_bytes: int
+    optimizer_bytes: int
+    activations_bytes: int = Field(description="Estimated peak activation memory of one micro-batch")
+    total_bytes: int
+    available_bytes: int = Field(description="Free device memory (CUDA) or available RAM (CPU) now")
+    rule_of_thumb_hold_bytes: int = Field(description="~4 bytes/parameter to hold the weights in fp32")
+    rule_of_thumb_train_bytes: int = Field(description="~4 + 20 bytes/parameter to train in fp32 with Adam")
+    tokens_per_step: int
+    planned_tokens: int
+    available_tokens: int = Field(description="Tokens in the training split (one epoch)")
+    chinchilla_tokens: int = Field(description="~20 tokens per parameter: the compute-optimal amount of data")
+    training_flops: float = Field(description="~6 * parameters * planned tokens")
+    measured_step_s: Optional[float] = Field(None, description="Median forward+backward time of one micro-batch")
+    estimated_duration_s: Optional[float] = None
+    fits: bool
+    advice: list[str] = Field(default_factory=list)
 
 
 class TrainRef(Record):
@@ -67,6 +100,10 @@ class TrainRef(Record):
     device: str
     precision: str
     resumed_from_step: Optional[int] = None
+    method: Literal["scratch", "full", "lora"] = Field(
+        "scratch", description="Trained from scratch, or fine-tuned from base_model (every weight, or LoRA merged)")
+    base_model: Optional[str] = Field(None, description="The pretrained model fine-tuned: path or hub id @ content hash")
+    preflight: Optional[PreflightReport] = None
 
 
 class DocScores(Record):

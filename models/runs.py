@@ -1,4 +1,4 @@
-"""A training run as a stage: content-addressed run id, resume, final model + tokenizer, metrics and plot in the store."""
+"""A training run as a stage: content-addressed run id, preflight, resume, final model + tokenizer, metrics and plot in the store."""
 from __future__ import annotations
 
 import hashlib
@@ -7,60 +7,139 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
-from transformers import GenerationConfig, PreTrainedTokenizerBase
+import torch
+from pydantic import BaseModel
+from transformers import GenerationConfig, PretrainedConfig, PreTrainedTokenizerBase
 
 from infra.config import ModelConfig, TrainConfig
 from infra.store import ArtifactStore
+from models import preflight as pf
 from models.checkpoint import Checkpointer
+from models.finetune import (
+    apply_lora, context_length, merge_for_deployment, pretrained_config, pretrained_identity,
+)
 from models.plots import plot_training
 from models.presets import build_config
-from models.records import PackedRef, TokenizerRef, TrainRef
+from models.records import PackedRef, PreflightReport, TokenizerRef, TrainRef
 from models.tokenizer import load_packed
-from models.training import StepMetrics, TrainingError, build_model, read_metrics, train
+from models.training import (
+    StepMetrics, TrainingError, build_model, read_metrics, resolve_device, resolve_precision, train, warmup_seconds,
+)
 
 log = logging.getLogger("llmops.runs")
 
+# Fields that change how a run executes but not what it computes: never part of the run id.
+_EXECUTION_ONLY = {"train": {"num_threads", "fused_adamw", "gradient_checkpointing", "preflight", "preflight_steps"},
+                   "model": {"attention"}}
+# Fields added after run ids were first issued: left out while at their defaults, so an unchanged
+# configuration keeps its run id (and resumes its run) across the upgrade.
+_ADDED_LATER = {"train": {"batching", "lora"}, "model": {"pretrained"}}
 
-def run_id_for(packed: PackedRef, tokenizer: TokenizerRef, model_cfg: ModelConfig, train_cfg: TrainConfig) -> str:
-    """The same data, tokenizer and configs give the same id, so a rerun resumes (or reuses) the run."""
-    relevant = train_cfg.model_dump_json(exclude={"num_threads"})
-    text = "\x00".join(["run-v1", packed.sha256, tokenizer.sha256, model_cfg.model_dump_json(), relevant])
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+def _id_json(cfg: BaseModel, section: str) -> str:
+    fields = type(cfg).model_fields
+    skip = _EXECUTION_ONLY[section] | {k for k in _ADDED_LATER[section] if getattr(cfg, k) == fields[k].default}
+    return cfg.model_dump_json(exclude=skip)
+
+
+def run_id_for(packed: PackedRef, tokenizer: TokenizerRef, model_cfg: ModelConfig, train_cfg: TrainConfig,
+               base_model: Optional[str] = None) -> str:
+    """The same data, tokenizer, configs (and pretrained weights) give the same id, so a rerun resumes (or reuses) the run.
+
+    Args:
+        base_model: :func:`models.finetune.pretrained_identity` of ``model_cfg.pretrained``: path
+            and content hash, so fine-tuning a changed checkpoint at the same path is a new run.
+    """
+    parts = ["run-v1", packed.sha256, tokenizer.sha256, _id_json(model_cfg, "model"), _id_json(train_cfg, "train")]
+    if base_model:
+        parts.append(base_model)
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
+
+
+def model_config_for(model_cfg: ModelConfig, tokenizer_ref: TokenizerRef, block_size: int) -> PretrainedConfig:
+    """The transformers config of the model to train: a preset sized to the tokenizer, or the pretrained one's."""
+    if not model_cfg.pretrained:
+        return build_config(model_cfg.preset, vocab_size=tokenizer_ref.vocab_size, context_length=block_size,
+                            bos_token_id=tokenizer_ref.eos_token_id, eos_token_id=tokenizer_ref.eos_token_id,
+                            overrides=model_cfg.overrides)
+    log.info("fine-tuning model.pretrained=%s: model.preset (%s) is ignored", model_cfg.pretrained, model_cfg.preset)
+    if model_cfg.overrides:
+        log.warning("model.overrides %s are ignored: a pretrained model keeps its own config", model_cfg.overrides)
+    config = pretrained_config(model_cfg.pretrained)
+    limit = context_length(config)
+    if limit and block_size > limit:
+        raise TrainingError(f"train.block_size={block_size} exceeds the context of {model_cfg.pretrained} "
+                            f"({limit} tokens): lower train.block_size")
+    config.vocab_size = max(config.vocab_size, tokenizer_ref.vocab_size)  # embeddings grow to fit the tokenizer
+    return config
+
+
+def build_run_model(model_cfg: ModelConfig, train_cfg: TrainConfig, config: PretrainedConfig) -> torch.nn.Module:
+    """The model as it will train: fresh or pretrained (embeddings resized to ``config``), LoRA-wrapped if configured."""
+    model = build_model(config, train_cfg.seed, init_from=model_cfg.pretrained, attention=model_cfg.attention)
+    if model_cfg.pretrained and model.get_input_embeddings().num_embeddings < config.vocab_size:
+        model.resize_token_embeddings(config.vocab_size)
+    if train_cfg.lora:
+        if not model_cfg.pretrained:
+            log.warning("train.lora on a model trained from scratch: only the adapters learn, on random weights")
+        model = apply_lora(model, train_cfg.lora)
+    return model
+
+
+def _preflight(store: ArtifactStore, prefix: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
+               config: PretrainedConfig, train_data) -> PreflightReport:
+    """Estimate on a meta-device skeleton (nothing allocated); refuse a run that cannot fit, before building it."""
+    device = resolve_device(train_cfg.device)
+    precision = resolve_precision(train_cfg.precision, device)
+    report = pf.preflight(pf.skeleton(config, model_cfg.attention, train_cfg.lora), train_cfg, device, precision,
+                          train_data)
+    if not report.fits:
+        store.put_json(f"{prefix}/preflight.json", report.model_dump(mode="json"))
+        if train_cfg.preflight == "enforce":
+            pf.check(report)
+        log.warning("preflight: this run may not fit (train.preflight=warn): %s", "; ".join(report.advice))
+    return report
 
 
 def run_training(store: ArtifactStore, packed: PackedRef, tokenizer_ref: TokenizerRef,
                  tokenizer: PreTrainedTokenizerBase, model_cfg: ModelConfig, train_cfg: TrainConfig,
-                 cache_dir: Path, on_metrics: Optional[Callable[[StepMetrics], None]] = None) -> TrainRef:
-    """Train (or resume, or reuse) the run for these inputs and return its record."""
-    if packed.block_size != train_cfg.block_size:
-        raise TrainingError(f"packed blocks are {packed.block_size} tokens but train.block_size is {train_cfg.block_size}")
-    run_id = run_id_for(packed, tokenizer_ref, model_cfg, train_cfg)
+                 cache_dir: Path, on_metrics: Optional[Callable[[StepMetrics], None]] = None,
+                 on_preflight: Optional[Callable[[PreflightReport], None]] = None) -> TrainRef:
+    """Train (or resume, or reuse) the run for these inputs and return its record.
+
+    Before training, a preflight estimates memory, compute and duration (``runs/<id>/preflight.json``)
+    and raises :class:`models.preflight.PreflightError`, saying what to change, when the run cannot
+    fit. A LoRA run's saved model has its adapters merged: the registry and serving load a plain model.
+    """
+    _check_layout(packed, train_cfg)
+    base = pretrained_identity(model_cfg.pretrained) if model_cfg.pretrained else None
+    run_id = run_id_for(packed, tokenizer_ref, model_cfg, train_cfg, base)
     prefix = f"runs/{run_id}"
     if store.exists(f"{prefix}/manifest.json"):
         log.info("run %s already finished; reusing it", run_id)
         return TrainRef.model_validate(store.get_json(f"{prefix}/manifest.json"))
-    config = build_config(model_cfg.preset, vocab_size=tokenizer_ref.vocab_size, context_length=train_cfg.block_size,
-                          bos_token_id=tokenizer_ref.eos_token_id, eos_token_id=tokenizer_ref.eos_token_id,
-                          overrides=model_cfg.overrides)
-    model = build_model(config, train_cfg.seed)
+    config = model_config_for(model_cfg, tokenizer_ref, train_cfg.block_size)
+    train_data = load_packed(store, packed, "train", cache_dir)
+    report = _preflight(store, prefix, model_cfg, train_cfg, config, train_data)
+    model = build_run_model(model_cfg, train_cfg, config)
+    device = resolve_device(train_cfg.device)
+    seconds = warmup_seconds(model, train_data, train_cfg, device, resolve_precision(train_cfg.precision, device))
+    if seconds is not None:
+        report = pf.with_duration(report, train_cfg, seconds)
+    store.put_json(f"{prefix}/preflight.json", report.model_dump(mode="json"))
+    log.info("preflight: %s", pf.summary(report))
+    if on_preflight:
+        on_preflight(report)
     local = Path(cache_dir) / "runs" / run_id
-    outcome = train(
-        model,
-        load_packed(store, packed, "train", cache_dir),
-        load_packed(store, packed, "validation", cache_dir),
-        train_cfg,
-        Checkpointer(store, f"{prefix}/checkpoints", keep=train_cfg.keep_checkpoints),
-        local / "metrics.jsonl",
-        on_metrics,
-    )
+    outcome = train(model, train_data, load_packed(store, packed, "validation", cache_dir), train_cfg,
+                    Checkpointer(store, f"{prefix}/checkpoints", keep=train_cfg.keep_checkpoints),
+                    local / "metrics.jsonl", on_metrics)
     rows = read_metrics(local / "metrics.jsonl")
-    plot_training(rows, local / "loss.png", title=f"run {run_id} ({model_cfg.preset})")
+    plot_training(rows, local / "loss.png", title=f"run {run_id} ({model_cfg.pretrained or model_cfg.preset})")
     store.put_file(f"{prefix}/metrics.jsonl", local / "metrics.jsonl")
     store.put_file(f"{prefix}/loss.png", local / "loss.png")
-    model = outcome.model.cpu()
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id,
-    )
+    model = merge_for_deployment(outcome.model).cpu()
+    _set_generation_config(model, tokenizer, pretrained=bool(model_cfg.pretrained))
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -80,9 +159,30 @@ def run_training(store: ArtifactStore, packed: PackedRef, tokenizer_ref: Tokeniz
         device=outcome.device,
         precision=outcome.precision,
         resumed_from_step=outcome.resumed_from_step,
+        method="lora" if train_cfg.lora else ("full" if model_cfg.pretrained else "scratch"),
+        base_model=base,
+        preflight=report,
     )
     store.put_json(f"{prefix}/manifest.json", ref.model_dump(mode="json"))
     return ref
+
+
+def _check_layout(packed: PackedRef, train_cfg: TrainConfig) -> None:
+    if packed.block_size != train_cfg.block_size:
+        raise TrainingError(f"packed blocks are {packed.block_size} tokens but train.block_size is {train_cfg.block_size}")
+    wanted = "ragged" if train_cfg.batching == "pad" else "blocks"
+    if packed.layout != wanted:
+        raise TrainingError(f"train.batching={train_cfg.batching} needs the {wanted} layout but the packed data is "
+                            f"{packed.layout}: pack it with batching={train_cfg.batching}")
+
+
+def _set_generation_config(model, tokenizer: PreTrainedTokenizerBase, pretrained: bool) -> None:
+    """A preset model generates with eos as bos/eos/pad; a pretrained one keeps its own, with a pad id added."""
+    eos = tokenizer.eos_token_id
+    if not pretrained:
+        model.generation_config = GenerationConfig(bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+    elif model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
 
 
 def download_run_model(store: ArtifactStore, ref: TrainRef, cache_dir: Path) -> Path:

@@ -1,4 +1,4 @@
-"""Tokenizers: train a byte-level BPE or attach an existing one, and pack a snapshot into token blocks."""
+"""Tokenizers: train a byte-level BPE or attach an existing one, and pack a snapshot into token blocks or documents."""
 from __future__ import annotations
 
 import hashlib
@@ -6,13 +6,14 @@ import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Literal, Union
 
 import numpy as np
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from infra.config import TokenizerConfig
 from infra.store import ArtifactStore, ArtifactNotFound
+from models.batching import Ragged
 from models.records import DatasetRef, PackedRef, TokenizerRef
 
 log = logging.getLogger("llmops.tokenizer")
@@ -133,41 +134,97 @@ def pack_split(texts: list[str], tokenizer: PreTrainedTokenizerBase, block_size:
     return np.asarray(packed.with_format("numpy")["input_ids"], dtype=dtype)
 
 
+def _documents(batch: dict, tokenizer: PreTrainedTokenizerBase, block_size: int) -> dict:
+    """datasets.map body: one example per document, eos appended, truncated to block_size.
+
+    A truncated document keeps no eos: the model should not learn that it ended there.
+    """
+    ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+    docs = [[*doc, tokenizer.eos_token_id][:block_size] for doc in ids]
+    return {"input_ids": [d for d in docs if len(d) >= 2]}  # one token predicts nothing
+
+
+def document_split(texts: list[str], tokenizer: PreTrainedTokenizerBase, block_size: int,
+                   num_proc: int = 1) -> Ragged:
+    """Per-document token sequences (ragged: flat ids + offsets) for padded, length-grouped batches."""
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"text": texts})
+    docs = ds.map(
+        _documents,
+        batched=True,
+        batch_size=1000,
+        remove_columns=["text"],
+        fn_kwargs={"tokenizer": tokenizer, "block_size": block_size},
+        num_proc=num_proc if num_proc > 1 and len(texts) >= 2000 else None,
+        keep_in_memory=True,
+        desc=f"tokenizing {len(texts)} documents (at most {block_size} tokens each)",
+    )
+    dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max else np.int32
+    return Ragged.from_sequences(docs["input_ids"] if len(docs) else [], dtype=dtype)
+
+
+Batching = Literal["pack", "pad"]
+
+
+def _save_split(store: ArtifactStore, prefix: str, split: str, data: Union[np.ndarray, Ragged], tmp: Path) -> None:
+    arrays = {f"{split}.npy": data} if isinstance(data, np.ndarray) else {
+        f"{split}.ids.npy": data.ids, f"{split}.offsets.npy": data.offsets}
+    for name, arr in arrays.items():
+        np.save(tmp / name, arr)
+        store.put_file(f"{prefix}/{name}", tmp / name)
+
+
 def pack_dataset(store: ArtifactStore, dataset: DatasetRef, tokenizer_ref: TokenizerRef,
                  splits: dict[str, list[str]], tokenizer: PreTrainedTokenizerBase,
-                 block_size: int, num_proc: int = 1) -> PackedRef:
-    """Pack the train and validation splits and store them content-addressed (reused when unchanged)."""
-    digest = _key("packed-v1", dataset.sha256, tokenizer_ref.sha256, str(block_size))
+                 block_size: int, num_proc: int = 1, batching: Batching = "pack") -> PackedRef:
+    """Tokenize the train and validation splits and store them content-addressed (reused when unchanged).
+
+    ``batching="pack"``: blocks of concatenated documents (the ``blocks`` layout);
+    ``batching="pad"``: one example per document (the ``ragged`` layout), see PackedRef.
+    """
+    layout = "ragged" if batching == "pad" else "blocks"
+    digest = _key("packed-v1", dataset.sha256, tokenizer_ref.sha256, str(block_size),
+                  *(["ragged"] if layout == "ragged" else []))  # the blocks key is unchanged from before layouts
     prefix = f"packed/{digest[:16]}"
     if store.exists(f"{prefix}/manifest.json"):
         return PackedRef.model_validate(store.get_json(f"{prefix}/manifest.json"))
-    blocks, tokens = {}, {}
+    examples, tokens = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for split in ("train", "validation"):
-            arr = pack_split(splits[split], tokenizer, block_size, num_proc)
-            if split == "train" and len(arr) == 0:
+            if layout == "ragged":
+                data = document_split(splits[split], tokenizer, block_size, num_proc)
+            else:
+                data = pack_split(splits[split], tokenizer, block_size, num_proc)
+            if split == "train" and len(data) == 0:
                 raise TokenizerError(
-                    f"the train split of {dataset.uri} holds fewer than {block_size} tokens: "
-                    f"add data or lower train.block_size"
+                    f"the train split of {dataset.uri} holds fewer than {block_size if layout == 'blocks' else 2} "
+                    f"tokens: add data or lower train.block_size"
                 )
-            np.save(Path(tmp) / f"{split}.npy", arr)
-            store.put_file(f"{prefix}/{split}.npy", Path(tmp) / f"{split}.npy")
-            blocks[split], tokens[split] = int(arr.shape[0]), int(arr.size)
+            _save_split(store, prefix, split, data, Path(tmp))
+            examples[split], tokens[split] = len(data), int(data.size)
     ref = PackedRef(uri=store.uri_for(f"{prefix}/manifest.json"), sha256=digest, block_size=block_size,
-                    blocks=blocks, tokens=tokens)
+                    blocks=examples, tokens=tokens, layout=layout)
     store.put_json(f"{prefix}/manifest.json", ref.model_dump(mode="json"))
-    log.info("packed %s", json.dumps(tokens))
+    log.info("packed (%s) %s", layout, json.dumps(tokens))
     return ref
 
 
-def load_packed(store: ArtifactStore, ref: PackedRef, split: str, cache_dir: Path) -> np.ndarray:
-    """The packed blocks of ``split``, memory-mapped from a local copy."""
-    key = store.key_for(ref.uri).rsplit("/", 1)[0] + f"/{split}.npy"
+def _load_array(store: ArtifactStore, ref: PackedRef, name: str, cache_dir: Path) -> np.ndarray:
+    key = store.key_for(ref.uri).rsplit("/", 1)[0] + f"/{name}"
     local = store.local_path(key)
     if local is None:
-        local = Path(cache_dir) / "packed" / ref.sha256[:16] / f"{split}.npy"
+        local = Path(cache_dir) / "packed" / ref.sha256[:16] / name
         if not local.exists():
             store.get_file(key, local)
     if not local.exists():
-        raise ArtifactNotFound(f"no packed {split} split at {store.uri_for(key)}")
+        raise ArtifactNotFound(f"no packed {name} at {store.uri_for(key)}")
     return np.load(local, mmap_mode="r")
+
+
+def load_packed(store: ArtifactStore, ref: PackedRef, split: str, cache_dir: Path) -> Union[np.ndarray, Ragged]:
+    """The examples of ``split``, memory-mapped from a local copy: blocks (n, block_size) or Ragged documents."""
+    if ref.layout == "ragged":
+        return Ragged(_load_array(store, ref, f"{split}.ids.npy", cache_dir),
+                      _load_array(store, ref, f"{split}.offsets.npy", cache_dir))
+    return _load_array(store, ref, f"{split}.npy", cache_dir)

@@ -1,4 +1,4 @@
-"""The training loop: AdamW, warmup + cosine, clipping, mixed precision, resumable checkpoints, metrics."""
+"""The training loop: AdamW, warmup + cosine, clipping, mixed precision, accumulation, resumable checkpoints, metrics."""
 from __future__ import annotations
 
 import contextlib
@@ -9,33 +9,38 @@ import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, ContextManager, Optional
 
-import numpy as np
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from infra.config import TrainConfig
-from models.checkpoint import Checkpointer, TrainerState
+from models.batching import IGNORE_INDEX, Batch, BlockSampler, Sampler, TokenData, fixed_batches, make_sampler
+from models.checkpoint import Checkpointer, TrainerState, TrainingError
+from models.finetune import base_model
+from models.preflight import measure_step_seconds
+
+__all__ = ["BlockSampler", "StepMetrics", "TrainOutcome", "TrainingError", "build_model", "estimate_loss", "lr_at",
+           "make_optimizer", "read_metrics", "train", "warmup_seconds"]
 
 log = logging.getLogger("llmops.training")
 
 
-class TrainingError(RuntimeError):
-    """Training cannot start or cannot continue (diverged, misconfigured)."""
-
-
 @dataclass(frozen=True)
 class StepMetrics:
+    """One optimizer step, as written to the run's metrics.jsonl."""
+
     step: int
     loss: float
     lr: float
     grad_norm: float
-    tokens_per_s: float
+    tokens_per_s: float  # real (non-padding) tokens
     tokens_seen: int
     elapsed_s: float
     memory_mb: float
     val_loss: Optional[float] = None
+    skipped: Optional[bool] = None  # fp16: the loss scaler found inf/NaN gradients and skipped the update
 
     def to_json(self) -> str:
         return json.dumps({k: v for k, v in self.__dict__.items() if v is not None})
@@ -43,7 +48,7 @@ class StepMetrics:
 
 @dataclass
 class TrainOutcome:
-    model: PreTrainedModel
+    model: torch.nn.Module  # as trained: a LoRA model is still wrapped (see models.finetune.merge_for_deployment)
     state: TrainerState
     resumed_from_step: Optional[int]
     device: str
@@ -70,6 +75,16 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     return requested
 
 
+def autocast_for(device: torch.device, precision: str) -> Callable[[], ContextManager]:
+    """A factory of autocast contexts: bf16/fp16 matmuls with fp32 weights, or nothing for fp32."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+    def autocast() -> ContextManager:
+        return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+    return autocast
+
+
 def lr_at(cfg: TrainConfig, step: int, elapsed_s: float) -> float:
     """Linear warmup, then cosine decay to ``lr * min_lr_ratio``.
 
@@ -88,25 +103,75 @@ def lr_at(cfg: TrainConfig, step: int, elapsed_s: float) -> float:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW with weight decay on weight matrices only (not norms or biases), fused when available."""
+    """AdamW over the trainable parameters, weight decay on weight matrices only (not norms or biases).
+
+    Fused (one kernel for every parameter) when ``train.fused_adamw`` and this torch supports it
+    for the parameters' device and dtype; the default implementation otherwise.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
-    try:
-        return torch.optim.AdamW(groups, fused=True, **kwargs)
-    except (RuntimeError, TypeError):
-        return torch.optim.AdamW(groups, **kwargs)
+    if cfg.fused_adamw:
+        try:
+            return torch.optim.AdamW(groups, fused=True, **kwargs)
+        except (RuntimeError, TypeError) as exc:
+            log.info("fused AdamW unavailable here (%s); using the default implementation", exc)
+    return torch.optim.AdamW(groups, **kwargs)
 
 
-def build_model(config: PretrainedConfig, seed: int, init_from: Optional[str] = None) -> PreTrainedModel:
+def build_model(config: PretrainedConfig, seed: int, init_from: Optional[str] = None,
+                attention: str = "sdpa") -> PreTrainedModel:
     """A fresh model from ``config`` (seeded), or a pretrained one from a local path or hub id."""
     torch.manual_seed(seed)
     if init_from:
-        return AutoModelForCausalLM.from_pretrained(init_from, attn_implementation="sdpa")
-    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+        from models.finetune import load_pretrained
+
+        return load_pretrained(init_from, attention)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attention)
+
+
+def enable_checkpointing(model: torch.nn.Module) -> None:
+    """Gradient (activation) checkpointing on the transformers model inside ``model``; idempotent."""
+    base = base_model(model)
+    if not base.supports_gradient_checkpointing:
+        raise TrainingError(f"{type(base).__name__} does not support train.gradient_checkpointing")
+    enabled = getattr(base, "is_activation_checkpointing", None)
+    if enabled is None:
+        enabled = base.is_gradient_checkpointing
+    if enabled:
+        return
+    # non-reentrant checkpointing works when the inputs need no grad (LoRA's frozen embeddings)
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):  # the newer name; the old one warns
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def prepare_model(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> None:
+    """Checkpointing as configured, on ``device``, in training mode (idempotent: preflight and the loop both call it)."""
+    if cfg.gradient_checkpointing:
+        enable_checkpointing(model)
+    model.to(device)
+    model.train()
+
+
+def micro_loss(model: torch.nn.Module, batch: Batch, accum_steps: int, window_targets: int) -> torch.Tensor:
+    """This micro-batch's share of the step's mean next-token loss.
+
+    Packed blocks all hold the same number of targets, so each micro-batch's mean counts
+    1/accum_steps. Padded batches differ in size: their summed loss is divided by the targets of
+    the whole accumulation window, so every real token weighs the same.
+    """
+    if batch.attention_mask is None:
+        return model(input_ids=batch.input_ids, labels=batch.labels, use_cache=False).loss / accum_steps
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits  # (B, T, V)
+    summed = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch.labels[:, 1:].flatten(),
+                             ignore_index=IGNORE_INDEX, reduction="sum")
+    return summed / window_targets
 
 
 def _memory_mb(device: torch.device) -> float:
@@ -115,79 +180,73 @@ def _memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-class BlockSampler:
-    """Deterministic epochs over the training blocks: epoch e uses permutation(seed + e).
-
-    The position (epoch, cursor) lives in the checkpoint, so a resumed run sees exactly the
-    batches an uninterrupted run would have seen.
-    """
-
-    def __init__(self, blocks: np.ndarray, batch_size: int, seed: int):
-        if len(blocks) < batch_size:
-            raise TrainingError(
-                f"only {len(blocks)} training blocks for a batch of {batch_size}: "
-                f"lower train.batch_size or train.block_size, or add data"
-            )
-        self.blocks, self.batch_size, self.seed = blocks, batch_size, seed
-        self._perm_epoch, self._perm = -1, None
-
-    def next(self, state: TrainerState) -> torch.Tensor:
-        if state.cursor + self.batch_size > len(self.blocks):
-            state.epoch, state.cursor = state.epoch + 1, 0
-        if self._perm_epoch != state.epoch:
-            self._perm = np.random.default_rng(self.seed + state.epoch).permutation(len(self.blocks))
-            self._perm_epoch = state.epoch
-        idx = np.sort(self._perm[state.cursor: state.cursor + self.batch_size])
-        state.cursor += self.batch_size
-        return torch.from_numpy(self.blocks[idx].astype(np.int64))
-
-
 @torch.no_grad()
-def estimate_loss(model: torch.nn.Module, blocks: np.ndarray, batch_size: int, batches: int,
+def estimate_loss(model: torch.nn.Module, data: TokenData, batch_size: int, batches: int,
                   device: torch.device, autocast) -> Optional[float]:
-    """Mean loss over a fixed prefix of the validation blocks (the same blocks every time)."""
-    n = min(len(blocks), batch_size * batches)
-    if n == 0:
-        return None
+    """Mean next-token loss over a fixed prefix of the validation examples (the same every time)."""
     model.eval()
     total, count = 0.0, 0
-    for start in range(0, n, batch_size):
-        x = torch.from_numpy(blocks[start:min(n, start + batch_size)].astype(np.int64)).to(device)
+    for batch in fixed_batches(data, batch_size, batches):
+        batch = batch.to(device)
         with autocast():
-            total += model(input_ids=x, labels=x).loss.float().item() * len(x)
-        count += len(x)
+            total += micro_loss(model, batch, 1, batch.targets).float().item() * batch.targets
+        count += batch.targets
     model.train()
-    return total / count
+    return total / count if count else None
 
 
-def train(model: PreTrainedModel, train_blocks: np.ndarray, val_blocks: np.ndarray, cfg: TrainConfig,
+def warmup_seconds(model: torch.nn.Module, data: TokenData, cfg: TrainConfig, device: torch.device,
+                   precision: str) -> Optional[float]:
+    """Time forward + backward of the loop's first-shaped micro-batch (preflight's duration estimate).
+
+    The weights are untouched (no optimizer exists yet), gradients are cleared, and the RNG is
+    forked, so a run that measures trains exactly as one that does not.
+    """
+    if cfg.preflight_steps == 0:
+        return None
+    prepare_model(model, cfg, device)
+    batch = next(fixed_batches(data, cfg.batch_size, 1)).to(device)
+    autocast = autocast_for(device, precision)
+
+    def step() -> None:
+        with autocast():
+            loss = micro_loss(model, batch, 1, batch.targets)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        return measure_step_seconds(step, device, cfg.preflight_steps)
+
+
+def train(model: torch.nn.Module, train_data: TokenData, val_data: TokenData, cfg: TrainConfig,
           checkpointer: Checkpointer, metrics_path: Path,
           on_metrics: Optional[Callable[[StepMetrics], None]] = None) -> TrainOutcome:
     """Train ``model`` until ``max_steps`` or the time budget, resuming from the latest checkpoint.
 
-    Every step appends a line to ``metrics_path``. A non-finite loss stops the run with a
-    TrainingError; the last good checkpoint stays in place.
+    ``train_data``/``val_data`` are packed blocks (n, block_size) for train.batching=pack, or
+    ragged documents (models.batching.Ragged) for pad. Every step appends a line to
+    ``metrics_path``. A non-finite loss stops the run with a TrainingError; the last good
+    checkpoint stays in place.
     """
     threads = torch.get_num_threads()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     try:
-        return _train(model, train_blocks, val_blocks, cfg, checkpointer, metrics_path, on_metrics)
+        return _train(model, train_data, val_data, cfg, checkpointer, metrics_path, on_metrics)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(model, train_blocks, val_blocks, cfg, checkpointer, metrics_path, on_metrics) -> TrainOutcome:
+def _train(model, train_data, val_data, cfg, checkpointer, metrics_path, on_metrics) -> TrainOutcome:
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    model.to(device)
-    model.train()
+    sampler = make_sampler(train_data, cfg.batching, cfg.batch_size, cfg.seed)
+    prepare_model(model, cfg, device)
     optimizer = make_optimizer(model, cfg, device)
+    # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-
-    def autocast():
-        return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+    autocast = autocast_for(device, precision)
 
     # the metrics file travels inside each checkpoint, so after a crash it is rewound with the model
     carried = {"metrics.jsonl": metrics_path}
@@ -199,9 +258,7 @@ def _train(model, train_blocks, val_blocks, cfg, checkpointer, metrics_path, on_
         metrics_path.unlink(missing_ok=True)
         torch.manual_seed(cfg.seed)
     step_model = torch.compile(model) if cfg.compile else model
-    sampler = BlockSampler(train_blocks, cfg.batch_size, cfg.seed)
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    tokens_per_step = cfg.batch_size * cfg.grad_accum_steps * train_blocks.shape[1]
     with open(metrics_path, "a", encoding="utf-8") as metrics_file, _progress(cfg.max_steps, state.step) as bar:
         while state.step < cfg.max_steps:
             if cfg.max_minutes and state.elapsed_s >= cfg.max_minutes * 60:
@@ -211,37 +268,22 @@ def _train(model, train_blocks, val_blocks, cfg, checkpointer, metrics_path, on_
             lr = lr_at(cfg, state.step, state.elapsed_s)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss_value = 0.0
-            for _ in range(cfg.grad_accum_steps):
-                x = sampler.next(state).to(device, non_blocking=True)
-                with autocast():
-                    loss = step_model(input_ids=x, labels=x).loss / cfg.grad_accum_steps
-                scaler.scale(loss).backward()
-                loss_value += loss.detach().float().item()
+            loss_value, tokens = _forward_backward(step_model, sampler, state, cfg, device, autocast, scaler)
             if not math.isfinite(loss_value):
-                last = checkpointer.latest()
-                where = f"the last good checkpoint is step {last}" if last is not None else "no checkpoint was written yet"
-                raise TrainingError(
-                    f"loss became {loss_value} at step {state.step}; {where}. "
-                    f"Lower train.lr (now {cfg.lr}), keep grad_clip on, or use fp32."
-                )
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+                raise _diverged(loss_value, state, cfg, checkpointer)
+            grad_norm, skipped = _optimizer_step(model, optimizer, scaler, cfg)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             dt = time.perf_counter() - t0
             state.step += 1
-            state.tokens_seen += tokens_per_step
+            state.tokens_seen += tokens
             state.elapsed_s += dt
             val_loss = None
             if state.step % cfg.eval_every == 0 or state.step == cfg.max_steps:
-                val_loss = estimate_loss(model, val_blocks, cfg.batch_size, cfg.eval_batches, device, autocast)
+                val_loss = estimate_loss(model, val_data, cfg.batch_size, cfg.eval_batches, device, autocast)
                 state.last_val_loss = val_loss
-            m = StepMetrics(state.step, loss_value, lr, float(grad_norm), tokens_per_step / dt,
-                            state.tokens_seen, state.elapsed_s, _memory_mb(device), val_loss)
+            m = StepMetrics(state.step, loss_value, lr, grad_norm, tokens / dt, state.tokens_seen, state.elapsed_s,
+                            _memory_mb(device), val_loss, skipped or None)
             metrics_file.write(m.to_json() + "\n")
             metrics_file.flush()
             bar.update(1)
@@ -255,6 +297,53 @@ def _train(model, train_blocks, val_blocks, cfg, checkpointer, metrics_path, on_
     rows = read_metrics(metrics_path) if metrics_path.exists() else []
     final_loss = rows[-1]["loss"] if rows else float("nan")
     return TrainOutcome(model, state, resumed, str(device), precision, final_loss)
+
+
+def _forward_backward(model, sampler: Sampler, state: TrainerState, cfg: TrainConfig, device: torch.device,
+                      autocast, scaler: torch.amp.GradScaler) -> tuple[float, int]:
+    """Accumulate gradients over ``grad_accum_steps`` micro-batches; return (step loss, real tokens).
+
+    The window's micro-batches are drawn first: padded batches are weighted by the targets of
+    the whole window (see :func:`micro_loss`).
+    """
+    micro = [sampler.next_batch(state) for _ in range(cfg.grad_accum_steps)]
+    window_targets = sum(b.targets for b in micro)
+    total = torch.zeros((), device=device)
+    for batch in micro:
+        batch = batch.to(device)
+        with autocast():
+            loss = micro_loss(model, batch, cfg.grad_accum_steps, window_targets)
+        scaler.scale(loss).backward()
+        total += loss.detach().float()
+    return total.item(), sum(b.tokens for b in micro)  # one host sync per step, not per micro-batch
+
+
+def _optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                    cfg: TrainConfig) -> tuple[float, bool]:
+    """Unscale, clip, step, zero; return (grad norm before clipping, whether the scaler skipped the update).
+
+    Gradients are unscaled before clipping so the threshold applies to true gradients. With fp16,
+    inf/NaN gradients (a loss scale too high) make ``scaler.step`` skip the update and
+    ``scaler.update`` lower the scale: a normal event early in training, logged, not an error.
+    """
+    scale = scaler.get_scale() if scaler.is_enabled() else None
+    scaler.unscale_(optimizer)
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf"))
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    skipped = scale is not None and scaler.get_scale() < scale
+    return float(grad_norm), skipped
+
+
+def _diverged(loss_value: float, state: TrainerState, cfg: TrainConfig, checkpointer: Checkpointer) -> TrainingError:
+    last = checkpointer.latest()
+    where = f"the last good checkpoint is step {last}" if last is not None else "no checkpoint was written yet"
+    return TrainingError(
+        f"loss became {loss_value} at step {state.step}; {where}. "
+        f"Lower train.lr (now {cfg.lr}), keep grad_clip on, or use fp32."
+    )
 
 
 def _progress(total: int, initial: int):

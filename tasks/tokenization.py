@@ -1,9 +1,12 @@
-"""Tokenize stage: train or attach the tokenizer, then pack the snapshot into training blocks."""
+"""Tokenize stage: train or attach the tokenizer, then pack the snapshot into training blocks or documents."""
 from __future__ import annotations
+
+from typing import Literal, Optional
 
 from prefect import get_run_logger, task
 
-from infra.config import TokenizerConfig
+from infra.config import ModelConfig, TokenizerConfig
+from models.finetune import tokenizer_config_for
 from models.ingest import read_split
 from models.records import DatasetRef, PackedRef, TokenizerRef
 from models.tokenizer import build_tokenizer, load_tokenizer, pack_dataset
@@ -11,9 +14,13 @@ from tasks.common import cache_dir, store
 
 
 @task(name="build-tokenizer", retries=1)
-def build_tokenizer_task(cfg: TokenizerConfig, dataset: DatasetRef) -> TokenizerRef:
-    """Reuses the stored tokenizer when the training split and config are unchanged (content-addressed)."""
+def build_tokenizer_task(cfg: TokenizerConfig, dataset: DatasetRef, model_cfg: Optional[ModelConfig] = None) -> TokenizerRef:
+    """Reuses the stored tokenizer when the training split and config are unchanged (content-addressed).
+
+    With ``model_cfg.pretrained`` set, the pretrained model's tokenizer is attached instead of training one.
+    """
     st = store()
+    cfg = tokenizer_config_for(cfg, model_cfg) if model_cfg else cfg
     texts = read_split(st, dataset, "train") if cfg.kind == "bpe" else []
     ref = build_tokenizer(st, cfg, dataset, texts)
     get_run_logger().info("tokenizer %s: %d tokens at %s", ref.kind, ref.vocab_size, ref.uri)
@@ -21,10 +28,12 @@ def build_tokenizer_task(cfg: TokenizerConfig, dataset: DatasetRef) -> Tokenizer
 
 
 @task(name="pack-data", retries=1)
-def pack_data(dataset: DatasetRef, tokenizer_ref: TokenizerRef, block_size: int, num_proc: int = 1) -> PackedRef:
+def pack_data(dataset: DatasetRef, tokenizer_ref: TokenizerRef, block_size: int, num_proc: int = 1,
+              batching: Literal["pack", "pad"] = "pack") -> PackedRef:
+    """Blocks of concatenated documents (batching=pack), or one example per document (batching=pad)."""
     st = store()
     tokenizer = load_tokenizer(st, tokenizer_ref, cache_dir())
     splits = {s: read_split(st, dataset, s) for s in ("train", "validation")}
-    ref = pack_dataset(st, dataset, tokenizer_ref, splits, tokenizer, block_size, num_proc)
-    get_run_logger().info("packed %s blocks of %d tokens", ref.blocks, block_size)
+    ref = pack_dataset(st, dataset, tokenizer_ref, splits, tokenizer, block_size, num_proc, batching)
+    get_run_logger().info("packed %s %s of at most %d tokens", ref.blocks, ref.layout, block_size)
     return ref

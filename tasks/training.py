@@ -1,11 +1,14 @@
-"""Train stage: run (or resume) training, with a live Prefect progress artifact and the loss curve linked."""
+"""Train stage: preflight, then run (or resume) training, with a live Prefect progress artifact and the loss curve linked."""
 from __future__ import annotations
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_link_artifact, create_progress_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_link_artifact, create_markdown_artifact, create_progress_artifact, update_progress_artifact,
+)
 
 from infra.config import ModelConfig, TrainConfig
-from models.records import PackedRef, TokenizerRef, TrainRef
+from models import preflight as pf
+from models.records import PackedRef, PreflightReport, TokenizerRef, TrainRef
 from models.runs import run_training
 from models.tokenizer import load_tokenizer
 from models.training import StepMetrics
@@ -17,7 +20,8 @@ def train_model(packed: PackedRef, tokenizer_ref: TokenizerRef, model_cfg: Model
     """A rerun with the same inputs resumes from the last checkpoint, or reuses a finished run."""
     logger = get_run_logger()
     st = store()
-    progress_id = create_progress_artifact(0.0, description=f"training {model_cfg.preset}")
+    name = model_cfg.pretrained or model_cfg.preset
+    progress_id = create_progress_artifact(0.0, description=f"training {name}")
     every = max(1, train_cfg.max_steps // 50)
 
     def report(m: StepMetrics) -> None:
@@ -26,8 +30,13 @@ def train_model(packed: PackedRef, tokenizer_ref: TokenizerRef, model_cfg: Model
             val = f", val loss {m.val_loss:.4f}" if m.val_loss is not None else ""
             logger.info("step %d: loss %.4f%s, lr %.2e, %.0f tokens/s", m.step, m.loss, val, m.lr, m.tokens_per_s)
 
+    def preflight(r: PreflightReport) -> None:
+        logger.info("preflight: %s", pf.summary(r))
+        create_markdown_artifact(pf.markdown(r), key=artifact_key("preflight", name), description=f"preflight of {name}")
+
     tokenizer = load_tokenizer(st, tokenizer_ref, cache_dir())
-    ref = run_training(st, packed, tokenizer_ref, tokenizer, model_cfg, train_cfg, cache_dir(), on_metrics=report)
+    ref = run_training(st, packed, tokenizer_ref, tokenizer, model_cfg, train_cfg, cache_dir(), on_metrics=report,
+                       on_preflight=preflight)
     update_progress_artifact(progress_id, 100.0)
     if ref.loss_plot_uri:
         create_link_artifact(link(ref.loss_plot_uri), link_text="loss curve (PNG)", key=artifact_key("loss-curve", ref.run_id))

@@ -1,0 +1,192 @@
+"""Preflight: will this run fit, how much compute is it, and how long will it take — before training starts."""
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, PretrainedConfig
+
+from infra.config import LoraSettings, TrainConfig
+from infra.markdown import markdown_table
+from models.batching import TokenData, mean_tokens_per_example
+from models.finetune import apply_lora, base_model
+from models.records import PreflightReport
+
+GiB = 2**30
+RULE_HOLD_BYTES = 4  # bytes/parameter to hold fp32 weights
+RULE_TRAIN_EXTRA_BYTES = 20  # the rule of thumb's extra bytes/parameter to train with Adam in fp32
+CHINCHILLA_TOKENS_PER_PARAM = 20
+USABLE_FRACTION = 0.9  # headroom for the allocator's fragmentation, the CUDA context, the data
+
+__all__ = ["PreflightError", "PreflightReport", "preflight", "with_duration", "check", "skeleton",
+           "measure_step_seconds", "summary", "markdown"]
+
+
+class PreflightError(RuntimeError):
+    """The configuration cannot run on this device; the message says what to change."""
+
+
+def skeleton(config: PretrainedConfig, attention: str = "sdpa", lora: Optional[LoraSettings] = None) -> torch.nn.Module:
+    """The model on the ``meta`` device: shapes and dtypes without memory, for counting a 1B model in a second."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=attention)
+    return apply_lora(model, lora) if lora else model
+
+
+def available_memory(device: torch.device) -> int:
+    """Free memory on ``device``: CUDA's free bytes, or the RAM the OS reports available."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def activation_bytes(config: PretrainedConfig, batch_size: int, seq_len: int, precision: str,
+                     checkpointing: bool) -> int:
+    """Peak activations of one micro-batch, from the shape of the model.
+
+    Per layer and token a transformer block keeps about 34·h bytes in 16-bit precision
+    (Korthikanti et al. 2022, with memory-efficient attention so no s² term), twice that in fp32;
+    with gradient checkpointing only each layer's input (h values) stays, plus one block's full
+    set during recomputation. The logits and their gradient (batch·seq·vocab, fp32) come on top
+    and often dominate small models with large vocabularies.
+    """
+    hidden = getattr(config, "hidden_size", None) or config.n_embd
+    layers = getattr(config, "num_hidden_layers", None) or config.n_layer
+    width = 2 if precision in ("bf16", "fp16") else 4
+    tokens = batch_size * seq_len
+    per_layer = 17 * hidden * width * tokens  # 34·h bytes at 2 bytes/value
+    if checkpointing:
+        blocks = layers * hidden * width * tokens + per_layer
+    else:
+        blocks = layers * per_layer
+    logits = 3 * tokens * config.vocab_size * 4  # logits, log-softmax, gradient
+    return int(blocks + logits)
+
+
+def preflight(model: torch.nn.Module, cfg: TrainConfig, device: torch.device, precision: str,
+              train_data: TokenData, step_seconds: Optional[float] = None) -> PreflightReport:
+    """Memory, compute and data arithmetic for this run; ``fits`` is False with advice when it cannot run.
+
+    Args:
+        model: The model as it will train (a LoRA wrapper counts only adapters as trainable); a
+            ``meta``-device :func:`skeleton` gives the same numbers without allocating anything.
+        device: Where it will train; its free memory is the budget.
+        precision: The resolved precision (fp32, bf16, fp16): activations are 16-bit under autocast,
+            weights, gradients and AdamW's two moments stay fp32 (4 + 4 + 8 bytes per trainable parameter).
+        train_data: The training split (blocks or ragged documents): tokens available, tokens per step.
+        step_seconds: A measured forward+backward of one micro-batch, for the duration estimate.
+    """
+    params = list(model.parameters())  # unique tensors: tied embeddings count once
+    n = sum(p.numel() for p in params)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    weights = sum(p.numel() * p.element_size() for p in params)
+    grads, optimizer = trainable * 4, trainable * 8  # fp32 gradients; AdamW's two fp32 moments
+    acts = activation_bytes(base_model(model).config, cfg.batch_size, cfg.block_size, precision,
+                            cfg.gradient_checkpointing)
+    total = weights + grads + optimizer + acts
+    available = available_memory(device)
+    tokens_per_step = int(round(cfg.batch_size * cfg.grad_accum_steps * mean_tokens_per_example(train_data)))
+    fits = total <= USABLE_FRACTION * available
+    report = PreflightReport(
+        device=str(device), precision=precision, parameters=n, trainable_parameters=trainable,
+        weights_bytes=weights, gradients_bytes=grads, optimizer_bytes=optimizer, activations_bytes=acts,
+        total_bytes=total, available_bytes=available, rule_of_thumb_hold_bytes=RULE_HOLD_BYTES * n,
+        rule_of_thumb_train_bytes=(RULE_HOLD_BYTES + RULE_TRAIN_EXTRA_BYTES) * n, tokens_per_step=tokens_per_step,
+        planned_tokens=tokens_per_step * cfg.max_steps, available_tokens=int(train_data.size),
+        chinchilla_tokens=CHINCHILLA_TOKENS_PER_PARAM * n, training_flops=6.0 * n * tokens_per_step * cfg.max_steps,
+        fits=fits, advice=[] if fits else _advice(cfg, precision, device, weights, acts, total, available),
+    )
+    return with_duration(report, cfg, step_seconds) if step_seconds is not None else report
+
+
+def with_duration(report: PreflightReport, cfg: TrainConfig, step_seconds: float) -> PreflightReport:
+    """The report with a duration estimated from one measured micro-batch (the budget caps it)."""
+    per_step = step_seconds * cfg.grad_accum_steps * 1.1  # the optimizer step adds ~10% at these sizes
+    duration, planned = per_step * cfg.max_steps, report.planned_tokens
+    if cfg.max_minutes and duration > cfg.max_minutes * 60:
+        duration = cfg.max_minutes * 60
+        planned = int(duration / per_step) * report.tokens_per_step
+    return report.model_copy(update={
+        "measured_step_s": step_seconds, "estimated_duration_s": duration, "planned_tokens": planned,
+        "training_flops": 6.0 * report.parameters * planned,
+    })
+
+
+def _advice(cfg: TrainConfig, precision: str, device: torch.device, weights: int, acts: int, total: int,
+            available: int) -> list[str]:
+    tips = []
+    if cfg.batch_size > 1:
+        smaller = max(1, cfg.batch_size // 2)
+        tips.append(f"halve train.batch_size to {smaller} and double train.grad_accum_steps to "
+                    f"{cfg.grad_accum_steps * 2} (same effective batch, about {acts / 2 / GiB:.2f} GiB less activation memory)")
+    if not cfg.gradient_checkpointing:
+        tips.append("set train.gradient_checkpointing=true (recompute activations in the backward pass)")
+    if device.type == "cuda" and precision == "fp32":
+        tips.append("set train.precision=bf16 (halves activation memory)")
+    if cfg.lora is None:
+        tips.append("fine-tune with LoRA (train.lora) so gradients and optimizer states cover only the adapters")
+    if weights > USABLE_FRACTION * available:
+        tips.append(f"the weights alone take {weights / GiB:.2f} GiB: only a smaller model fits")
+    tips.append(f"or use a smaller model.preset: this one needs {total / GiB:.2f} GiB, {available / GiB:.2f} GiB is available")
+    return tips
+
+
+def check(report: PreflightReport) -> None:
+    """Raise :class:`PreflightError`, naming what to change, when the run does not fit."""
+    if not report.fits:
+        raise PreflightError(
+            f"this run needs about {report.total_bytes / GiB:.2f} GiB on {report.device} but "
+            f"{report.available_bytes / GiB:.2f} GiB is available (weights {report.weights_bytes / GiB:.2f}, "
+            f"gradients {report.gradients_bytes / GiB:.2f}, optimizer {report.optimizer_bytes / GiB:.2f}, "
+            f"activations {report.activations_bytes / GiB:.2f} GiB). Try: " + "; ".join(report.advice)
+        )
+
+
+def measure_step_seconds(step: Callable[[], None], device: torch.device, steps: int = 2) -> float:
+    """Median time of ``step`` (one forward + backward) after a warm-up call (allocations, kernel selection)."""
+    times = []
+    for _ in range(steps + 1):
+        t0 = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times[1:]))
+
+
+def summary(report: PreflightReport) -> str:
+    """One line for the logs."""
+    est = f"{report.estimated_duration_s / 60:.1f} min" if report.estimated_duration_s else "not measured"
+    return (f"{report.parameters / 1e6:.2f} M parameters ({report.trainable_parameters / 1e6:.2f} M trainable); "
+            f"memory {report.total_bytes / GiB:.2f} GiB of {report.available_bytes / GiB:.1f} GiB available on "
+            f"{report.device} ({report.precision}); rule of thumb {report.rule_of_thumb_train_bytes / GiB:.2f} GiB; "
+            f"{report.planned_tokens:,} tokens planned "
+            f"({report.planned_tokens / max(1, report.available_tokens):.1f} epochs, "
+            f"Chinchilla-optimal {report.chinchilla_tokens:,}); {report.training_flops:.2e} FLOPs; estimated {est}")
+
+
+def markdown(report: PreflightReport, actual_s: Optional[float] = None) -> str:
+    """The report as a two-column markdown table (model card, Prefect artifact)."""
+    gib = lambda b: f"{b / GiB:.3f} GiB"  # noqa: E731
+    est = f"{report.estimated_duration_s:.1f} s" if report.estimated_duration_s is not None else "not measured"
+    rows = [
+        ["parameters", f"{report.parameters:,} ({report.trainable_parameters:,} trainable)"],
+        ["memory estimate", f"{gib(report.total_bytes)} on {report.device} ({report.precision}): weights "
+                            f"{gib(report.weights_bytes)}, gradients {gib(report.gradients_bytes)}, optimizer "
+                            f"{gib(report.optimizer_bytes)}, activations {gib(report.activations_bytes)}"],
+        ["memory available", gib(report.available_bytes)],
+        ["rule of thumb (fp32, Adam)", f"hold {gib(report.rule_of_thumb_hold_bytes)} (4 B/parameter), train "
+                                       f"{gib(report.rule_of_thumb_train_bytes)} (4 + 20 B/parameter)"],
+        ["training FLOPs (6·N·D)", f"{report.training_flops:.3e}"],
+        ["tokens planned / available", f"{report.planned_tokens:,} / {report.available_tokens:,} "
+                                       f"({report.planned_tokens / max(1, report.available_tokens):.2f} epochs)"],
+        ["Chinchilla-optimal tokens (20/parameter)", f"{report.chinchilla_tokens:,}"],
+        ["duration estimated" + (" / actual" if actual_s is not None else ""),
+         est + (f" / {actual_s:.1f} s" if actual_s is not None else "")],
+    ]
+    return markdown_table(["preflight", "value"], rows)

@@ -1,0 +1,190 @@
+"""Preflight: parameter and memory arithmetic of known models, refusal before allocating, a warm-up that changes nothing."""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from infra.config import DataConfig, LoraSettings, ModelConfig, PipelineConfig, TrainConfig
+from infra.store import LocalStore
+from models import preflight as pf
+from models.card import render_card
+from models.checkpoint import Checkpointer
+from models.ingest import ingest, read_split
+from models.presets import build_config
+from models.records import PreflightReport
+from models.tokenizer import build_tokenizer, load_tokenizer, pack_dataset
+from models.training import read_metrics, train, warmup_seconds
+from tests.helpers import stdlib_texts
+from tests.unit.test_card import DATASET, QUANT, RUN, TOKENIZER, evaluation, section, table_rows
+from tests.unit.test_training import BLOCK, VOCAB, config, patterned_blocks, tiny_model
+
+CPU = torch.device("cpu")
+GPT2_SMALL_PARAMETERS = 124_439_808  # GPT-2 small as published (tied embeddings, vocab 50257, context 1024)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_config():
+    return build_config("tiny", vocab_size=VOCAB, context_length=BLOCK, bos_token_id=0, eos_token_id=0)
+
+
+def tiny_parameters() -> int:
+    """The tiny Llama by hand: tied embedding, per layer q/k/v/o + gate/up/down + 2 RMSNorms, final norm."""
+    h, inner, layers = 32, 64, 2
+    return VOCAB * h + layers * (4 * h * h + 3 * h * inner + 2 * h) + h
+
+
+def test_gpt2_small_counts_124m_parameters_on_the_meta_device_without_memory():
+    config = build_config("gpt2", vocab_size=50257, context_length=1024, bos_token_id=0, eos_token_id=0)
+    model = pf.skeleton(config)
+    assert all(p.device.type == "meta" for p in model.parameters())
+    report = pf.preflight(model, TrainConfig(batch_size=1, block_size=1024, max_steps=10), CPU, "fp32",
+                          np.zeros((4, 1024), np.uint16))
+    assert report.parameters == report.trainable_parameters == GPT2_SMALL_PARAMETERS
+
+
+def test_fp32_adamw_bytes_flops_and_data_of_a_known_model():
+    n = tiny_parameters()
+    cfg = config(max_steps=50, batch_size=8, grad_accum_steps=2)
+    data = patterned_blocks(100)
+    report = pf.preflight(pf.skeleton(tiny_config()), cfg, CPU, "fp32", data)
+    assert report.parameters == report.trainable_parameters == n == sum(p.numel() for p in tiny_model().parameters())
+    assert (report.weights_bytes, report.gradients_bytes, report.optimizer_bytes) == (4 * n, 4 * n, 8 * n)
+    assert report.total_bytes == 16 * n + report.activations_bytes
+    assert (report.rule_of_thumb_hold_bytes, report.rule_of_thumb_train_bytes) == (4 * n, 24 * n)
+    assert report.tokens_per_step == 8 * 2 * BLOCK and report.planned_tokens == 50 * 8 * 2 * BLOCK
+    assert report.training_flops == 6 * n * report.planned_tokens
+    assert report.chinchilla_tokens == 20 * n and report.available_tokens == 100 * BLOCK
+    assert report.fits and report.advice == [] and report.estimated_duration_s is None
+
+
+def test_lora_counts_only_the_adapters_as_trainable():
+    n, r, h, inner = tiny_parameters(), 4, 32, 64
+    adapters = 2 * (4 * r * (h + h) + 2 * r * (h + inner) + r * (inner + h))  # q/k/v/o, gate/up, down per layer
+    cfg = config(lora=LoraSettings(r=r))
+    report = pf.preflight(pf.skeleton(tiny_config(), lora=cfg.lora), cfg, CPU, "fp32", patterned_blocks(16))
+    assert report.trainable_parameters == adapters and report.parameters == n + adapters
+    assert (report.gradients_bytes, report.optimizer_bytes) == (4 * adapters, 8 * adapters)
+    assert report.weights_bytes == 4 * (n + adapters)
+
+
+def test_activations_shrink_with_checkpointing_and_16_bit_precision():
+    acts = lambda precision, ckpt: pf.activation_bytes(tiny_config(), 8, BLOCK, precision, ckpt)  # noqa: E731
+    assert acts("fp32", True) < acts("fp32", False) and acts("bf16", False) < acts("fp32", False)
+
+
+def test_a_measured_step_gives_a_duration_capped_by_the_time_budget():
+    report = pf.preflight(pf.skeleton(tiny_config()), config(max_steps=100, grad_accum_steps=2, max_minutes=None),
+                          CPU, "fp32", patterned_blocks(16), step_seconds=0.5)
+    assert report.estimated_duration_s == pytest.approx(0.5 * 2 * 1.1 * 100)
+    capped = pf.preflight(pf.skeleton(tiny_config()), config(max_steps=100, max_minutes=0.5), CPU, "fp32",
+                          patterned_blocks(16), step_seconds=1.0)
+    assert capped.estimated_duration_s == 30.0 and capped.planned_tokens == 27 * capped.tokens_per_step
+    assert capped.training_flops == 6 * capped.parameters * capped.planned_tokens
+
+
+def test_the_warm_up_leaves_weights_rng_and_training_unchanged(tmp_path):
+    blocks = patterned_blocks()
+    cfg = config(max_steps=12, checkpoint_every=100, eval_every=100)
+    model = tiny_model()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    seconds = warmup_seconds(model, blocks, cfg, CPU, "fp32")
+    assert seconds > 0 and torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    train(model, blocks, blocks[:16], cfg, Checkpointer(LocalStore(tmp_path / "a"), "ck"), tmp_path / "a.jsonl")
+    train(tiny_model(), blocks, blocks[:16], cfg, Checkpointer(LocalStore(tmp_path / "b"), "ck"), tmp_path / "b.jsonl")
+    # as in the kill-and-resume test: CPU kernels are not bitwise reproducible between runs of one process
+    assert [r["loss"] for r in read_metrics(tmp_path / "a.jsonl")] == pytest.approx(
+        [r["loss"] for r in read_metrics(tmp_path / "b.jsonl")], rel=1e-5, abs=1e-6)
+    assert warmup_seconds(tiny_model(), blocks, cfg.model_copy(update={"preflight_steps": 0}), CPU, "fp32") is None
+
+
+@pytest.fixture(scope="module")
+def packed_corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("preflight")
+    store, cache = LocalStore(root / "store"), root / "cache"
+    src = root / "docs.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in stdlib_texts()), encoding="utf-8")
+    dataset = ingest(DataConfig(sources=[str(src)], max_chars=600), store, model_name="pf", cache_dir=cache)
+    tok_ref = build_tokenizer(store, PipelineConfig().tokenizer.model_copy(update={"vocab_size": 300}), dataset,
+                              read_split(store, dataset, "train"))
+    tokenizer = load_tokenizer(store, tok_ref, cache)
+    packed = pack_dataset(store, dataset, tok_ref, {s: read_split(store, dataset, s) for s in ("train", "validation")},
+                          tokenizer, BLOCK)
+    return store, cache, tok_ref, tokenizer, packed
+
+
+def test_a_run_that_cannot_fit_fails_before_building_the_model(packed_corpus, monkeypatch):
+    from models import runs
+
+    store, cache, tok_ref, tokenizer, packed = packed_corpus
+    monkeypatch.setattr(runs, "build_run_model", lambda *a, **k: pytest.fail("the model was materialised"))
+    cfg = TrainConfig(batch_size=4096, block_size=BLOCK, max_steps=10, device="cpu", num_threads=1)
+    t0 = time.perf_counter()
+    with pytest.raises(pf.PreflightError) as info:
+        runs.run_training(store, packed, tok_ref, tokenizer, ModelConfig(preset="llama-1b"), cfg, cache)
+    assert time.perf_counter() - t0 < 20
+    message = str(info.value)
+    assert "GiB is available" in message and "weights" in message and "activations" in message
+    for change in ("train.batch_size to 2048", "train.grad_accum_steps to 2", "train.gradient_checkpointing=true",
+                   "LoRA (train.lora)", "smaller model.preset"):
+        assert change in message
+    run_id = runs.run_id_for(packed, tok_ref, ModelConfig(preset="llama-1b"), cfg)
+    saved = PreflightReport.model_validate(store.get_json(f"runs/{run_id}/preflight.json"))
+    assert not saved.fits and saved.parameters > 9e8
+    assert not store.list(f"runs/{run_id}/checkpoints")
+
+
+def test_a_run_records_its_preflight_and_the_card_shows_it(packed_corpus):
+    from models.runs import run_training
+
+    store, cache, tok_ref, tokenizer, packed = packed_corpus
+    cfg = TrainConfig(max_steps=6, max_minutes=None, batch_size=8, block_size=BLOCK, eval_every=6, eval_batches=1,
+                      checkpoint_every=6, num_threads=1)
+    seen = []
+    ref = run_training(store, packed, tok_ref, tokenizer, ModelConfig(preset="tiny"), cfg, cache, on_preflight=seen.append)
+    assert seen == [ref.preflight] and ref.preflight.measured_step_s > 0 and ref.preflight.estimated_duration_s > 0
+    assert ref.preflight.parameters == ref.parameters and ref.preflight.available_tokens == packed.tokens["train"]
+    assert store.get_json(f"runs/{ref.run_id}/preflight.json") == ref.preflight.model_dump(mode="json")
+    card = render_card(name="card-lm", version=1, config=PipelineConfig(), dataset=DATASET, tokenizer=TOKENIZER,
+                       run=RUN.model_copy(update={"preflight": ref.preflight, "wall_s": 1.5}), evaluation=evaluation(),
+                       quant=QUANT)
+    rows = dict(table_rows(section(card, "Training"))[1:])
+    assert "### Preflight" in card
+    assert rows["parameters"] == f"{ref.parameters:,} ({ref.parameters:,} trainable)"
+    assert rows["training FLOPs (6·N·D)"] == f"{ref.preflight.training_flops:.3e}"
+    assert rows["Chinchilla-optimal tokens (20/parameter)"] == f"{20 * ref.parameters:,}"
+    assert rows["duration estimated / actual"].endswith("/ 1.5 s")
+    assert "4 + 20 B/parameter" in rows["rule of thumb (fp32, Adam)"]
+
+
+@pytest.mark.parametrize("mode", ["enforce", "warn"])
+def test_warn_mode_trains_anyway_and_says_so(packed_corpus, monkeypatch, mode):
+    from models.runs import run_training
+
+    store, cache, tok_ref, tokenizer, packed = packed_corpus
+    monkeypatch.setattr(pf, "available_memory", lambda device: 1000)  # a device with 1000 bytes free
+    cfg = TrainConfig(max_steps=2, max_minutes=None, batch_size=8, block_size=BLOCK, eval_every=2, eval_batches=1,
+                      checkpoint_every=2, num_threads=1, preflight=mode, preflight_steps=0)
+    if mode == "enforce":
+        with pytest.raises(pf.PreflightError, match="1000 bytes|0.00 GiB is available"):
+            run_training(store, packed, tok_ref, tokenizer, ModelConfig(preset="tiny"), cfg, cache)
+        return
+    ref = run_training(store, packed, tok_ref, tokenizer, ModelConfig(preset="tiny"), cfg, cache)
+    assert ref.steps == 2 and not ref.preflight.fits and ref.preflight.estimated_duration_s is None
+    card = render_card(name="card-lm", version=1, config=PipelineConfig(), dataset=DATASET, tokenizer=TOKENIZER,
+                       run=RUN.model_copy(update={"preflight": ref.preflight}), evaluation=evaluation(), quant=None)
+    assert "the run did not fit (train.preflight=warn) in memory" in card
+    assert "not measured" in dict(table_rows(section(card, "Training"))[1:])["duration estimated / actual"]
