@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import resource
 import subprocess
 import sys
 import time
@@ -23,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import RESULTS, ROOT, max_rss_mb, run_meta, write_results
+
 THRESHOLDS = {"psi": 0.1, "kl": 0.1}  # drift when value >= threshold; ks: drift when p < 0.05 (Evidently's defaults)
 KS_ALPHA = 0.05
 EVIDENTLY_METHOD = {"psi": "psi", "kl": "kl_div", "ks": "ks"}
@@ -62,10 +61,6 @@ def make_data(n: int) -> tuple[np.ndarray, np.ndarray]:
     for j, (make_ref, make_cur) in enumerate(zip(reference, current)):
         ref[:, j], cur[:, j] = make_ref(), make_cur()
     return ref, cur
-
-
-def _max_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def run_ours(ref: np.ndarray, cur: np.ndarray, method: str) -> tuple[dict, float, float]:
@@ -126,9 +121,9 @@ def worker(tool: str, method: str, n: int) -> dict:
     else:
         import monitoring.profile  # noqa: F401
     ref, cur = make_data(n)
-    baseline = _max_rss_mb()
+    baseline = max_rss_mb()
     values, profile_s, check_s = (run_ours if tool == "ours" else run_evidently)(ref, cur, method)
-    peak = _max_rss_mb()
+    peak = max_rss_mb()
     drift = {c: (v < KS_ALPHA) if method.startswith("ks") else (v >= THRESHOLDS[method]) for c, v in values.items()}
     return {"tool": tool, "method": method, "n": n, "profile_s": profile_s, "check_s": check_s,
             "wall_s": profile_s + check_s, "peak_rss_mb": peak, "rss_before_mb": baseline,
@@ -196,7 +191,7 @@ def markdown(table: list[dict], rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="rows per side")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "drift_speed")
+    parser.add_argument("--out", type=Path, default=RESULTS / "drift_speed")
     parser.add_argument("--worker", nargs=3, metavar=("TOOL", "METHOD", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -212,10 +207,8 @@ def main() -> None:
     table = compare(rows)
     text = markdown(table, rows)
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"python": platform.python_version(), "machine": platform.machine(), "cpus": __import__("os").cpu_count()}
-    args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "comparison": table, "runs": rows}, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(text)
+    write_results(args.out.name, {"meta": run_meta(sizes=args.sizes), "comparison": table, "runs": rows}, text,
+                  args.out.parent)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from models.generation import Completion, PromptScore, SamplingParams
 
 
 def traffic_record(*, prompt: str, score: PromptScore, completions: list[Completion], params: SamplingParams,
-                   n: int, latency_ms: float, model: str, version: int, variant: str,
+                   n: int, latency_ms: Optional[float], model: str, version: int, variant: str,
                    request_id: Optional[str] = None, ts: Optional[datetime] = None) -> dict:
     """The record the server captures and the reference profile is built from (docs/contracts.md)."""
     nbytes = len(prompt.encode("utf-8"))
@@ -21,6 +21,7 @@ def traffic_record(*, prompt: str, score: PromptScore, completions: list[Complet
         "version": version,
         "variant": variant,
         "prompt": prompt,
+        "prompt_token_ids": list(score.ids),
         "params": {
             "max_tokens": params.max_new_tokens,
             "temperature": params.temperature if params.do_sample else 0.0,

@@ -31,8 +31,12 @@ class Completion:
 
 @dataclass(frozen=True)
 class PromptScore:
-    tokens: int  # tokens in the whole prompt
+    ids: tuple[int, ...]  # token ids of the whole prompt (no special tokens)
     mean_nll: float  # nats per token over its last context-length tokens, the first scored after the eos marker
+
+    @property
+    def tokens(self) -> int:
+        return len(self.ids)
 
 
 def context_length(model: PreTrainedModel) -> int:
@@ -70,7 +74,7 @@ def score_prompts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pr
         nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1) * mask[:, 1:].to(device)
         for row, ids in enumerate(batch):
             n = len(ids) - 1
-            scores.append(PromptScore(tokens=len(full[start + row]), mean_nll=float(nll[row].sum() / n) if n else 0.0))
+            scores.append(PromptScore(ids=tuple(full[start + row]), mean_nll=float(nll[row].sum() / n) if n else 0.0))
     return scores
 
 

@@ -9,11 +9,13 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from infra.config import MonitorConfig
+from infra.traffic import read_jsonl_file, window_id as make_window_id
 from monitoring import policy, report, stats
+from monitoring.accumulate import SignalSummary, WindowAccumulator, sampling_keys
+from monitoring.batch import Tokenize
 from monitoring.profile import CategoricalProfile, ContinuousProfile, ReferenceProfile, build_profile
 from monitoring.results import DriftReport, SignalResult, SignalStats
-from monitoring.signals import SIGNALS, Extraction, Tokenize, extract
-from infra.traffic import read_jsonl_file, window_id as make_window_id
+from monitoring.signals import SIGNALS, rows_batch, skip_reason
 
 
 def _interval_labels(edges: list[float]) -> list[str]:
@@ -23,53 +25,56 @@ def _interval_labels(edges: list[float]) -> list[str]:
     return [f"<= {edges[0]:.4g}", *inner, f"> {edges[-1]:.4g}"]
 
 
-def continuous_stats(name: str, prof: ContinuousProfile, values: np.ndarray, missing: int, pseudo: float) -> SignalStats:
-    """PSI/KL/JS on the profile's bins and KS against its sample, for one continuous signal."""
+def continuous_stats(name: str, prof: ContinuousProfile, summary: SignalSummary, pseudo: float) -> SignalStats:
+    """PSI/KL/JS on the profile's bins and KS of its sample against the window's sample, for one continuous signal."""
     ref_counts = np.asarray(prof.counts)
-    cur_counts = stats.bin_counts(values, np.asarray(prof.edges))
-    div = stats.divergences(ref_counts, cur_counts, pseudo)
-    test = stats.ks_test(np.asarray(prof.sample), values)
+    div = stats.divergences(ref_counts, summary.counts, pseudo)
+    test = stats.ks_test(np.asarray(prof.sample), summary.sample)
     return SignalStats(
-        name=name, kind="continuous", n_reference=prof.stats.n, n_current=int(values.size), missing=missing,
+        name=name, kind="continuous", n_reference=prof.stats.n, n_current=summary.n, missing=summary.missing,
         psi=float(div["psi"]), kl=float(div["kl"]), js=float(div["js"]),
-        psi_noise_floor=stats.psi_noise_floor(ref_counts.size, prof.stats.n, values.size),
+        psi_noise_floor=stats.psi_noise_floor(ref_counts.size, prof.stats.n, summary.n),
         test="ks", statistic=test.statistic, p_value=test.p_value, effect_size=test.effect_size,
         effect_size_name="ks_d", bins=_interval_labels(prof.edges), reference_counts=ref_counts.tolist(),
-        current_counts=cur_counts.tolist(), reference_mean=prof.stats.mean, current_mean=float(values.mean()),
+        current_counts=summary.counts.tolist(), reference_mean=prof.stats.mean, current_mean=summary.mean,
+        test_sample=int(summary.sample.size),
     )
 
 
-def categorical_stats(name: str, prof: CategoricalProfile, values: np.ndarray, missing: int, pseudo: float) -> SignalStats:
-    """PSI/KL/JS and the chi-square test of homogeneity on the profile's categories."""
+def categorical_stats(name: str, prof: CategoricalProfile, summary: SignalSummary, pseudo: float) -> SignalStats:
+    """PSI/KL/JS and the chi-square test of homogeneity on the profile's categories.
+
+    For token_frequency the noise floor and the chi-square use the profile's design effect: token
+    occurrences come in prompts, so their shares vary more than independent draws would.
+    """
     ref_counts = np.asarray(prof.counts)
-    cur_counts = stats.category_counts(values, prof.categories)
-    div = stats.divergences(ref_counts, cur_counts, pseudo)
-    test = stats.chi2_test(ref_counts, cur_counts)
+    n_ref = int(ref_counts.sum())
+    div = stats.divergences(ref_counts, summary.counts, pseudo)
+    test = stats.chi2_test(ref_counts, summary.counts, prof.design_effect)
     return SignalStats(
-        name=name, kind="categorical", n_reference=int(ref_counts.sum()), n_current=int(values.size),
-        missing=missing, psi=float(div["psi"]), kl=float(div["kl"]), js=float(div["js"]),
-        psi_noise_floor=stats.psi_noise_floor(ref_counts.size, int(ref_counts.sum()), values.size),
+        name=name, kind="categorical", n_reference=n_ref, n_current=summary.n,
+        missing=summary.missing, psi=float(div["psi"]), kl=float(div["kl"]), js=float(div["js"]),
+        psi_noise_floor=stats.psi_noise_floor(ref_counts.size, n_ref, summary.n) * prof.design_effect,
         test="chi2", statistic=test.statistic, p_value=test.p_value, effect_size=test.effect_size,
         effect_size_name="cramers_v", bins=list(prof.categories), reference_counts=ref_counts.tolist(),
-        current_counts=cur_counts.tolist(),
+        current_counts=summary.counts.tolist(), design_effect=prof.design_effect,
     )
 
 
-def measure(profile: ReferenceProfile, extraction: Extraction, cfg: MonitorConfig) -> tuple[dict[str, SignalStats], dict[str, str]]:
+def measure(profile: ReferenceProfile, summaries: Mapping[str, SignalSummary], cfg: MonitorConfig, *,
+            n_records: int, has_tokenizer: bool) -> tuple[dict[str, SignalStats], dict[str, str]]:
     """Statistics for every profiled signal with enough values; the others with the reason they were skipped."""
     measured, skipped = {}, {n: f"not in the reference profile: {r}" for n, r in profile.skipped.items()}
     for name in profile.signals:
-        values = extraction.get(name)
-        if values is None:
-            skipped[name] = extraction.skipped.get(name, "no values")
-        elif values.size < cfg.min_samples:
-            skipped[name] = f"only {values.size} values in the window (min_samples={cfg.min_samples})"
+        summary = summaries[name]
+        if summary.n == 0:
+            skipped[name] = skip_reason(name, n_records, has_tokenizer)
+        elif summary.n < cfg.min_samples:
+            skipped[name] = f"only {summary.n} values in the window (min_samples={cfg.min_samples})"
         elif name in profile.continuous:
-            measured[name] = continuous_stats(name, profile.continuous[name], values,
-                                              extraction.missing.get(name, 0), cfg.smoothing)
+            measured[name] = continuous_stats(name, profile.continuous[name], summary, cfg.smoothing)
         else:
-            measured[name] = categorical_stats(name, profile.categorical[name], values,
-                                               extraction.missing.get(name, 0), cfg.smoothing)
+            measured[name] = categorical_stats(name, profile.categorical[name], summary, cfg.smoothing)
     return measured, skipped
 
 
@@ -99,41 +104,62 @@ def check_window(profile: ReferenceProfile, records: Sequence[dict], tokenize: O
                  cfg: MonitorConfig, out_dir: Path, *, window_id: Optional[str] = None,
                  start: Optional[datetime] = None, end: Optional[datetime] = None,
                  notes: Sequence[str] = ()) -> DriftReport:
-    """Check one traffic window against a reference profile and write its files to ``out_dir``.
+    """Check one in-memory traffic window against a reference profile and write its files to ``out_dir``.
 
-    Files: report.html/report.json (Evidently, when ``cfg.evidently_report`` and a signal was
-    tested), hist_<signal>.png for moved signals, summary.md, and drift.json, written last: a
-    reader trusts a window folder only once drift.json is there.
+    The records go through the same accumulator as a streamed window (:func:`monitoring.window.check_store_window`),
+    so the same records in the same order give the same report.
 
     Args:
         profile: The production model's reference profile.
         records: The window's traffic records (contract format).
-        tokenize: The served tokenizer, batch form; None skips ``token_frequency``.
+        tokenize: The served tokenizer, batch form, for records without ``prompt_token_ids``.
         cfg: Thresholds and policy.
         out_dir: Local folder for the files (created).
         window_id: Name of the window (default: derived from start/end or the current time).
         start: Window start, recorded in the report.
         end: Window end, recorded in the report.
         notes: Extra lines for the report (e.g. malformed traffic lines).
+
+    Raises:
+        RecordError: A malformed record (the message names its id and field).
     """
     validate_config(cfg)
+    accumulator = WindowAccumulator(profile, cfg.ks_window_sample)
+    keys = sampling_keys().random(len(records))
+    accumulator.add(rows_batch(records, tokenize, keys=keys))
+    return finish_window(profile, accumulator, cfg, out_dir, has_tokenizer=tokenize is not None, window_id=window_id,
+                         start=start, end=end, notes=notes)
+
+
+def finish_window(profile: ReferenceProfile, accumulator: WindowAccumulator, cfg: MonitorConfig, out_dir: Path, *,
+                  has_tokenizer: bool, window_id: Optional[str] = None, start: Optional[datetime] = None,
+                  end: Optional[datetime] = None, notes: Sequence[str] = ()) -> DriftReport:
+    """Statistics, verdict and files of an accumulated window; drift.json is written last.
+
+    Files: report.html/report.json (Evidently, when ``cfg.evidently_report`` and a signal was
+    tested), hist_<signal>.png for moved signals, summary.md, and drift.json: a reader trusts a
+    window folder only once drift.json is there.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "drift.json").unlink(missing_ok=True)  # a rerun's folder is untrusted until its drift.json lands
-    created = datetime.now(timezone.utc)
-    extraction = extract(records, tokenize, signals=profile.signals)
-    if len(records) < cfg.min_samples:
+    created, n = datetime.now(timezone.utc), accumulator.n_records
+    summaries = accumulator.summaries()
+    if n < cfg.min_samples:
         measured = {}
-        skipped = {n: f"window has {len(records)} records (min_samples={cfg.min_samples})" for n in profile.signals}
+        skipped = {name: f"window has {n} records (min_samples={cfg.min_samples})" for name in profile.signals}
     else:
-        measured, skipped = measure(profile, extraction, cfg)
+        measured, skipped = measure(profile, summaries, cfg, n_records=n, has_tokenizer=has_tokenizer)
     results = judge(measured, cfg)
-    decision = policy.window_verdict(results, len(records), cfg)
-    files, problems = _write_companions(profile, extraction, results, cfg, out_dir)
+    decision = policy.window_verdict(results, n, cfg)
+    if profile.schema_version < 2:
+        notes = [*notes, "reference profile schema 1: its bins were fitted and counted on the same records, "
+                         "which biases PSI upward; rebuild it (build_profile) for this model version"]
+    files, problems = _write_companions(profile, summaries, results, cfg, out_dir)
     drift = DriftReport(
         window_id=window_id or _default_window_id(start, end, created), model_name=profile.model_name,
         model_version=profile.model_version, start=start, end=end, created_at=created,
-        verdict=decision.verdict, severity=decision.severity, n_samples=len(records), min_samples=cfg.min_samples,
+        verdict=decision.verdict, severity=decision.severity, n_samples=n, min_samples=cfg.min_samples,
         alerting=decision.alerting, warning=decision.warning, signals=results, skipped=skipped,
         correction=cfg.correction, alpha=cfg.alpha, n_tests=len(results), notes=[*notes, *problems],
         out_dir=str(out_dir.resolve()), files=files,
@@ -143,13 +169,13 @@ def check_window(profile: ReferenceProfile, records: Sequence[dict], tokenize: O
     return drift
 
 
-def _write_companions(profile: ReferenceProfile, extraction: Extraction, results: dict[str, SignalResult],
-                      cfg: MonitorConfig, out_dir: Path) -> tuple[dict[str, str], list[str]]:
+def _write_companions(profile: ReferenceProfile, summaries: Mapping[str, SignalSummary],
+                      results: dict[str, SignalResult], cfg: MonitorConfig, out_dir: Path) -> tuple[dict[str, str], list[str]]:
     """Evidently's report and the histograms: (role -> file name incl. the two written last, problems)."""
     files, problems = {}, []
     if cfg.evidently_report and results:
         try:
-            files.update(report.write_evidently_report(profile, extraction, list(results), out_dir))
+            files.update(report.write_evidently_report(profile, summaries, list(results), out_dir))
         except Exception as exc:  # a third-party companion report must not cost us the verdict
             problems.append(f"Evidently report not written: {type(exc).__name__}: {exc}")
     files.update(report.write_histograms(results, out_dir))

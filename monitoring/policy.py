@@ -119,3 +119,17 @@ def should_emit(verdict_history: Sequence[str], cfg: MonitorConfig, now: datetim
     if len(recent) < cfg.consecutive_windows or any(v != "alert" for v in recent):
         return False
     return last_event_at is None or now - last_event_at >= timedelta(minutes=cfg.cooldown_minutes)
+
+
+def emission_decision(verdict_history: Sequence[str], cfg: MonitorConfig, now: datetime,
+                      last_event_at: Optional[datetime]) -> tuple[bool, str]:
+    """:func:`should_emit` with the reason a person reads in the logs and the flow result."""
+    emit = should_emit(verdict_history, cfg, now, last_event_at)
+    latest = verdict_history[-1] if verdict_history else "none"
+    if latest != "alert":
+        return emit, f"verdict {latest}"
+    if emit:
+        return emit, "alert confirmed"
+    if last_event_at and now - last_event_at < timedelta(minutes=cfg.cooldown_minutes):
+        return emit, f"in cooldown since the event at {last_event_at.isoformat()}"
+    return emit, f"waiting for {cfg.consecutive_windows} alerting windows in a row"

@@ -1,6 +1,7 @@
-"""Reference profiles: bins, counts, a bounded KS sample and summary stats per signal, fixed at training time."""
+"""Reference profiles: bins fitted on one half of the reference, counts and a KS sample from the other half."""
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timezone
 from typing import Literal, Optional, Sequence
 
@@ -8,10 +9,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from infra.config import MonitorConfig
-from monitoring.signals import OTHER, SIGNALS, Extraction, Tokenize, extract
-from monitoring.stats import bin_counts
+from monitoring.batch import Batch, Tokenize, take
+from monitoring.signals import OTHER, SIGNALS, rows_batch, skip_reason
+from monitoring.stats import bin_counts, category_counts
+from monitoring.tokens import IdLookup, common_token_ids, design_effect, rare_token_share, top_k_ids
 
 _SAMPLE_SEED = 0  # fixed so the same reference records always give the same profile
+SCHEMA_VERSION = 2
 
 
 class _Frozen(BaseModel):
@@ -35,9 +39,9 @@ class ContinuousProfile(_Frozen):
     Bin 0 is ``(-inf, edges[0]]``, bin i is ``(edges[i-1], edges[i]]``, the last ``(edges[-1], inf)``.
     """
 
-    edges: list[float] = Field(description="Inner bin edges: deduplicated reference quantiles, increasing")
-    counts: list[int] = Field(description="Reference values per bin (len(edges) + 1)")
-    sample: list[float] = Field(description="Sorted deterministic subsample of reference values, for KS")
+    edges: list[float] = Field(description="Inner bin edges: deduplicated quantiles of the fitting half, increasing")
+    counts: list[int] = Field(description="Values of the counting half per bin (len(edges) + 1)")
+    sample: list[float] = Field(description="Sorted deterministic subsample of the counting half, for KS")
     stats: SummaryStats
 
 
@@ -46,12 +50,18 @@ class CategoricalProfile(_Frozen):
 
     categories: list[str]
     counts: list[int]
+    design_effect: float = Field(1.0, description="Variance inflation of the shares over a multinomial sample (token_frequency: tokens cluster in prompts)")
 
 
 class ReferenceProfile(_Frozen):
-    """What a window is compared against; monitoring a window costs O(window), never O(reference)."""
+    """What a window is compared against; monitoring a window costs O(window), never O(reference).
 
-    schema_version: Literal[1] = 1
+    Schema 2 fits bins, top-K tokens and the common-token set on one half of the reference records
+    and counts the other half (``fit_records`` / ``count_records``). Schema 1 profiles (fitted and
+    counted on the same records) are still read; a check with one notes the upward PSI bias.
+    """
+
+    schema_version: Literal[1, 2] = SCHEMA_VERSION
     model_name: str
     model_version: int
     created_at: datetime
@@ -59,6 +69,10 @@ class ReferenceProfile(_Frozen):
     n_bins: int
     tail_quantile: float = 0.0
     top_k_tokens: int
+    fit_records: int = Field(0, description="Records the bins, top-K and common tokens were fitted on (0: schema 1, no split)")
+    count_records: int = Field(0, description="Records counted into the bins, categories and KS samples")
+    common_token_coverage: Optional[float] = None
+    common_tokens: list[int] = Field(default_factory=list, description="Sorted ids of the common-token set (rare_token_share)")
     continuous: dict[str, ContinuousProfile]
     categorical: dict[str, CategoricalProfile]
     skipped: dict[str, str] = Field(default_factory=dict, description="Signals with no reference values, and why")
@@ -102,10 +116,11 @@ def _summary(values: np.ndarray) -> SummaryStats:
                         max=float(values.max()))
 
 
-def continuous_profile(values: np.ndarray, n_bins: int, sample_size: int, tail: float = 0.0) -> ContinuousProfile:
-    """Bins, counts, KS sample and summary of one continuous signal's reference values."""
+def continuous_profile(values: np.ndarray, n_bins: int, sample_size: int, tail: float = 0.0, *,
+                       fit: Optional[np.ndarray] = None) -> ContinuousProfile:
+    """Bins fitted on ``fit`` (default: ``values`` itself), counts, KS sample and summary of ``values``."""
     values = np.asarray(values, dtype=np.float64)
-    edges = quantile_edges(values, n_bins, tail)
+    edges = quantile_edges(np.asarray(fit if fit is not None else values, np.float64), n_bins, tail)
     sample = values
     if values.size > sample_size:
         rng = np.random.default_rng(_SAMPLE_SEED)
@@ -114,37 +129,103 @@ def continuous_profile(values: np.ndarray, n_bins: int, sample_size: int, tail: 
                              sample=np.sort(sample).tolist(), stats=_summary(values))
 
 
-def categorical_profile(values: np.ndarray, top_k: int) -> CategoricalProfile:
-    """The reference's top-K categories by count (ties: smaller value first) plus '__other__'."""
+def categorical_profile(values: np.ndarray, top_k: int, *, count: Optional[np.ndarray] = None) -> CategoricalProfile:
+    """Top-K categories of ``values`` by count (ties: smaller value first) plus '__other__', counted on ``count``.
+
+    ``count`` defaults to ``values`` itself (fitting and counting one sample: see :func:`build_profile`).
+    """
     uniques, counts = np.unique(np.asarray(values), return_counts=True)
     order = np.lexsort((np.arange(uniques.size), -counts))[:top_k]  # stable: count desc, then value
-    kept = counts[order]
-    return CategoricalProfile(categories=[str(u) for u in uniques[order]] + [OTHER],
-                              counts=kept.tolist() + [int(counts.sum() - kept.sum())])
+    categories = [str(u) for u in uniques[order]] + [OTHER]
+    if count is None:
+        kept = counts[order]
+        return CategoricalProfile(categories=categories, counts=kept.tolist() + [int(counts.sum() - kept.sum())])
+    return CategoricalProfile(categories=categories, counts=category_counts(np.asarray(count), categories).tolist())
 
 
-def profile_from_extraction(values: Extraction, cfg: MonitorConfig, *, model_name: str, model_version: int) -> ReferenceProfile:
-    """A profile from already-extracted reference values (see :func:`build_profile`)."""
-    continuous, categorical = {}, {}
-    for name, column in values.items():
-        if SIGNALS[name].kind == "continuous":
-            continuous[name] = continuous_profile(column, cfg.n_bins, cfg.ks_sample_size, cfg.tail_quantile)
-        else:
-            categorical[name] = categorical_profile(column, cfg.top_k_tokens)
-    return ReferenceProfile(model_name=model_name, model_version=model_version,
-                            created_at=datetime.now(timezone.utc), n_records=values.n_records,
-                            n_bins=cfg.n_bins, tail_quantile=cfg.tail_quantile, top_k_tokens=cfg.top_k_tokens, continuous=continuous,
-                            categorical=categorical, skipped=dict(values.skipped))
+def split_halves(records: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic halves (fit, count) of the records: indices ranked by a hash of the prompt.
+
+    The prompt, not the record id: re-scoring the same documents gives new ids but the same split,
+    and duplicate prompts land side by side instead of straddling the halves at random.
+    """
+    digests = [hashlib.blake2b(str(r.get("prompt", "")).encode("utf-8", "replace"), digest_size=8).digest()
+               if isinstance(r, dict) else b"" for r in records]
+    order = sorted(range(len(records)), key=lambda i: (digests[i], i))
+    half = len(records) // 2
+    return np.sort(np.array(order[:half], np.int64)), np.sort(np.array(order[half:], np.int64))
+
+
+def _finite(column: np.ndarray) -> np.ndarray:
+    return column[np.isfinite(column)]
+
+
+def _token_profiles(fit: Batch, count: Batch, cfg: MonitorConfig):
+    """(rare_token_share values to fit on, to count; token_frequency profile; common ids), or Nones.
+
+    rare_token_share is cross-fitted: the counted values use the fitting half's common set (the one
+    windows are scored with), and the bin edges are fitted on the fitting half scored with the
+    counting half's set, so neither side is measured against a set chosen on itself.
+    """
+    if fit.token_ids.size == 0 or count.token_ids.size == 0:
+        return None, None, None, None
+    common = common_token_ids(fit.token_ids, cfg.common_token_coverage)
+    mirror = common_token_ids(count.token_ids, cfg.common_token_coverage)
+    rare_fit = rare_token_share(fit.token_ids, fit.token_lengths, mirror)
+    rare_count = rare_token_share(count.token_ids, count.token_lengths, common)
+    top = top_k_ids(fit.token_ids, cfg.top_k_tokens)
+    lookup = IdLookup(top, default=top.size)
+    counts = np.bincount(lookup.codes(count.token_ids), minlength=top.size + 1)
+    deff = design_effect(lookup.codes(fit.token_ids), fit.token_lengths, top.size + 1)
+    freq = CategoricalProfile(categories=[str(i) for i in top] + [OTHER], counts=counts.tolist(), design_effect=deff)
+    return _finite(rare_fit), _finite(rare_count), freq, common
+
+
+def profile_from_halves(fit: Batch, count: Batch, cfg: MonitorConfig, *, model_name: str, model_version: int,
+                        has_tokenizer: bool) -> ReferenceProfile:
+    """A profile fitted on ``fit`` and counted on ``count`` (see :func:`build_profile`)."""
+    continuous, categorical, skipped = {}, {}, {}
+    columns = {n: (_finite(fit.numbers[n]), _finite(count.numbers[n])) for n in fit.numbers}
+    rare_fit, rare_count, freq, common = _token_profiles(fit, count, cfg)
+    if rare_fit is not None:
+        columns["rare_token_share"] = (rare_fit, rare_count)
+    for name, (fitting, counted) in columns.items():
+        if fitting.size and counted.size:
+            continuous[name] = continuous_profile(counted, cfg.n_bins, cfg.ks_sample_size, cfg.tail_quantile, fit=fitting)
+    fit_reasons = np.array(fit.stop_labels + [None], dtype=object)[fit.stop_codes]
+    count_reasons = np.array(count.stop_labels + [None], dtype=object)[count.stop_codes]
+    if any(r is not None for r in fit_reasons) and any(r is not None for r in count_reasons):
+        categorical["stop_reason"] = categorical_profile(fit_reasons[fit_reasons != None], cfg.top_k_tokens,  # noqa: E711
+                                                         count=count_reasons[count_reasons != None])  # noqa: E711
+    if freq is not None:
+        categorical["token_frequency"] = freq
+    n = fit.n + count.n
+    for name in SIGNALS:
+        if name not in continuous and name not in categorical:
+            skipped[name] = skip_reason(name, n, has_tokenizer)
+    return ReferenceProfile(model_name=model_name, model_version=model_version, created_at=datetime.now(timezone.utc),
+                            n_records=n, n_bins=cfg.n_bins, tail_quantile=cfg.tail_quantile,
+                            top_k_tokens=cfg.top_k_tokens, fit_records=fit.n, count_records=count.n,
+                            common_token_coverage=cfg.common_token_coverage if common is not None else None,
+                            common_tokens=common.tolist() if common is not None else [],
+                            continuous=continuous, categorical=categorical, skipped=skipped)
 
 
 def build_profile(records: Sequence[dict], tokenize: Optional[Tokenize], cfg: MonitorConfig, *,
                   model_name: str, model_version: int) -> ReferenceProfile:
     """Build the reference profile from records scored on held-out validation documents.
 
+    The records are split in two deterministic halves (:func:`split_halves`): bin edges, tail
+    edges, the top-K tokens and the common-token set are fitted on one, the bin and category counts,
+    KS samples and summaries come from the other. A statistic fitted on a sample describes that
+    sample better than a fresh one (quantile edges hug its values, the top-K tokens are the ones it
+    happens to over-represent, every token it contains is "common"), so counting the fitting sample
+    makes every future window look farther away than it is.
+
     Args:
         records: Traffic-format records (docs/contracts.md) produced by the served model's own code.
-        tokenize: The served tokenizer, batch form; None leaves ``token_frequency`` out.
-        cfg: Bins (``n_bins``), top-K tokens and KS sample size are read from here.
+        tokenize: The served tokenizer, batch form, for records without ``prompt_token_ids``.
+        cfg: Bins, top-K tokens, common-token coverage and KS sample size are read from here.
         model_name: Registered model the profile belongs to.
         model_version: Its version.
 
@@ -154,4 +235,7 @@ def build_profile(records: Sequence[dict], tokenize: Optional[Tokenize], cfg: Mo
     """
     if len(records) < cfg.min_samples:
         raise ValueError(f"a reference profile needs at least min_samples={cfg.min_samples} records, got {len(records)}")
-    return profile_from_extraction(extract(records, tokenize), cfg, model_name=model_name, model_version=model_version)
+    batch = rows_batch(records, tokenize)
+    fit_rows, count_rows = split_halves(records)
+    return profile_from_halves(take(batch, fit_rows), take(batch, count_rows), cfg, model_name=model_name,
+                               model_version=model_version, has_tokenizer=tokenize is not None)

@@ -7,10 +7,10 @@ from typing import Mapping, Optional
 
 import numpy as np
 
+from monitoring.accumulate import SignalSummary
 from monitoring.profile import ReferenceProfile
 from monitoring.results import DriftReport, SignalResult
-from monitoring.signals import OTHER, SIGNALS, Extraction
-from monitoring.stats import category_counts
+from monitoring.signals import OTHER, SIGNALS
 
 EVIDENTLY_SAMPLE = 5000  # rows per side handed to Evidently: a visual companion, drift.json is authoritative
 EVIDENTLY_METHOD = {"continuous": "psi", "categorical": "chisquare"}
@@ -29,20 +29,19 @@ def _subsample(values: np.ndarray, size: int) -> np.ndarray:
     return values[np.random.default_rng(0).choice(values.size, size=size, replace=False)]
 
 
-def _current_column(profile: ReferenceProfile, name: str, values: np.ndarray) -> np.ndarray:
+def _current_column(profile: ReferenceProfile, name: str, summary: SignalSummary) -> np.ndarray:
     if name in profile.continuous:
-        return _subsample(values, EVIDENTLY_SAMPLE)
-    categories = profile.categorical[name].categories
-    # Bucket current values into the reference categories so Evidently compares the same buckets.
-    index = np.repeat(np.arange(len(categories)), category_counts(values, categories))
-    return np.array(categories, dtype=object)[_subsample(index, EVIDENTLY_SAMPLE)]
+        return _subsample(summary.sample, EVIDENTLY_SAMPLE)
+    # Categorical: the window's counts on the reference categories, expanded into at most EVIDENTLY_SAMPLE labels.
+    return _expand_counts(profile.categorical[name].categories, summary.counts.tolist(), EVIDENTLY_SAMPLE)
 
 
-def evidently_frames(profile: ReferenceProfile, extraction: Extraction, signals: list[str]):
+def evidently_frames(profile: ReferenceProfile, summaries: Mapping[str, SignalSummary], signals: list[str]):
     """(reference DataFrame, current DataFrame, Evidently DataDefinition, per-column method).
 
-    Columns have different lengths (token occurrences vs records): shorter ones are padded with
-    NaN, which Evidently drops per column before its tests.
+    Bounded on both sides: the reference's KS sample and expanded category counts, the window's KS
+    reservoir (subsampled) and expanded counts, at most EVIDENTLY_SAMPLE rows each. Columns have
+    different lengths: shorter ones are padded with NaN, which Evidently drops per column.
     """
     import pandas as pd
     from evidently import DataDefinition
@@ -54,7 +53,7 @@ def evidently_frames(profile: ReferenceProfile, extraction: Extraction, signals:
         else:
             cat = profile.categorical[name]
             reference[name] = pd.Series(_expand_counts(cat.categories, cat.counts, EVIDENTLY_SAMPLE), dtype=object)
-        current[name] = pd.Series(_current_column(profile, name, extraction[name]),
+        current[name] = pd.Series(_current_column(profile, name, summaries[name]),
                                   dtype="float64" if name in profile.continuous else object)
     definition = DataDefinition(numerical_columns=[n for n in signals if n in profile.continuous],
                                 categorical_columns=[n for n in signals if n in profile.categorical])
@@ -62,7 +61,8 @@ def evidently_frames(profile: ReferenceProfile, extraction: Extraction, signals:
     return pd.DataFrame(reference), pd.DataFrame(current), definition, methods
 
 
-def write_evidently_report(profile: ReferenceProfile, extraction: Extraction, signals: list[str], out_dir: Path) -> dict[str, str]:
+def write_evidently_report(profile: ReferenceProfile, summaries: Mapping[str, SignalSummary], signals: list[str],
+                           out_dir: Path) -> dict[str, str]:
     """Write Evidently's DataDriftPreset report (report.html, report.json) of reference sample vs window.
 
     Returns:
@@ -71,7 +71,7 @@ def write_evidently_report(profile: ReferenceProfile, extraction: Extraction, si
     from evidently import Dataset, Report
     from evidently.presets import DataDriftPreset
 
-    ref_df, cur_df, definition, methods = evidently_frames(profile, extraction, signals)
+    ref_df, cur_df, definition, methods = evidently_frames(profile, summaries, signals)
     report = Report(metrics=[DataDriftPreset(per_column_method=methods)])
     with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
         # Evidently's chisquare divides by a zero expected count when a category is new in the window.

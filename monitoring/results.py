@@ -38,6 +38,8 @@ class SignalStats(_Frozen):
     current_counts: list[int]
     reference_mean: Optional[float] = None
     current_mean: Optional[float] = None
+    test_sample: Optional[int] = Field(None, description="KS: window values in the test (a uniform sample of at most ks_window_sample)")
+    design_effect: float = Field(1.0, description="chi2: variance inflation the noise floor and p-value were corrected for")
 
 
 class SignalResult(SignalStats):
@@ -96,5 +98,6 @@ class DriftOutcome(_Frozen):
     drift_uri: str
     report_html: Optional[str] = Field(None, description="Evidently's HTML report, when written")
     summary_uri: str
+    trend_uri: Optional[str] = Field(None, description="trend.md: PSI per signal over every checked window (trend.png beside it)")
     event_emitted: bool = False
     event_reason: str = Field("", description="Why an event was or was not emitted (debounce, cooldown)")

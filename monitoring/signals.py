@@ -1,7 +1,6 @@
-"""Drift signals: the registry of what is measured on a traffic record, and extraction from records into arrays."""
+"""Drift signals: the registry of what is measured on a traffic record, and records into columns (validated)."""
 from __future__ import annotations
 
-import itertools
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -9,7 +8,9 @@ from typing import Any, Callable, Iterable, Literal, Optional, Sequence
 
 import numpy as np
 
-Tokenize = Callable[[list[str]], list[list[int]]]
+from monitoring.batch import Batch, Tokenize, tokens_from_lists
+from monitoring.tokens import rare_token_share
+
 Kind = Literal["continuous", "categorical"]
 OTHER = "__other__"  # the catch-all category; dunder so it cannot collide with a real stop reason
 
@@ -38,6 +39,8 @@ SIGNALS: dict[str, Signal] = {s.name: s for s in [
            "features.prompt_tokens (the server's tokenizer)"),
     Signal("bytes_per_token", "continuous", "text the tokenizer compresses badly: new languages, code, noise",
            "features.bytes_per_token (UTF-8 bytes / prompt tokens)"),
+    Signal("rare_token_share", "continuous", "unfamiliar vocabulary (new domains, languages, code) at normal lengths",
+           "share of prompt_token_ids (else tokenize(prompt)) outside the reference's common-token set"),
     Signal("prompt_surprisal", "continuous", "prompts unlike the training data (concept/domain shift)",
            "features.prompt_surprisal: mean NLL of the prompt under the served model, nats/token"),
     Signal("completion_tokens", "continuous", "changed generation length: max_tokens usage, earlier stops",
@@ -51,8 +54,11 @@ SIGNALS: dict[str, Signal] = {s.name: s for s in [
     Signal("stop_reason", "categorical", "completions cut by max_tokens instead of stopping, new stop reasons",
            "features.stop_reason, else completions[0].finish_reason"),
     Signal("token_frequency", "categorical", "vocabulary shift: different topics, languages, templates",
-           "tokenize(prompt) per token occurrence, bucketed into the reference's top-K ids plus 'other'"),
+           "prompt_token_ids (else tokenize(prompt)) per token occurrence, bucketed into the reference's top-K ids plus 'other'"),
 ]}
+# Signals read from one field of a record (with fallbacks); the token signals are computed from the ids.
+FEATURES = [n for n, s in SIGNALS.items() if s.kind == "continuous" and n != "rare_token_share"]
+TOKEN_SIGNALS = ("rare_token_share", "token_frequency")
 
 
 class RecordError(ValueError):
@@ -75,7 +81,7 @@ class Extraction(dict):
         self.skipped = skipped
 
 
-def _record_id(record: Any, index: int) -> str:
+def record_id(record: Any, index: int) -> str:
     if isinstance(record, dict) and isinstance(record.get("id"), str):
         return record["id"]
     return f"#{index}"
@@ -115,6 +121,7 @@ _FALLBACKS: dict[str, Callable[[dict, str], Optional[float]]] = {
     "completion_logprob": lambda rec, rid: _completions_mean(rec, "mean_logprob", rid),
     "completion_entropy": lambda rec, rid: _completions_mean(rec, "mean_entropy", rid),
 }
+FALLBACK_FEATURES = (*_FALLBACKS, "stop_reason")  # a null here needs the record body, not just the feature
 
 
 def _continuous(name: str, record: dict, features: dict, rid: str) -> Optional[float]:
@@ -139,63 +146,117 @@ def _check_record(record: Any, rid: str) -> dict:
     return features
 
 
-def _token_ids(prompts: list[str], tokenize: Tokenize) -> np.ndarray:
-    """All token ids of all prompts, flattened (one entry per token occurrence)."""
-    token_lists = tokenize(prompts)
-    if len(token_lists) != len(prompts):
-        raise ValueError(f"tokenize returned {len(token_lists)} token lists for {len(prompts)} prompts")
-    return np.fromiter(itertools.chain.from_iterable(token_lists), dtype=np.int64)
+def _token_ids(record: dict, rid: str) -> Optional[list]:
+    ids = record.get("prompt_token_ids")
+    if ids is not None and (not isinstance(ids, list)
+                            or not all(type(t) is int and t >= 0 for t in ids)):  # noqa: E721 (bool is not an id)
+        raise RecordError(f"record {rid}: prompt_token_ids must be a list of non-negative integers, got {ids!r:.80}")
+    return ids
 
 
-def extract(records: Sequence[dict], tokenize: Optional[Tokenize], *, signals: Optional[Iterable[str]] = None) -> Extraction:
+def record_row(record: Any, rid: str) -> tuple[list[float], Optional[str], Optional[list]]:
+    """One record's feature values (NaN = missing, in ``FEATURES`` order), stop reason and token ids.
+
+    Raises:
+        RecordError: A record that is not an object, has no string prompt, or a field of the wrong type.
+    """
+    features = _check_record(record, rid)
+    values = [_continuous(name, record, features, rid) for name in FEATURES]
+    return [math.nan if v is None else v for v in values], _stop_reason(record, features, rid), _token_ids(record, rid)
+
+
+def rows_batch(records: Sequence[Any], tokenize: Optional[Tokenize], *, keys: Optional[np.ndarray] = None,
+               errors: Optional[list[tuple[int, str]]] = None) -> Batch:
+    """Validate records and turn them into a :class:`Batch` (the in-memory path and the slow streaming path).
+
+    Args:
+        records: Traffic records in the contract format.
+        tokenize: Batch tokenizer for prompts without ``prompt_token_ids``; None leaves them without tokens.
+        keys: Sampling keys of the records (see :class:`Batch`).
+        errors: When given, a malformed record is left out and ``(index, message)`` appended here;
+            otherwise the first one raises :class:`RecordError`.
+    """
+    rows, reasons, id_lists, kept, untokenized = [], [], [], [], []
+    for index, record in enumerate(records):
+        try:
+            values, reason, ids = record_row(record, record_id(record, index))
+        except RecordError as exc:
+            if errors is None:
+                raise
+            errors.append((index, str(exc)))
+            continue
+        if ids is None and tokenize is not None:
+            untokenized.append(len(kept))
+        rows.append(values), reasons.append(reason), id_lists.append(ids), kept.append(index)
+    if untokenized:
+        prompts = [records[kept[i]]["prompt"] for i in untokenized]
+        token_lists = tokenize(prompts)
+        if len(token_lists) != len(prompts):
+            raise ValueError(f"tokenize returned {len(token_lists)} token lists for {len(prompts)} prompts")
+        for i, ids in zip(untokenized, token_lists):
+            id_lists[i] = list(ids)
+    numbers = np.array(rows, dtype=np.float64).reshape(len(rows), len(FEATURES))
+    labels = sorted({r for r in reasons if r is not None})
+    lookup = {label: i for i, label in enumerate(labels)}
+    codes = np.fromiter((lookup.get(r, -1) if r is not None else -1 for r in reasons), np.int64, len(reasons))
+    token_ids, lengths = tokens_from_lists(id_lists)
+    return Batch(numbers={n: numbers[:, j] for j, n in enumerate(FEATURES)}, stop_codes=codes, stop_labels=labels,
+                 token_ids=token_ids, token_lengths=lengths,
+                 keys=keys[kept] if keys is not None else None)
+
+
+def extract(records: Sequence[dict], tokenize: Optional[Tokenize], *, signals: Optional[Iterable[str]] = None,
+            common_tokens: Optional[np.ndarray] = None) -> Extraction:
     """Extract every signal's values from traffic records.
 
     Args:
         records: Traffic records in the contract format (docs/contracts.md).
-        tokenize: Batch tokenizer for ``token_frequency``; None skips that signal.
+        tokenize: Batch tokenizer for records without ``prompt_token_ids``.
         signals: Names to extract (default: the whole registry).
+        common_tokens: The reference's common-token ids, needed for ``rare_token_share``.
 
     Returns:
         An :class:`Extraction`: continuous signals as float64 arrays (one value per record that has
         it), ``stop_reason`` as an object array of strings, ``token_frequency`` as int64 token ids.
 
     Raises:
-        RecordError: A record is not an object, has no string prompt, or a feature of the wrong type.
+        RecordError: A record is not an object, has no string prompt, or a field of the wrong type.
         KeyError: An unknown signal name.
     """
     names = list(signals) if signals is not None else list(SIGNALS)
     unknown = [n for n in names if n not in SIGNALS]
     if unknown:
         raise KeyError(f"unknown drift signal(s) {unknown}; known: {sorted(SIGNALS)}")
-    per_record = [n for n in names if n != "token_frequency"]
-    columns: dict[str, list] = {n: [] for n in per_record}
-    missing: Counter = Counter()
-    for index, record in enumerate(records):
-        rid = _record_id(record, index)
-        features = _check_record(record, rid)
-        for name in per_record:
-            value = _stop_reason(record, features, rid) if name == "stop_reason" else _continuous(name, record, features, rid)
-            if value is None:
-                missing[name] += 1
-            else:
-                columns[name].append(value)
-    return _assemble(records, tokenize, names, columns, missing)
-
-
-def _assemble(records, tokenize, names, columns, missing) -> Extraction:
-    values: dict[str, np.ndarray] = {}
-    skipped: dict[str, str] = {}
+    batch = rows_batch(records, tokenize)
+    columns: dict[str, np.ndarray] = {n: batch.numbers[n] for n in names if n in batch.numbers}
+    if "stop_reason" in names:
+        columns["stop_reason"] = np.array([batch.stop_labels[c] if c >= 0 else None for c in batch.stop_codes], dtype=object)
+    if "rare_token_share" in names and common_tokens is not None:
+        columns["rare_token_share"] = rare_token_share(batch.token_ids, batch.token_lengths, common_tokens)
+    values, missing, skipped = {}, Counter(), {}
     for name, column in columns.items():
-        if not column:
-            where = "features.stop_reason / completions[0].finish_reason" if name == "stop_reason" else f"features.{name}"
-            skipped[name] = f"no record carries {where}" if records else "no records"
-            continue
-        values[name] = np.array(column, dtype=object if name == "stop_reason" else np.float64)
-    if "token_frequency" in names:
-        if tokenize is None:
-            skipped["token_frequency"] = "no tokenizer given"
-        elif not records:
-            skipped["token_frequency"] = "no records"
+        present = np.array([v is not None for v in column], bool) if column.dtype == object else np.isfinite(column)
+        missing[name] = int(column.size - present.sum())
+        if present.any():
+            values[name] = column[present]
         else:
-            values["token_frequency"] = _token_ids([r["prompt"] for r in records], tokenize)
-    return Extraction(values, len(records), dict(missing), skipped)
+            skipped[name] = skip_reason(name, len(records), tokenize is not None)
+    if "token_frequency" in names:
+        missing["token_frequency"] = int((batch.token_lengths < 0).sum())
+        if batch.token_ids.size:
+            values["token_frequency"] = batch.token_ids
+        else:
+            skipped["token_frequency"] = skip_reason("token_frequency", len(records), tokenize is not None)
+    if "rare_token_share" in names and common_tokens is None:
+        skipped["rare_token_share"] = "needs the reference's common-token set"
+    return Extraction(values, len(records), {k: v for k, v in missing.items() if v}, skipped)
+
+
+def skip_reason(name: str, n_records: int, has_tokenizer: bool) -> str:
+    """Why a signal has no value at all in ``n_records`` records."""
+    if not n_records:
+        return "no records"
+    if name in TOKEN_SIGNALS:
+        return "no record carries prompt_token_ids" + ("" if has_tokenizer else " and no tokenizer given")
+    where = "features.stop_reason / completions[0].finish_reason" if name == "stop_reason" else f"features.{name}"
+    return f"no record carries {where}"

@@ -131,18 +131,21 @@ def ks_test(reference_sample: np.ndarray, current: np.ndarray) -> TestResult:
     return TestResult("ks", float(result.statistic), float(result.pvalue), float(result.statistic))
 
 
-def chi2_test(reference_counts: np.ndarray, current_counts: np.ndarray) -> TestResult:
+def chi2_test(reference_counts: np.ndarray, current_counts: np.ndarray, design_effect: float = 1.0) -> TestResult:
     """Chi-square test of homogeneity on the 2 x K table (reference, current) x categories.
 
     Homogeneity, not goodness of fit: the reference is a sample too, so its noise is accounted for,
     and a category absent from the reference does not divide by zero. Categories empty on both
     sides are dropped (they carry no information and scipy rejects zero expected counts).
-    Effect size: Cramér's V = sqrt(chi2 / N) for a 2-row table.
+    Effect size: Cramér's V = sqrt(chi2 / N) for a 2-row table (of the raw statistic: it describes
+    the counts). With ``design_effect`` d > 1 (counts of correlated units, e.g. tokens clustered in
+    prompts) the statistic is the Rao-Scott first-order corrected chi2 / d, and p is taken from it.
     """
     table = np.vstack([reference_counts, current_counts]).astype(np.float64)
     table = table[:, table.sum(axis=0) > 0]
     if table.shape[1] < 2 or (table.sum(axis=1) == 0).any():
         return TestResult("chi2", 0.0, 1.0, 0.0, 0)
-    chi2, p_value, dof, _ = sps.chi2_contingency(table, correction=False)
+    chi2, _, dof, _ = sps.chi2_contingency(table, correction=False)
     cramers_v = float(np.sqrt(chi2 / table.sum()))
-    return TestResult("chi2", float(chi2), float(p_value), cramers_v, int(dof))
+    corrected = float(chi2) / max(design_effect, 1.0)
+    return TestResult("chi2", corrected, float(sps.chi2.sf(corrected, dof)), cramers_v, int(dof))

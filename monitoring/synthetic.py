@@ -51,41 +51,53 @@ class TrafficShape:
     latency_scale: float = 1.0
 
 
-def _prompt(rng: np.random.Generator, words: list[str], shape: TrafficShape) -> str:
-    n_words = max(1, int(rng.lognormal(np.log(shape.words_mean), 0.4)))
-    ranks = np.minimum(rng.zipf(1.3, size=n_words), 400) - 1  # a head of frequent words and a long tail
-    return " ".join(words[shape.vocab_offset + r] for r in ranks)
+def _prompts(rng: np.random.Generator, n: int, shape: TrafficShape) -> tuple[np.ndarray, np.ndarray]:
+    """(word index of every word, words per prompt) of ``n`` prompts, drawn all at once."""
+    n_words = np.maximum(1, rng.lognormal(np.log(shape.words_mean), 0.4, size=n).astype(np.int64))
+    ranks = np.minimum(rng.zipf(1.3, size=int(n_words.sum())), 400) - 1  # a head of frequent words and a long tail
+    return shape.vocab_offset + ranks, n_words
 
 
 def synthetic_records(n: int, shape: TrafficShape = TrafficShape(), *, seed: int = 0,
                       start: Optional[datetime] = None, spacing_s: float = 1.0,
                       model: str = "llmops-lm") -> list[dict]:
-    """``n`` traffic records of the contract format (docs/contracts.md), ``spacing_s`` seconds apart."""
+    """``n`` traffic records of the contract format (docs/contracts.md), ``spacing_s`` seconds apart.
+
+    Random values are drawn for all records at once (vectorised), so a million records take seconds.
+    """
     rng = np.random.default_rng(seed)
     words = vocabulary(shape.vocab_offset + 400)
+    word_ids = np.array(toy_tokenize([" ".join(words)])[0], dtype=np.int64)  # toy_tokenize is per word
     start = start or datetime(2026, 11, 23, 14, tzinfo=timezone.utc)
+    index, n_words = _prompts(rng, n, shape)
+    ends = np.cumsum(n_words)
+    stopped = rng.random(n) < shape.length_stop_share
+    completion_tokens = np.where(stopped, 16, rng.integers(1, 16, size=n))
+    logprob, entropy = rng.normal(shape.logprob_mean, 0.3, size=n), rng.normal(2.3, 0.3, size=n)
+    surprisal = rng.normal(shape.surprisal_mean, 0.4, size=n)
+    latency = rng.lognormal(np.log(40.0), 0.2, size=n) * shape.latency_scale
+    hexes = rng.bytes(12 * n).hex()
+    word_list, id_list = index.tolist(), word_ids[index].tolist()
     records = []
     for i in range(n):
-        prompt = _prompt(rng, words, shape)
-        tokens = len(toy_tokenize([prompt])[0])
-        stopped_by_length = rng.random() < shape.length_stop_share
-        completion_tokens = 16 if stopped_by_length else int(rng.integers(1, 16))
-        logprob, entropy = float(rng.normal(shape.logprob_mean, 0.3)), float(rng.normal(2.3, 0.3))
-        finish = "length" if stopped_by_length else "stop"
+        a, b = int(ends[i] - n_words[i]), int(ends[i])
+        prompt = " ".join(words[w] for w in word_list[a:b])
+        finish = "length" if stopped[i] else "stop"
         records.append({
-            "id": f"cmpl-{rng.bytes(12).hex()}",
+            "id": f"cmpl-{hexes[24 * i:24 * i + 24]}",
             "ts": (start + timedelta(seconds=i * spacing_s)).isoformat(),
             "model": model, "version": 1, "variant": "fp32", "prompt": prompt,
+            "prompt_token_ids": id_list[a:b],
             "params": {"max_tokens": 16, "temperature": 1.0, "top_p": 1.0, "top_k": None, "n": 1, "stop": None},
-            "completions": [{"text": "...", "finish_reason": finish, "tokens": completion_tokens,
-                             "mean_logprob": logprob, "mean_entropy": entropy}],
+            "completions": [{"text": "...", "finish_reason": finish, "tokens": int(completion_tokens[i]),
+                             "mean_logprob": float(logprob[i]), "mean_entropy": float(entropy[i])}],
             "features": {
-                "prompt_chars": len(prompt), "prompt_tokens": tokens,
-                "bytes_per_token": len(prompt.encode()) / tokens,
-                "prompt_surprisal": float(rng.normal(shape.surprisal_mean, 0.4)),
-                "completion_tokens": float(completion_tokens), "completion_logprob": logprob,
-                "completion_entropy": entropy, "stop_reason": finish,
-                "latency_ms": float(rng.lognormal(np.log(40.0), 0.2) * shape.latency_scale),
+                "prompt_chars": len(prompt), "prompt_tokens": b - a,
+                "bytes_per_token": len(prompt.encode()) / (b - a),
+                "prompt_surprisal": float(surprisal[i]),
+                "completion_tokens": float(completion_tokens[i]), "completion_logprob": float(logprob[i]),
+                "completion_entropy": float(entropy[i]), "stop_reason": finish,
+                "latency_ms": float(latency[i]),
             },
         })
     return records

@@ -22,7 +22,7 @@ def profile():
 def test_traffic_like_the_reference_is_ok(profile, tmp_path, seed):
     report = check_window(profile, synthetic_records(800, seed=seed), toy_tokenize, CFG, tmp_path)
     assert report.verdict == "ok", {n: (r.psi, r.p_adjusted) for n, r in report.signals.items()}
-    assert report.severity == "none" and report.n_tests == 10 and not report.skipped
+    assert report.severity == "none" and report.n_tests == 11 and not report.skipped
     assert not any(f.endswith(".png") for f in report.files.values())
 
 
@@ -62,7 +62,7 @@ def test_missing_feature_skips_the_signal_with_a_reason(profile, tmp_path):
         del r["features"]["prompt_surprisal"]
     report = check_window(profile, records, toy_tokenize, CFG, tmp_path)
     assert report.skipped == {"prompt_surprisal": "no record carries features.prompt_surprisal"}
-    assert report.n_tests == 9 and report.verdict == "ok"
+    assert report.n_tests == 10 and report.verdict == "ok"
 
 
 def test_drift_json_holds_every_statistic_and_the_summary_links_the_files(profile, tmp_path):
@@ -109,7 +109,7 @@ def test_debiased_psi_keeps_small_undrifted_windows_from_warning(profile, tmp_pa
         window = synthetic_records(100, seed=seed)  # min_samples: noise floor ~0.095 at 10 bins
         debiased.append(check_window(profile, window, toy_tokenize, CFG, tmp_path / f"d{seed}").verdict)
         raw.append(check_window(profile, window, toy_tokenize, raw_cfg, tmp_path / f"r{seed}").verdict)
-    assert raw.count("warn") >= 5 and debiased.count("warn") <= 1
+    assert raw.count("warn") >= 5 and debiased.count("warn") <= 2  # ~17% of 100-record windows warn (docs)
     assert "alert" not in raw + debiased  # significance keeps noise from alerting either way
 
 
@@ -129,7 +129,7 @@ def test_monitoring_imports_no_orchestrator_no_torch_and_evidently_lazily():
     import subprocess
     import sys
 
-    code = ("import sys, monitoring.drift, infra.traffic, monitoring.trend, monitoring.synthetic; "
+    code = ("import sys, monitoring.drift, monitoring.window, infra.traffic, monitoring.trend, monitoring.synthetic; "
             "print(sorted(m for m in ('prefect', 'torch', 'transformers', 'evidently', 'matplotlib') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

@@ -108,3 +108,19 @@ def test_psi_effect_subtracts_the_noise_floor_only_when_debiasing():
     assert policy.psi_effect(0.12, 0.09, debias=True) == pytest.approx(0.03)
     assert policy.psi_effect(0.05, 0.09, debias=True) == 0.0
     assert policy.psi_effect(0.12, 0.09, debias=False) == 0.12
+
+
+def test_emission_decision_explains_itself():
+    from datetime import datetime, timedelta, timezone
+
+    from infra.config import MonitorConfig
+    from monitoring.policy import emission_decision
+
+    now = datetime(2026, 11, 23, 12, tzinfo=timezone.utc)
+    cfg = MonitorConfig(consecutive_windows=2, cooldown_minutes=30)
+    assert emission_decision(["alert", "ok"], cfg, now, None) == (False, "verdict ok")
+    assert emission_decision(["ok", "alert"], cfg, now, None) == (False, "waiting for 2 alerting windows in a row")
+    assert emission_decision(["alert", "alert"], cfg, now, None) == (True, "alert confirmed")
+    recent = now - timedelta(minutes=10)
+    assert emission_decision(["alert", "alert"], cfg, now, recent) == (False, f"in cooldown since the event at {recent.isoformat()}")
+    assert emission_decision(["alert", "alert"], cfg, now, now - timedelta(minutes=31)) == (True, "alert confirmed")

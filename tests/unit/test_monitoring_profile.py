@@ -71,10 +71,16 @@ def test_build_profile_from_records_and_json_round_trip():
     assert again == profile and again.model_version == 3
 
 
-def test_profile_without_tokenizer_records_why_a_signal_is_missing():
-    profile = build_profile(synthetic_records(150), None, MonitorConfig(), model_name="lm", model_version=1)
-    assert "token_frequency" not in profile.signals
-    assert profile.skipped == {"token_frequency": "no tokenizer given"}
+def test_profile_reads_token_ids_from_the_records_and_says_why_token_signals_are_missing():
+    records = synthetic_records(150)
+    with_ids = build_profile(records, None, MonitorConfig(), model_name="lm", model_version=1)
+    assert {"token_frequency", "rare_token_share"} <= set(with_ids.signals) and not with_ids.skipped
+    for r in records:
+        del r["prompt_token_ids"]
+    profile = build_profile(records, None, MonitorConfig(), model_name="lm", model_version=1)
+    assert "token_frequency" not in profile.signals and not profile.common_tokens
+    reason = "no record carries prompt_token_ids and no tokenizer given"
+    assert profile.skipped == {"token_frequency": reason, "rare_token_share": reason}
 
 
 def test_bad_inputs_are_clear_errors():

@@ -16,15 +16,15 @@ def records():
 
 
 def test_registry_documents_every_signal():
-    continuous = {"prompt_chars", "prompt_tokens", "bytes_per_token", "prompt_surprisal", "completion_tokens",
-                  "completion_logprob", "completion_entropy", "latency_ms"}
+    continuous = {"prompt_chars", "prompt_tokens", "bytes_per_token", "rare_token_share", "prompt_surprisal",
+                  "completion_tokens", "completion_logprob", "completion_entropy", "latency_ms"}
     assert {n for n, s in SIGNALS.items() if s.kind == "continuous"} == continuous
     assert {n for n, s in SIGNALS.items() if s.kind == "categorical"} == {"stop_reason", "token_frequency"}
     assert all(s.catches and s.computed for s in SIGNALS.values())
 
 
 def test_extract_reads_every_signal(records):
-    values = extract(records, toy_tokenize)
+    values = extract(records, toy_tokenize, common_tokens=np.array(records[0]["prompt_token_ids"]))
     assert set(values) == set(SIGNALS) and not values.skipped and values.n_records == 5
     assert values["prompt_chars"].tolist() == [float(len(r["prompt"])) for r in records]
     assert values["stop_reason"].tolist() == [r["features"]["stop_reason"] for r in records]
@@ -52,8 +52,14 @@ def test_partially_missing_and_non_finite_features_are_counted_not_fatal(records
     assert values.missing["prompt_surprisal"] == 3
 
 
-def test_no_tokenizer_or_no_records_skip_with_a_reason(records):
-    assert extract(records, None).skipped == {"token_frequency": "no tokenizer given"}
+def test_no_token_ids_no_tokenizer_or_no_records_skip_with_a_reason(records):
+    assert extract(records, None).skipped == {"rare_token_share": "needs the reference's common-token set"}
+    for r in records:
+        del r["prompt_token_ids"]
+    no_ids = extract(records, None, common_tokens=np.array([1]))
+    reason = "no record carries prompt_token_ids and no tokenizer given"
+    assert no_ids.skipped == {"token_frequency": reason, "rare_token_share": reason}
+    assert no_ids.missing["token_frequency"] == no_ids.missing["rare_token_share"] == 5
     empty = extract([], toy_tokenize)
     assert not empty and empty.skipped["token_frequency"] == "no records"
 
@@ -65,6 +71,8 @@ def test_no_tokenizer_or_no_records_skip_with_a_reason(records):
     (lambda r: r.update(features=[1]), "record {id}: features must be an object"),
     (lambda r: r["features"].update(stop_reason=3), "record {id}: features.stop_reason must be a string, got 3"),
     (lambda r: r.update(completions={"text": "x"}), "record {id}: completions must be a list of objects"),
+    (lambda r: r.update(prompt_token_ids=[1, True]), "record {id}: prompt_token_ids must be a list of non-negative integers"),
+    (lambda r: r.update(prompt_token_ids=[-3]), "record {id}: prompt_token_ids must be a list of non-negative integers"),
     (lambda r: (r["features"].pop("completion_tokens"), r["completions"][0].update(tokens="x")),
      "record {id}: completions[0].tokens must be a number, got 'x'"),
 ])
@@ -84,5 +92,7 @@ def test_a_non_object_record_is_named_by_position(records):
 def test_unknown_signal_and_bad_tokenizer_are_clear_errors(records):
     with pytest.raises(KeyError, match="unknown drift signal"):
         extract(records, toy_tokenize, signals=["prompt_length"])
+    for r in records:
+        del r["prompt_token_ids"]  # only then is the tokenizer called
     with pytest.raises(ValueError, match="tokenize returned 1 token lists for 5 prompts"):
         extract(records, lambda prompts: [[1]])
