@@ -1,7 +1,8 @@
-"""The ``llmops`` command line: run the whole loop, train, serve, monitor, roll back, and run Prefect locally."""
+"""The ``llmops`` command line: run the whole loop, train, serve, monitor, compact traffic, roll back, and run Prefect locally."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -26,6 +27,15 @@ def load_config(args: argparse.Namespace):
     return PipelineConfig.from_dict({}, overrides, source="defaults")
 
 
+def with_sources(config, sources: list):
+    """``config`` reading ``sources`` (``llmops train --data``), every path kept exactly as given.
+
+    The override value is JSON, which YAML parses as written; a Python repr doubled backslashes and
+    broke on names holding both quote characters.
+    """
+    return config.with_overrides([f"data.sources={json.dumps([str(s) for s in sources])}"])
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="pipeline config YAML (default: built-in defaults)")
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
@@ -43,7 +53,7 @@ def cmd_train(args) -> int:
 
     config = load_config(args)
     if args.data:
-        config = config.with_overrides([f"data.sources={[str(p) for p in args.data]!r}"])
+        config = with_sources(config, args.data)
     report = training_pipeline(config)
     print(f"model {report.model_name} v{report.version.version}: "
           f"{'promoted to production' if report.promoted else 'not promoted'} — {report.evaluation.gate.reason}")
@@ -70,9 +80,36 @@ def cmd_monitor(args) -> int:
     if args.backfill:
         return backfill(config, args.out, start=args.start, end=args.end)
     if not (args.reference and args.current and args.out):
-        raise SystemExit("llmops monitor needs --reference FILE --current FILE --out DIR (or --backfill)")
+        # status 2 like every usage error: 1 means "alert" under --fail-on-alert
+        missing = [f"--{n}" for n in ("reference", "current", "out") if not getattr(args, n)]
+        print(f"llmops monitor: error: missing {' '.join(missing)}; it needs --reference FILE --current FILE "
+              "--out DIR (or --backfill)", file=sys.stderr)
+        return 2
     return monitor_files(config, args.reference, args.current, args.out, model_ref=args.version,
                          model_path=args.model_path, fail_on_alert=args.fail_on_alert)
+
+
+def cmd_compact(args) -> int:
+    from datetime import datetime, timedelta, timezone
+
+    from infra.store import open_store
+    from infra.traffic_compact import closed_before, compact
+
+    config = load_config(args)
+    name = args.model or config.model_name
+    try:
+        before = closed_before(datetime.now(timezone.utc), timedelta(minutes=config.monitor.compact_grace_minutes),
+                               config.serve.flush_interval_s)
+        delete = args.delete_jsonl or config.monitor.compact_delete_jsonl
+        keys = compact(open_store(), name, before, delete_jsonl=delete)
+    except ValueError as exc:  # a model name that is not a store key, a grace period shorter than a flush
+        print(f"llmops compact: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{name}: compacted {len(keys)} closed traffic hour(s) ended before {before:%Y-%m-%d %H:%M} UTC"
+          + (", and deleted their compacted JSONL files" if delete else ""))
+    for key in keys:
+        print(f"  {key}")
+    return 0
 
 
 def cmd_rollback(args) -> int:
@@ -156,6 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", help="backfill from this ISO time (default: oldest traffic)")
     p.add_argument("--end", help="backfill until this ISO time (default: now)")
     p.set_defaults(func=cmd_monitor)
+
+    p = sub.add_parser("compact", help="compact closed hours of the traffic log into Parquet (what the monitor flow does first)")
+    _add_config_args(p)
+    p.add_argument("--model", help="model name (default: the config's model_name)")
+    p.add_argument("--delete-jsonl", action="store_true",
+                   help="delete an hour's JSONL files once its compacted manifest is committed")
+    p.set_defaults(func=cmd_compact)
 
     p = sub.add_parser("rollback", help="move an alias back to the version it pointed at before")
     _add_config_args(p)

@@ -1,10 +1,12 @@
 """Ingest sources: paths, globs, s3://, saved datasets, builtin:// and traffic:// resolved to readable units."""
 from __future__ import annotations
 
+import base64
 import glob
+import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from functools import partial
 from pathlib import Path
@@ -13,14 +15,17 @@ from urllib.parse import parse_qs, urlsplit
 
 from infra.config import DataConfig
 from infra.store import ArtifactStore, StoreError, open_store
+from infra.traffic import Partition, malformed_lines, read_partition
+from infra.traffic_parquet import open_parquet
 from models.corpus import BUILTIN_CORPORA
 from models.ingest_formats import (
-    SUFFIXES, Candidate, IngestError, dataset_records, is_saved_dataset, jsonl_records, read_file,
+    SUFFIXES, Candidate, IngestError, dataset_records, field_value, is_saved_dataset, jsonl_records, read_file, rejected,
 )
 
 logger = logging.getLogger("llmops.ingest")
 
 TRAFFIC_FIELD = "prompt"
+_TRAFFIC_BATCH = 8192  # rows of a compacted hour read at once
 
 
 @dataclass(frozen=True)
@@ -174,10 +179,19 @@ def _traffic_units(spec: str, store: ArtifactStore, model_name: str, cfg: DataCo
         raise IngestError(f"source traffic://{model}: not a valid model name ({exc})") from None
     # A whole hour's folder is read if any of it falls inside the window.
     since = now - timedelta(days=cfg.traffic_days, hours=1)
-    picked = [k for k in keys if k.endswith(".jsonl") and _in_window(k, prefix, since)]
-    logger.info("traffic://%s: %d of %d log files within the last %d days",
-                model, len(picked), len(keys), cfg.traffic_days)
-    return [Unit(store.uri_for(k), partial(_read_traffic, store, k)) for k in picked]
+    hours: dict[str, list[str]] = {}
+    for key in keys:
+        if _in_window(key, prefix, since):
+            hours.setdefault(key.rsplit("/", 1)[0], []).append(key)
+    units = []
+    for folder, listed in sorted(hours.items()):
+        part = read_partition(store, folder, listed)  # a compacted hour: its Parquet file, then late JSONL files
+        if part.parquet:
+            units.append(Unit(store.uri_for(part.parquet), partial(_read_compacted, store, part)))
+        units += [Unit(store.uri_for(k), partial(_read_traffic, store, k)) for k in part.jsonl]
+    logger.info("traffic://%s: %d log file(s) in %d hour(s) within the last %d days",
+                model, len(units), len(hours), cfg.traffic_days)
+    return units
 
 
 def _in_window(key: str, prefix: str, since: datetime) -> bool:
@@ -192,3 +206,26 @@ def _in_window(key: str, prefix: str, since: datetime) -> bool:
 
 def _read_traffic(store: ArtifactStore, key: str) -> Iterator[Candidate]:
     return jsonl_records(store.get_bytes(key), TRAFFIC_FIELD, store.uri_for(key))
+
+
+def _read_compacted(store: ArtifactStore, part: Partition) -> Iterator[Candidate]:
+    """Prompts of a compacted hour, each located at its JSONL file and line; then the lines compaction kept
+    as unreadable, judged as a JSONL reader judges them (a bad ``ts`` does not stop a prompt being used)."""
+    with open_parquet(store, part.parquet) as parquet:
+        columns = [TRAFFIC_FIELD, "extra", "source_file", "source_line"]
+        for batch in parquet.iter_batches(batch_size=_TRAFFIC_BATCH, columns=columns):
+            for prompt, extra, name, line in zip(*(column.to_pylist() for column in batch.columns)):
+                yield _compacted_prompt(prompt, extra, store.uri_for(f"{part.prefix}/{name}"), line)
+    for where, entry in malformed_lines(store, part):
+        raw = base64.b64decode(entry["raw_base64"]) if "raw_base64" in entry else entry["raw"].encode("utf-8")
+        source = store.uri_for(where.rsplit(":", 1)[0])
+        yield from (replace(c, line=entry["line"]) for c in jsonl_records(raw, TRAFFIC_FIELD, source))
+
+
+def _compacted_prompt(prompt: Optional[str], extra: Optional[str], source: str, line: int) -> Candidate:
+    fields = json.loads(extra) if extra is not None else {}
+    if TRAFFIC_FIELD in fields:  # not a string: kept as written, rejected as the JSONL reader rejects it
+        return field_value(fields[TRAFFIC_FIELD], TRAFFIC_FIELD, source, line)
+    if prompt is None:  # compaction stores an absent prompt and a null one alike
+        return rejected(source, line, "missing_field", f"no field {TRAFFIC_FIELD!r} (absent or null in the compacted hour)")
+    return Candidate(source, line, prompt)

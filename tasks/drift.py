@@ -3,29 +3,30 @@ from __future__ import annotations
 
 import random
 import tempfile
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Optional
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from infra.config import PipelineConfig
 from infra.store import ArtifactNotFound
-from infra.traffic import read_window
+from infra.traffic_compact import closed_before, compact
 from models.generation import SamplingParams
 from models.ingest import read_split
 from models.profiling import reference_records
 from models.records import DatasetRef, TrainRef
 from models.registry import Registry
 from models.runs import download_run_model
-from monitoring.drift import check_window
-from monitoring.policy import should_emit
+from monitoring.policy import emission_decision
 from monitoring.profile import ReferenceProfile, build_profile
 from monitoring.report import render_summary
 from monitoring.results import DriftOutcome, DriftReport
 from monitoring.trend import trend
+from monitoring.window import check_store_window
 from tasks.common import artifact_key, cache_dir, link, store
 
 DRIFT_EVENT = "llmops.drift.detected"
@@ -57,6 +58,18 @@ def build_reference_profile(run: TrainRef, dataset: DatasetRef, config: Pipeline
     return profile.to_json()
 
 
+@task(name="compact-traffic", retries=1)
+def compact_traffic(config: PipelineConfig, now: Optional[datetime] = None) -> list[str]:
+    """Compact the model's closed traffic hours (within ``monitor.compact_lookback_hours``) into Parquet."""
+    cfg = config.monitor
+    before = closed_before(now or datetime.now(timezone.utc), timedelta(minutes=cfg.compact_grace_minutes),
+                           config.serve.flush_interval_s)
+    keys = compact(store(), config.model_name, before, since=before - timedelta(hours=cfg.compact_lookback_hours),
+                   delete_jsonl=cfg.compact_delete_jsonl)
+    get_run_logger().info("compacted %d closed traffic hour(s) of %s", len(keys), config.model_name)
+    return keys
+
+
 def run_drift_check(config: PipelineConfig, start: datetime, end: datetime) -> DriftReport:
     """Compare the window's traffic of the production version with that version's reference profile.
 
@@ -71,17 +84,14 @@ def run_drift_check(config: PipelineConfig, start: datetime, end: datetime) -> D
     except ArtifactNotFound:
         raise ArtifactNotFound(f"{name} v{version} has no reference_profile.json: it was registered without monitoring") from None
     tokenizer = AutoTokenizer.from_pretrained(registry.download(version, cache_dir()))
-    window = read_window(st, name, start, end)
-    records = [r for r in window if r.get("version") == version]
-    notes = [f"{len(window) - len(records)} record(s) served by other versions left out"] if len(records) < len(window) else []
-    notes += [f"{len(window.malformed)} malformed traffic line(s), first: {window.malformed[0]}"] if window.malformed else []
     window_name = f"{start.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{end.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}"
     prefix = f"monitoring/{name}/{window_name}"
     local = st.local_path(prefix)
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = local if local is not None else Path(tmp)
-        report = check_window(profile, records, tokenize_with(tokenizer), config.monitor, out_dir,
-                              window_id=window_name, start=start, end=end, notes=notes)
+        # streamed partition by partition: other versions' records and malformed lines are counted in the notes
+        report = check_store_window(st, name, start, end, profile, tokenize_with(tokenizer), config.monitor, out_dir,
+                                    version=version, window_id=window_name)
         if local is None:
             st.upload_dir(out_dir, prefix)
     return report.model_copy(update={"out_dir": st.uri_for(prefix)})
@@ -97,23 +107,29 @@ def check_drift(config: PipelineConfig, start: datetime, end: datetime) -> Drift
     return report
 
 
+def publish_trend(name: str) -> str:
+    """PSI per signal over every stored window, as trend.md + trend.png in ``monitoring/<model>/trend/``."""
+    st = store()
+    prefix = f"monitoring/{name}/trend"
+    with tempfile.TemporaryDirectory() as tmp:
+        result = trend(st, name, out_dir=Path(tmp))
+        st.upload_dir(tmp, prefix)
+    create_table_artifact(
+        [{"window": p.window_id, "verdict": p.verdict, "n": p.n_samples,
+          **{s: round(p.psi[s], 3) for s in result.signals if s in p.psi}} for p in result.points],
+        key=artifact_key(name, "drift-trend"), description="PSI per signal over the checked windows",
+    )
+    return st.uri_for(f"{prefix}/trend.md")
+
+
 @task(name="decide-drift-event")
 def decide_drift_event(config: PipelineConfig, report: DriftReport) -> DriftOutcome:
     """Apply debounce and cooldown over the stored windows; emit ``llmops.drift.detected`` when they allow."""
     st, name, now = store(), config.model_name, datetime.now(timezone.utc)
-    history = [p.verdict for p in trend(st, name).points]
+    history = [p.verdict for p in trend(st, name).points] or [report.verdict]
     state_key = f"monitoring/{name}/last_drift_event.json"
     last = st.get_json(state_key) if st.exists(state_key) else None
-    last_at = datetime.fromisoformat(last["at"]) if last else None
-    emit = should_emit(history or [report.verdict], config.monitor, now, last_at)
-    if report.verdict != "alert":
-        reason = f"verdict {report.verdict}"
-    elif emit:
-        reason = "alert confirmed"
-    elif last_at and (now - last_at).total_seconds() < config.monitor.cooldown_minutes * 60:
-        reason = f"in cooldown since the event at {last_at.isoformat()}"
-    else:
-        reason = f"waiting for {config.monitor.consecutive_windows} alerting windows in a row"
+    emit, reason = emission_decision(history, config.monitor, now, datetime.fromisoformat(last["at"]) if last else None)
     if emit:
         event = emit_event(
             event=DRIFT_EVENT,
@@ -131,5 +147,5 @@ def decide_drift_event(config: PipelineConfig, report: DriftReport) -> DriftOutc
         severity=report.severity, n_samples=report.n_samples, alerting_signals=report.alerting,
         warning_signals=report.warning, drift_uri=f"{base}/drift.json",
         report_html=f"{base}/{report.files['report_html']}" if "report_html" in report.files else None,
-        summary_uri=f"{base}/summary.md", event_emitted=emit, event_reason=reason,
+        summary_uri=f"{base}/summary.md", trend_uri=publish_trend(name), event_emitted=emit, event_reason=reason,
     )

@@ -1,0 +1,368 @@
+"""Benchmark: the streaming window check end to end from JSONL and from compacted Parquet, vs Evidently.
+
+For each size in ``--sizes``, synthetic traffic (``monitoring.synthetic``, with ``prompt_token_ids``,
+drifted in prompt length and surprisal) is written into a temporary LocalStore's hour partitions,
+and a reference profile is built from ``--reference`` undrifted records. A copy of the store is
+compacted (``infra.traffic_compact.compact``: every hour into one Parquet file). Each measurement
+runs in its own subprocess, so its peak memory (max RSS) is its own:
+
+* ``compact``: compacting the copy, once (in production: once per closed hour, before the check).
+* ``ours-jsonl`` / ``ours-parquet``: ``check_store_window``'s two halves on the JSONL store and on
+  the compacted one, ``stream_window`` (list the window's partitions, parse or read, accumulate) and
+  ``finish_window`` (statistics, policy, drift.json), every signal, the Evidently companion report
+  disabled; that companion report (bounded sample) is timed apart.
+* ``evidently``: the same window loaded from the compacted Parquet into a DataFrame, then
+  ``DataDriftPreset(method="psi")`` against the reference records as a DataFrame, on the 10
+  per-record signals (token_frequency is one value per token, not a column).
+* ``parsers`` (first size only): records/s of the stdlib json and orjson row parsers, Arrow's JSON
+  parser, and reading the compacted Parquet's monitoring columns.
+
+    python bench/bench_drift_window.py                   # 100k and 1M records (~1 GB of JSONL at 1M)
+    python bench/bench_drift_window.py --sizes 20000     # a quick run
+
+Writes bench/results/drift_window.json and drift_window.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from common import RESULTS, ROOT, load_average, markdown_table, max_rss_mb, run_meta, write_results
+
+T0 = datetime(2026, 11, 23, 0, tzinfo=timezone.utc)
+HOURS = 6  # the window spans six hour partitions
+PER_FILE = 25_000  # records per partition file, as a server flushing every few seconds would write far fewer
+MODEL = "bench-lm"
+
+
+def prepare(root: Path, n: int, reference: int) -> Path:
+    """Write the reference profile and ``n`` window records into ``root``; reuse them if already there."""
+    from infra.config import MonitorConfig
+    from infra.store import LocalStore
+    from infra.traffic import write_records
+    from monitoring.profile import build_profile
+    from monitoring.synthetic import TrafficShape, synthetic_records
+
+    folder = root / f"n{n}"
+    if (folder / "done").is_file():
+        return folder
+    store = LocalStore(folder / "store")
+    profile = build_profile(synthetic_records(reference, seed=1, model=MODEL), None, MonitorConfig(),
+                            model_name=MODEL, model_version=1)
+    (folder / "profile.json").write_text(profile.to_json())
+    (folder / "reference.jsonl").write_text("".join(json.dumps(r) + "\n" for r in synthetic_records(reference, seed=1)))
+    shape, spacing = TrafficShape(words_mean=24, surprisal_mean=3.45), HOURS * 3600 / n
+    for i, first in enumerate(range(0, n, PER_FILE)):
+        size = min(PER_FILE, n - first)
+        write_records(store, MODEL, synthetic_records(size, shape, seed=100 + i, start=T0 + timedelta(seconds=first * spacing),
+                                                      spacing_s=spacing, model=MODEL))
+    (folder / "done").write_text("ok")
+    return folder
+
+
+def run_compact(folder: Path) -> dict:
+    """Compact the copy of the JSONL store (every hour of the window is closed)."""
+    from infra.store import LocalStore
+    from infra.traffic_compact import compact
+
+    store = LocalStore(folder / "compacted")
+    jsonl_mb = sum(p.stat().st_size for p in store.root.rglob("*.jsonl")) / 1e6
+    baseline = max_rss_mb()
+    t0, c0 = time.perf_counter(), _cpu_s()
+    keys = compact(store, MODEL, T0 + timedelta(hours=HOURS))
+    seconds, cpu, peak = time.perf_counter() - t0, _cpu_s() - c0, max_rss_mb()
+    manifests = [store.get_json(f"{key.rsplit('/', 1)[0]}/_compacted.json") for key in keys]
+    return {"compact_s": seconds, "compact_cpu_s": cpu, "hours": len(keys), "records": sum(m["records"] for m in manifests),
+            "jsonl_mb": jsonl_mb, "parquet_mb": sum(store.local_path(k).stat().st_size for k in keys) / 1e6,
+            "peak_rss_mb": peak, "rss_added_mb": peak - baseline}
+
+
+def run_ours(folder: Path, source: str) -> dict:
+    from infra.config import MonitorConfig
+    from infra.store import LocalStore
+    from monitoring import report
+    from monitoring.accumulate import WindowAccumulator
+    from monitoring.drift import finish_window, judge, measure
+    from monitoring.profile import ReferenceProfile
+    from monitoring.window import stream_window
+
+    profile, cfg = ReferenceProfile.from_json((folder / "profile.json").read_text()), MonitorConfig(evidently_report=False)
+    store = LocalStore(folder / source)
+    _warm_up(store, profile)
+    baseline = max_rss_mb()
+    with tempfile.TemporaryDirectory() as out:
+        t0, c0 = time.perf_counter(), _cpu_s()
+        accumulator = WindowAccumulator(profile, cfg.ks_window_sample)
+        scan = stream_window(store, MODEL, T0, T0 + timedelta(hours=HOURS), accumulator, None, version=1)
+        t1, c1 = time.perf_counter(), _cpu_s()
+        measured, _ = measure(profile, accumulator.summaries(), cfg, n_records=accumulator.n_records, has_tokenizer=False)
+        judge(measured, cfg)  # the statistics and the policy alone; finish_window repeats them and writes the files
+        t2 = time.perf_counter()
+        drift = finish_window(profile, accumulator, cfg, Path(out), has_tokenizer=False)
+        t3 = time.perf_counter()
+        peak = max_rss_mb()
+        report.write_evidently_report(profile, accumulator.summaries(), list(drift.signals), Path(out))
+        t4 = time.perf_counter()
+    return {"stream_s": t1 - t0, "stream_cpu_s": c1 - c0, "parse_s": scan.parse_s, "stats_s": t2 - t1, "files_s": t3 - t2,
+            "total_s": (t1 - t0) + (t3 - t2),
+            "evidently_companion_s": t4 - t3,
+            "peak_rss_mb": peak, "rss_added_mb": peak - baseline, "records": scan.records,
+            "fast_chunks": scan.fast_chunks, "row_chunks": scan.row_chunks, "row_groups": scan.row_groups,
+            "verdict": drift.verdict, "signals": {k: s.model_dump(exclude={"current_mean"}) for k, s in drift.signals.items()},
+            "psi": {k: s.psi for k, s in drift.signals.items()}, "status": {k: s.status for k, s in drift.signals.items()}}
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process (all threads): what the work costs whatever else the machine runs."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _warm_up(store, profile) -> None:
+    """Parse and accumulate a few records once: Arrow and numpy initialise lazily on first use, like imports."""
+    import numpy as np
+
+    from infra.traffic import window_files
+    from infra.traffic_parquet import open_parquet
+    from monitoring import columnar
+    from monitoring.accumulate import WindowAccumulator
+
+    key = window_files(store, MODEL, T0, T0 + timedelta(hours=HOURS))[0]
+    if key.endswith(".parquet"):
+        with open_parquet(store, key) as parquet:
+            table = parquet.read_row_group(0, columns=columnar.PARQUET_COLUMNS).slice(0, 100)
+        batch = columnar.table_batch(columnar.parquet_table(table))
+    else:
+        with open(store.local_path(key), "rb") as f:
+            data = f.read(1 << 16)
+        batch = columnar.table_batch(columnar.read_table(data[:data.rfind(b"\n") + 1]))
+    batch.keys = np.zeros(batch.n)
+    WindowAccumulator(profile, 100).add(batch)
+
+
+def _frame(batch, profile):
+    """A DataFrame of the per-record signals of a batch (rare_token_share with the profile's common set)."""
+    import numpy as np
+    import pandas as pd
+
+    from monitoring.tokens import rare_token_share
+
+    columns = dict(batch.numbers)
+    columns["rare_token_share"] = rare_token_share(batch.token_ids, batch.token_lengths, np.array(profile.common_tokens))
+    labels = np.array([*batch.stop_labels, None], dtype=object)
+    columns["stop_reason"] = labels[batch.stop_codes]
+    return pd.DataFrame(columns)
+
+
+def run_evidently(folder: Path) -> dict:
+    import pandas as pd
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    from infra.store import LocalStore
+    from monitoring.profile import ReferenceProfile
+    from monitoring.signals import rows_batch
+
+    profile, store = ReferenceProfile.from_json((folder / "profile.json").read_text()), LocalStore(folder / "compacted")
+    reference = _frame(rows_batch([json.loads(line) for line in (folder / "reference.jsonl").open()], None), profile)
+    _warm_up(store, profile)
+    baseline = max_rss_mb()
+    t0, c0 = time.perf_counter(), _cpu_s()
+    current = pd.concat([_frame(batch, profile) for batch in _parquet_batches(store)], ignore_index=True)
+    t1 = time.perf_counter()
+    names = list(reference.columns)
+    definition = DataDefinition(numerical_columns=[c for c in names if c != "stop_reason"], categorical_columns=["stop_reason"])
+    snapshot = Report(metrics=[DataDriftPreset(method="psi")]).run(
+        current_data=Dataset.from_pandas(current, data_definition=definition),
+        reference_data=Dataset.from_pandas(reference, data_definition=definition))
+    values = {m["config"]["column"]: float(m["value"]) for m in snapshot.dict()["metrics"] if m["config"].get("column")}
+    t2 = time.perf_counter()
+    peak = max_rss_mb()
+    return {"load_s": t1 - t0, "report_s": t2 - t1, "total_s": t2 - t0, "cpu_s": _cpu_s() - c0,
+            "peak_rss_mb": peak, "rss_added_mb": peak - baseline,
+            "records": len(current), "psi": values, "drift": {c: v >= 0.1 for c, v in values.items()}}
+
+
+def _parquet_batches(store):
+    """The window's records as Batches, one per Parquet row group of the compacted store (all synthetic records fit)."""
+    from infra.traffic import window_files
+    from infra.traffic_parquet import open_parquet
+    from monitoring import columnar
+
+    for key in window_files(store, MODEL, T0, T0 + timedelta(hours=HOURS)):
+        with open_parquet(store, key) as parquet:
+            for i in range(parquet.num_row_groups):
+                yield columnar.table_batch(columnar.parquet_table(parquet.read_row_group(i, columns=columnar.PARQUET_COLUMNS)))
+
+
+def run_parsers(folder: Path) -> dict:
+    """Records/s of four ways to turn the window's records into columns (no statistics)."""
+    import json as stdlib_json
+
+    from infra import traffic
+    from infra.store import LocalStore
+    from monitoring import columnar
+    from monitoring.signals import rows_batch
+
+    store = LocalStore(folder / "store")
+    keys = traffic.window_files(store, MODEL, T0, T0 + timedelta(hours=HOURS))
+    timings = {}
+    for name, loads in (("stdlib json rows", stdlib_json.loads), ("orjson rows", traffic.parse_json_line)):
+        t0, n = time.perf_counter(), 0
+        for key in keys:
+            for _, data in traffic.iter_chunks(store, key):
+                n += rows_batch([loads(line) for line in data.splitlines()], None).n
+        timings[name] = {"s": time.perf_counter() - t0, "records": n}
+    t0, n = time.perf_counter(), 0
+    for key in keys:
+        for _, data in traffic.iter_chunks(store, key):
+            n += columnar.table_batch(columnar.read_table(data)).n
+    timings["arrow columns"] = {"s": time.perf_counter() - t0, "records": n}
+    t0 = time.perf_counter()
+    n = sum(batch.n for batch in _parquet_batches(LocalStore(folder / "compacted")))
+    timings["compacted Parquet columns"] = {"s": time.perf_counter() - t0, "records": n}
+    return timings
+
+
+def worker(kind: str, folder: Path) -> dict:
+    import warnings
+
+    warnings.simplefilter("ignore")
+    # imported before the baseline on both sides: import time and memory are not the check's
+    import evidently  # noqa: F401
+    import matplotlib.figure  # noqa: F401  (the check's histograms)
+    import monitoring.window  # noqa: F401
+
+    workers = {"ours-jsonl": lambda f: run_ours(f, "store"), "ours-parquet": lambda f: run_ours(f, "compacted"),
+               "compact": run_compact, "evidently": run_evidently, "parsers": run_parsers}
+    return workers[kind](folder)
+
+
+def run_one(kind: str, folder: Path) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--worker", kind, str(folder)], cwd=ROOT / "bench",
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{kind} on {folder} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def compare(n: int, jsonl: dict, ours: dict, compaction: dict, ev: dict) -> dict:
+    """One size's row: ours from JSONL and from Parquet, compaction, Evidently (from the same Parquet)."""
+    per_signal = {c: (ours["status"][c] != "ok", ev["drift"][c]) for c in ev["drift"]}
+    return {
+        "n": n, "jsonl_s": jsonl["total_s"], "jsonl_stream_s": jsonl["stream_s"], "jsonl_parse_s": jsonl["parse_s"],
+        "jsonl_stream_cpu_s": jsonl["stream_cpu_s"], "jsonl_peak_rss_mb": jsonl["peak_rss_mb"],
+        "jsonl_rss_added_mb": jsonl["rss_added_mb"],
+        "ours_s": ours["total_s"], "ours_stream_s": ours["stream_s"], "ours_read_s": ours["parse_s"],
+        "ours_stats_s": ours["stats_s"], "ours_files_s": ours["files_s"], "ours_stream_cpu_s": ours["stream_cpu_s"],
+        "ours_peak_rss_mb": ours["peak_rss_mb"], "ours_rss_added_mb": ours["rss_added_mb"],
+        "ours_evidently_companion_s": ours["evidently_companion_s"], "records_per_s": ours["records"] / ours["total_s"],
+        "speedup": jsonl["total_s"] / ours["total_s"], "identical": jsonl["signals"] == ours["signals"],
+        "compact_s": compaction["compact_s"], "compact_cpu_s": compaction["compact_cpu_s"],
+        "compact_records_per_s": compaction["records"] / compaction["compact_s"],
+        "compact_peak_rss_mb": compaction["peak_rss_mb"], "compact_rss_added_mb": compaction["rss_added_mb"],
+        "jsonl_mb": compaction["jsonl_mb"], "parquet_mb": compaction["parquet_mb"],
+        "evidently_s": ev["total_s"], "evidently_load_s": ev["load_s"], "evidently_report_s": ev["report_s"],
+        "ratio_total": ev["total_s"] / ours["total_s"], "evidently_cpu_s": ev["cpu_s"],
+        "evidently_peak_rss_mb": ev["peak_rss_mb"], "evidently_rss_added_mb": ev["rss_added_mb"],
+        "verdict": ours["verdict"], "agree": sum(a == b for a, b in per_signal.values()), "columns": len(per_signal),
+        "disagree": [c for c, (a, b) in per_signal.items() if a != b],
+    }
+
+
+def markdown(table: list[dict], runs: list[dict], parsers: dict) -> str:
+    def mb(t: dict, side: str) -> str:
+        return f"{t[side + '_peak_rss_mb']:.0f} / {t[side + '_rss_added_mb']:.0f}"
+
+    check = [[f"{t['n']:,}", f"{t['jsonl_s']:.2f} ({t['jsonl_stream_s']:.2f} + {t['jsonl_s'] - t['jsonl_stream_s']:.2f})",
+              f"{t['jsonl_parse_s']:.2f}", f"{t['jsonl_stream_cpu_s']:.1f}", mb(t, "jsonl"),
+              f"**{t['ours_s']:.2f}** ({t['ours_stream_s']:.2f} + {t['ours_files_s']:.2f})", f"{t['ours_read_s']:.2f}",
+              f"{t['ours_stream_cpu_s']:.1f}", f"{t['records_per_s'] / 1e3:.0f}k", mb(t, "ours"), f"{t['speedup']:.1f}x",
+              "yes" if t["identical"] else "NO"] for t in table]
+    compaction = [[f"{t['n']:,}", f"{t['compact_s']:.1f}", f"{t['compact_cpu_s']:.1f}", f"{t['compact_records_per_s'] / 1e3:.0f}k",
+                   mb(t, "compact"), f"{t['jsonl_mb']:.0f} -> {t['parquet_mb']:.0f}"] for t in table]
+    evidently = [[f"{t['n']:,}", f"{t['ours_s']:.2f}", f"{t['ours_evidently_companion_s']:.1f}",
+                  f"{t['evidently_s']:.1f} ({t['evidently_load_s']:.1f} + {t['evidently_report_s']:.1f})",
+                  f"{t['ratio_total']:.1f}x", mb(t, "ours"), mb(t, "evidently"), f"{t['agree']}/{t['columns']}",
+                  ", ".join(t["disagree"]) or "-"] for t in table]
+    lines = ["# Streaming window check from JSONL and from compacted Parquet, vs Evidently DataDriftPreset", "",
+             f"Synthetic traffic (~1 KB per record, 21 token ids) in {HOURS} hour partitions of {PER_FILE:,}-record "
+             "JSONL files, and a copy compacted into one Parquet file per hour. Ours: `stream_window` (list, read: "
+             "8 MB JSONL chunks through Arrow's JSON parser, or Parquet row groups of the monitoring columns; "
+             "accumulate 11 signals) + `finish_window` (statistics, policy, drift.json, summary.md, PNG histograms "
+             "of the moved signals), Evidently's companion report timed apart. Memory: max RSS of each worker "
+             "process, and what the run added after imports. Target: 1M records within a few seconds.", "",
+             markdown_table(["records", "JSONL: s (stream + statistics & files)", "of which JSON parse s", "stream CPU s",
+                             "peak / added MB", "Parquet: s (stream + statistics & files)", "of which read s",
+                             "stream CPU s", "records/s", "peak / added MB", "Parquet speed-up", "identical statistics"],
+                            check), "",
+             "Compaction (once per closed hour, before the scheduled check; here the whole window at once):", "",
+             markdown_table(["records", "s", "CPU s", "records/s", "peak / added MB", "JSONL MB -> Parquet MB"], compaction), "",
+             "Against Evidently (both reading the compacted Parquet; Evidently's verdict: PSI >= 0.1 on its own bins):", "",
+             markdown_table(["records", "ours s", "+ Evidently companion s", "Evidently s (load + report)", "Ev/ours",
+                             "ours peak / added MB", "Evidently peak / added MB", "per-signal verdicts agree", "disagree on"],
+                            evidently), ""]
+    if parsers:
+        lines += ["Turning the window's records into columns (no statistics):", "",
+                  markdown_table(["parser", "s", "records/s"],
+                                 [[k, f"{v['s']:.2f}", f"{v['records'] / v['s'] / 1e3:.0f}k"] for k, v in parsers.items()]), ""]
+    lines += ["Per-signal PSI (ours: status; Evidently: PSI on its own Sturges bins, drift at >= 0.1):", ""]
+    for r in runs:
+        lines.append(f"- {r['kind']} n={r['n']:,}: " + ", ".join(
+            f"{c}={v:.3g}{'' if r['kind'] == 'evidently' else ' ' + r['status'][c]}" for c, v in r["psi"].items()))
+    return "\n".join(lines) + "\n"
+
+
+def fresh_copy(folder: Path) -> None:
+    """The JSONL store copied to ``compacted/`` (compaction rewrites it in place; the JSONL side stays as it is)."""
+    shutil.rmtree(folder / "compacted", ignore_errors=True)
+    shutil.copytree(folder / "store", folder / "compacted")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--reference", type=int, default=20_000, help="reference records profiled")
+    parser.add_argument("--data", type=Path, help="folder for the generated traffic (reused); default: a temporary one")
+    parser.add_argument("--out", type=Path, default=RESULTS / "drift_window")
+    parser.add_argument("--worker", nargs=2, metavar=("KIND", "FOLDER"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker[0], Path(args.worker[1]))))
+        return
+    root = args.data or Path(tempfile.mkdtemp(prefix="bench-drift-window-"))
+    table, runs, parsers = [], [], {}
+    for i, n in enumerate(args.sizes):
+        t0 = time.perf_counter()
+        folder = prepare(root, n, args.reference)
+        fresh_copy(folder)
+        print(f"n={n:,}: data ready in {time.perf_counter() - t0:.0f} s", flush=True)
+        compaction = run_one("compact", folder)
+        if i == 0:
+            parsers = run_one("parsers", folder)
+        jsonl, ours, ev = run_one("ours-jsonl", folder), run_one("ours-parquet", folder), run_one("evidently", folder)
+        runs += [{"kind": "ours-jsonl", "n": n, **jsonl}, {"kind": "ours-parquet", "n": n, **ours},
+                 {"kind": "evidently", "n": n, **ev}]
+        table.append(compare(n, jsonl, ours, compaction, ev))
+        print(f"n={n:,}: JSONL {jsonl['total_s']:.2f} s, Parquet {ours['total_s']:.2f} s (compaction "
+              f"{compaction['compact_s']:.1f} s), Evidently {ev['total_s']:.1f} s", flush=True)
+    text = markdown(table, runs, parsers)
+    print(text)
+    for r in runs:
+        r.pop("signals", None)  # compared above; the results keep PSI and status per signal
+    write_results(args.out.name, {"meta": run_meta(reference=args.reference, hours=HOURS, per_file=PER_FILE,
+                                                   load_average=load_average()),
+                                  "comparison": table, "parsers": parsers, "runs": runs}, text, args.out.parent)
+
+
+if __name__ == "__main__":
+    main()
