@@ -99,6 +99,9 @@ def run_demo(config: PipelineConfig, keep_running: bool = False) -> int:
         if not alert.event_emitted:
             console.print("[red]no drift event was emitted, so no retrain was triggered")
             return 1
+        again = monitor_drift(config, start=start, end=end)
+        console.print(f"the same window checked again: {again.verdict}, event {'emitted' if again.event_emitted else 'held'} "
+                      f"({again.event_reason}): one drift, one retrain")
         run = wait_for_triggered_run("retrain", since=end, timeout=120)
         console.print(f"triggered flow run {run.name!r} ({run.id}); waiting for it to finish...")
         final = wait_for_final(run.id, timeout=900)
@@ -116,6 +119,7 @@ def run_demo(config: PipelineConfig, keep_running: bool = False) -> int:
         card = first.model_card_uri
         console.print(f"model card:    {card}\nloss curve:    {first.run.loss_plot_uri}\n"
                       f"drift reports: {quiet.report_html}\n               {alert.report_html}\n"
+                      f"drift trend:   {again.trend_uri}\n"
                       f"store:         {store.uri}")
         if keep_running:
             console.print("servers stay up; Ctrl-C stops them")

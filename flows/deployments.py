@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.events import DeploymentEventTrigger
@@ -10,7 +11,7 @@ from prefect.schedules import Cron, Interval
 from flows.monitor_drift import monitor_drift
 from flows.retrain import retrain
 from flows.training_pipeline import training_pipeline
-from infra.config import PipelineConfig
+from infra.config import ConfigError, PipelineConfig
 from tasks.drift import DRIFT_EVENT
 
 
@@ -32,10 +33,26 @@ def drift_trigger(config: PipelineConfig) -> DeploymentEventTrigger:
     )
 
 
+def _schedules(config: PipelineConfig) -> tuple[list, list]:
+    """(monitor, retrain) schedules; a bad time zone or cron is a ConfigError naming the field, not a traceback."""
+    sched = config.schedule
+    try:
+        ZoneInfo(sched.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"schedule.timezone: {sched.timezone!r} is not an IANA time zone (e.g. UTC, Europe/Paris)") from None
+    try:
+        retrain = [Cron(sched.retrain_cron, timezone=sched.timezone)] if sched.retrain_cron else []
+    except ValueError as exc:
+        raise ConfigError(f"schedule.retrain_cron: {exc}") from None
+    monitor = ([Interval(timedelta(minutes=sched.monitor_every_minutes), timezone=sched.timezone)]
+               if sched.monitor_every_minutes else [])
+    return monitor, retrain
+
+
 def build_deployments(config: PipelineConfig) -> list:
     """Runner deployments carrying ``config`` as their default parameters (the UI renders it as a form)."""
     params = {"config": config.model_dump(mode="json")}
-    sched = config.schedule
+    monitor_schedules, retrain_schedules = _schedules(config)
     # One retrain at a time: a second trigger while one runs is cancelled, not queued behind it.
     one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
     return [
@@ -45,13 +62,12 @@ def build_deployments(config: PipelineConfig) -> list:
         ),
         monitor_drift.to_deployment(
             name="monitor", parameters=params, tags=["llmops"],
-            schedules=[Interval(timedelta(minutes=sched.monitor_every_minutes), timezone=sched.timezone)]
-            if sched.monitor_every_minutes else [],
+            schedules=monitor_schedules,
             description="Check the latest traffic window for drift; emits llmops.drift.detected on alert.",
         ),
         retrain.to_deployment(
             name="retrain", parameters={**params, "reason": "schedule"}, tags=["llmops"],
-            schedules=[Cron(sched.retrain_cron, timezone=sched.timezone)] if sched.retrain_cron else [],
+            schedules=retrain_schedules,
             triggers=[drift_trigger(config)], concurrency_limit=one_at_a_time,
             description="Retrain through the gate, on a schedule and on drift.",
         ),

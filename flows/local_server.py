@@ -24,6 +24,8 @@ def quiet_prefect_env(home: Optional[Path] = None) -> dict[str, str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PREFECT_LOGGING_EXTRA_LOGGERS": "llmops",
+        # llmops loggers also run outside flows (the CLI, the model server): no warning for each line
+        "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     }
     if home is not None:

@@ -11,7 +11,7 @@ from infra.config import PipelineConfig
 from infra.settings import get_settings
 from infra.store import open_store
 from infra.traffic import parse_ts
-from models.ingest_formats import read_file
+from models.ingest_formats import IngestError, read_file
 from models.profiling import reference_records
 from models.registry import Registry
 from monitoring.drift import compare_records
@@ -26,13 +26,15 @@ def read_texts(path: Path, config: PipelineConfig) -> list[str]:
                                                 chunk_chars=min(config.data.chunk_chars, config.serve.max_prompt_chars))
              if c.text and c.text.strip()]
     texts = [t for t in texts if len(t) <= config.serve.max_prompt_chars]
-    if not texts:
-        raise ValueError(f"{path}: no usable text (field {config.data.text_field!r} for JSONL/Parquet)")
+    if not texts:  # IngestError (a ValueError) so the CLI reports it instead of a traceback
+        raise IngestError(f"{path}: no usable text (field {config.data.text_field!r} for JSONL/Parquet)")
     return texts
 
 
 def _load(config: PipelineConfig, model_ref: str, model_path: Optional[Path]):
     if model_path is not None:
+        if not (Path(model_path) / "config.json").is_file():  # else transformers tries the Hub and fails offline
+            raise FileNotFoundError(f"--model-path {model_path} is not a saved model folder (no config.json)")
         return (AutoModelForCausalLM.from_pretrained(model_path).eval(), AutoTokenizer.from_pretrained(model_path),
                 str(model_path), 0)
     loaded = Registry(open_store(), config.model_name).load(model_ref, cache_dir=get_settings().cache_dir)
@@ -53,12 +55,13 @@ def monitor_files(config: PipelineConfig, reference: Path, current: Path, out: P
     """Score both files with the model as if they were served, profile the reference, check the current."""
     from tasks.drift import serving_params, tokenize_with
 
+    files = {"reference": Path(reference), "current": Path(current)}
+    texts = {role: read_texts(path, config) for role, path in files.items()}  # a bad file fails before the model loads
     model, tokenizer, name, version = _load(config, model_ref, model_path)
     records = {}
-    for role, path in (("reference", reference), ("current", current)):
-        texts = read_texts(Path(path), config)
-        print(f"scoring {len(texts)} {role} texts from {path} with {name} v{version}...")
-        records[role] = reference_records(model, tokenizer, texts, params=serving_params(config),
+    for role, path in files.items():
+        print(f"scoring {len(texts[role])} {role} texts from {path} with {name} v{version}...")
+        records[role] = reference_records(model, tokenizer, texts[role], params=serving_params(config),
                                           model_name=name, version=version)
     report = compare_records(records["reference"], records["current"], tokenize_with(tokenizer), config.monitor,
                              Path(out), model_name=name, model_version=version)

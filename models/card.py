@@ -9,6 +9,9 @@ from infra.config import PipelineConfig
 from infra.markdown import markdown_table
 from models.records import DatasetRef, EvalReport, QuantReport, TokenizerRef, TrainRef
 
+_ORIGIN = {"scratch": "trained from scratch", "full": "fine-tuned (every weight)",
+           "lora": "fine-tuned with LoRA (adapters merged)"}
+
 
 def render_card(*, name: str, version: int, config: PipelineConfig, dataset: DatasetRef, tokenizer: TokenizerRef,
                 run: TrainRef, evaluation: EvalReport, quant: Optional[QuantReport]) -> str:
@@ -35,8 +38,8 @@ def render_card(*, name: str, version: int, config: PipelineConfig, dataset: Dat
     parts = [
         "---\n" + yaml.safe_dump(metadata, sort_keys=False) + "---",
         f"# {name} — version {version}",
-        f"A {config.model.preset} decoder-only language model trained from scratch by llmops "
-        f"({run.parameters:,} parameters, context {config.train.block_size} tokens).",
+        f"A {config.model.preset if run.method == 'scratch' else 'pretrained'} decoder-only language model "
+        f"{_ORIGIN[run.method]} by llmops ({run.parameters:,} parameters, context {config.train.block_size} tokens).",
         "## Data lineage",
         markdown_table(["what", "value"], [
             ["dataset snapshot", f"`{dataset.uri}`"],
@@ -46,6 +49,7 @@ def render_card(*, name: str, version: int, config: PipelineConfig, dataset: Dat
             ["quarantined", ", ".join(f"{k}: {v}" for k, v in sorted(dataset.rejected.items())) or "none"],
             ["tokenizer", f"{tokenizer.kind}, {tokenizer.vocab_size} tokens, sha256 `{tokenizer.sha256[:16]}`"],
             ["training run", f"`{run.run_id}`"],
+            *([["base model", f"`{run.base_model}`"]] if run.base_model else []),
         ]),
         "## Training",
         markdown_table(["what", "value"], [
@@ -54,10 +58,11 @@ def render_card(*, name: str, version: int, config: PipelineConfig, dataset: Dat
             ["final train loss", f"{run.final_train_loss:.4f}"],
             ["final validation loss", f"{run.final_val_loss:.4f}" if run.final_val_loss is not None else "n/a"],
             ["resumed from step", run.resumed_from_step if run.resumed_from_step is not None else "no"],
-            ["loss curve", f"`{run.loss_plot_uri}`"],
+            ["loss curve", f"`{run.loss_plot_uri}`" if run.loss_plot_uri else "n/a"],
         ]),
         "Configuration:\n\n```yaml\n" + yaml.safe_dump(
             {"model": config.model.model_dump(), "train": config.train.model_dump()}, sort_keys=False) + "```",
+        *_preflight_section(run),
         "## Evaluation",
         markdown_table(["split", "documents", "tokens", "loss (nats/token)", "perplexity", "bits/byte"], [
             [s.split, s.documents, s.tokens, f"{s.loss:.4f}", f"{s.perplexity:.2f}", f"{s.bits_per_byte:.4f}"]
@@ -82,3 +87,14 @@ def render_card(*, name: str, version: int, config: PipelineConfig, dataset: Dat
         "evaluated for safety or factuality and should not be used to make decisions about people.",
     ]
     return "\n\n".join(parts) + "\n"
+
+
+def _preflight_section(run: TrainRef) -> list[str]:
+    """The numbers checked before training, beside what training took (a subsection of Training)."""
+    if run.preflight is None:
+        return []
+    from models.preflight import markdown  # torch-heavy: only for runs that carry a preflight
+
+    verdict = "fitted" if run.preflight.fits else "did not fit (train.preflight=warn)"
+    return ["### Preflight", f"Estimated before training; the run {verdict} in memory.",
+            markdown(run.preflight, actual_s=run.wall_s)]

@@ -41,13 +41,23 @@ def register_candidate(store: ArtifactStore, config: PipelineConfig, *, version:
                              variants=variants, metadata=metadata)
 
 
-def smoke_test(store: ArtifactStore, name: str, version: int, cache_dir: Path) -> str:
-    """Load the registered version exactly as the server will and generate a few tokens."""
-    loaded = Registry(store, name).load(version, cache_dir=cache_dir)
-    completion = complete(loaded.model, loaded.tokenizer, ["The"], SamplingParams(max_new_tokens=4, do_sample=False))[0][0]
-    if not math.isfinite(completion.mean_logprob):
-        raise RegistryError(f"{name} version {version} failed its smoke test: log-prob {completion.mean_logprob}")
-    return completion.text
+def smoke_test(store: ArtifactStore, name: str, version: int, cache_dir: Path) -> dict[str, str]:
+    """Load every variant of the version exactly as the server will and generate a few tokens with each.
+
+    Returns:
+        The greedy completion of "The" per variant.
+    """
+    registry = Registry(store, name)
+    samples = {}
+    for variant in registry.manifest(version)["variants"]:
+        loaded = registry.load(version, variant=variant, cache_dir=cache_dir)
+        params = SamplingParams(max_new_tokens=4, do_sample=False)
+        completion = complete(loaded.model, loaded.tokenizer, ["The"], params)[0][0]
+        if not math.isfinite(completion.mean_logprob):
+            raise RegistryError(f"{name} version {version} ({variant}) failed its smoke test: "
+                                f"log-prob {completion.mean_logprob}")
+        samples[variant] = completion.text
+    return samples
 
 
 def release(store: ArtifactStore, name: str, version: int, promote: bool, reason: str) -> Optional[int]:

@@ -37,7 +37,7 @@ def register_model(config: PipelineConfig, version: int, dataset: DatasetRef, to
 def promote_model(version: ModelVersionRef, evaluation: EvalReport, promote: bool = True) -> Optional[int]:
     """Smoke-test the version, move staging (and production if the gate passed), and emit the decision as an event."""
     st = store()
-    sample = smoke_test(st, version.name, version.version, cache_dir())
+    samples = smoke_test(st, version.name, version.version, cache_dir())
     passed = evaluation.gate.promote and promote
     production = release(st, version.name, version.version, passed, evaluation.gate.reason)
     emit_event(
@@ -45,5 +45,5 @@ def promote_model(version: ModelVersionRef, evaluation: EvalReport, promote: boo
         resource={"prefect.resource.id": f"llmops.model.{version.name}", "prefect.resource.name": version.name},
         payload={"version": version.version, "production_version": production, "gate": evaluation.gate.model_dump()},
     )
-    get_run_logger().info("v%d smoke test ok (%r); production is now v%s", version.version, sample, production)
+    get_run_logger().info("v%d smoke test ok %s; production is now v%s", version.version, samples, production)
     return production

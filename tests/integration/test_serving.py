@@ -26,7 +26,8 @@ CFG = ServeConfig(port=0, max_tokens_limit=32, max_n=3, max_prompt_chars=500, re
                   flush_every=1000, flush_interval_s=60)
 
 # The traffic record contract (docs/contracts.md), spelled out independently of the code.
-RECORD_KEYS = {"id", "ts", "model", "version", "variant", "prompt", "params", "completions", "features"}
+RECORD_KEYS = {"id", "ts", "model", "version", "variant", "prompt", "prompt_token_ids", "params", "completions",
+               "features"}
 PARAM_KEYS = {"max_tokens", "temperature", "top_p", "top_k", "n", "stop"}
 COMPLETION_KEYS = {"text", "finish_reason", "tokens", "mean_logprob", "mean_entropy"}
 FEATURE_KEYS = {"prompt_chars", "prompt_tokens", "bytes_per_token", "prompt_surprisal", "completion_tokens",
@@ -231,6 +232,7 @@ def _check_contract(record: dict) -> None:
     assert record["id"].startswith("cmpl-") and datetime.fromisoformat(record["ts"]).utcoffset().total_seconds() == 0
     assert record["completions"] and all(set(c) == COMPLETION_KEYS for c in record["completions"])
     assert len(record["completions"]) == record["params"]["n"]
+    assert len(record["prompt_token_ids"]) == record["features"]["prompt_tokens"] > 0
     for name, value in record["features"].items():
         if name == "stop_reason":
             assert value in ("stop", "length")

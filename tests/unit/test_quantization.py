@@ -22,6 +22,15 @@ DynamicInt8Linear = torch.ao.nn.quantized.dynamic.Linear
 BLOCK = 32
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Tiny models gain nothing from a second thread, and on a shared 2-core box its barriers cost seconds."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def train_tiny_run(root: Path) -> tuple[LocalStore, TrainRef, list[str], Path]:
     """A real run: stdlib docstrings ingested, a BPE trained, blocks packed, a tiny Llama trained 60 steps (~5 s)."""
     store, cache = LocalStore(root / "store"), root / "cache"
@@ -150,10 +159,10 @@ def test_servable_follows_the_allowed_bits_per_byte_increase(trained, tmp_path):
 
     report = compress_run(store, outlier_run, texts, CompressConfig(latency_runs=1, max_bpb_increase=0.05), cache)
     assert report.bpb_increase > 0.05 and not report.servable
-    # the same measurement with a tolerance above the loss is servable: the flag is exactly the rule
+    # a tolerance of exactly the measured loss is servable: the flag is "increase <= max_bpb_increase"
     tolerant = compress_run(store, outlier_run, texts,
-                            CompressConfig(latency_runs=1, max_bpb_increase=report.bpb_increase + 0.01), cache)
-    assert tolerant.bpb_increase == pytest.approx(report.bpb_increase) and tolerant.servable
+                            CompressConfig(latency_runs=1, max_bpb_increase=report.bpb_increase), cache)
+    assert tolerant.bpb_increase == report.bpb_increase and tolerant.servable
 
 
 def test_quantize_none_returns_none_and_writes_nothing(trained, tmp_path):
