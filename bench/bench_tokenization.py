@@ -11,7 +11,7 @@ The corpus is the stdlib docstrings plus Tiny Shakespeare when present, repeated
 The BPE (8192 tokens, ``train_bpe``) is trained on one copy of it: repetition does not change
 the merges, only the training time. Token counts of every path are checked against the raw ones.
 
-    python bench/bench_tokenization.py             # 50 MB, as BASELINES.md section 3
+    python bench/bench_tokenization.py             # 30 MB, every path twice (about 6 minutes on 2 cores)
     python bench/bench_tokenization.py --mb 2      # a quick run
 
 Writes bench/results/tokenization.json and tokenization.md.
@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import RESULTS, bench_corpus, markdown_table, max_rss_mb, median, run_meta, timed, write_results
+from common import (RESULTS, bench_corpus, load_average, markdown_table, max_rss_mb, median, run_meta, timed,
+                    write_results)
 
 MAP_BATCH = 1000  # pack_split's datasets.map batch_size; the raw baseline uses the same batches
 
@@ -156,7 +157,8 @@ def markdown(rows: list[dict], meta: dict, checks: dict) -> str:
         "# Tokenization throughput: our packing path vs raw `tokenizers`",
         "",
         f"{meta['date']} · `{meta['command']}` · {meta['cpus']} CPUs ({meta['processor']}), "
-        f"tokenizers {meta['tokenizers']}, transformers {meta['transformers']}, datasets {meta['datasets']}",
+        f"tokenizers {meta['tokenizers']}, transformers {meta['transformers']}, datasets {meta['datasets']}, "
+        f"load average at start / end {meta['load_start']} / {meta['load_end']}",
         "",
         f"Corpus: {c['mb']:.1f} MB, {c['docs']:,} documents ({c['copies']} copies of {c['unique_mb']:.2f} MB: "
         f"{', '.join(f'{k} {v:,} docs' for k, v in c['sources_docs'].items())}). Byte-level BPE of "
@@ -176,10 +178,10 @@ def markdown(rows: list[dict], meta: dict, checks: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mb", type=float, default=50.0, help="corpus size in MB (repeats the unique text)")
+    parser.add_argument("--mb", type=float, default=30.0, help="corpus size in MB (repeats the unique text)")
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--block-size", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=1, help="repeat every path, interleaved; report the median")
+    parser.add_argument("--rounds", type=int, default=2, help="repeat every path, interleaved; report the median")
     parser.add_argument("--out", type=Path, default=RESULTS / "tokenization", help="path stem of the .json/.md")
     args = parser.parse_args()
 
@@ -190,6 +192,7 @@ def main() -> None:
     from models.tokenizer import train_bpe
 
     datasets.disable_progress_bars()
+    load_start = load_average()
     texts, corpus = bench_corpus(int(args.mb * 1e6))
     unique, _ = bench_corpus()  # one copy: repeating the text would not change the merges
     tokenizer, bpe_s = timed(train_bpe, unique, args.vocab)
@@ -200,7 +203,8 @@ def main() -> None:
     rows = summarise(seconds, checks, corpus["mb"])
     meta = run_meta(tokenizers=tokenizers.__version__, transformers=transformers.__version__,
                     datasets=datasets.__version__, corpus=corpus, vocab_size=len(tokenizer), bpe_train_s=bpe_s,
-                    block_size=args.block_size, rounds=args.rounds, peak_rss_mb=max_rss_mb())
+                    block_size=args.block_size, rounds=args.rounds, peak_rss_mb=max_rss_mb(),
+                    load_start=load_start, load_end=load_average())
     text = markdown(rows, meta, checks)
     print(text)
     write_results(args.out.name, {"meta": meta, "results": rows, "checks": checks}, text, args.out.parent)

@@ -43,6 +43,11 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def load_average() -> str:
+    """The 1/5/15-minute load averages: other work on a shared machine shows here."""
+    return " ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
 def max_rss_mb() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,0 +1,135 @@
+"""nanoGPT's CPU "baby GPT" vs our training on Tiny Shakespeare, side by side at equal wall-clock: bits per character.
+
+    python bench/bench_nanogpt.py                  # nanoGPT (2000 iterations, ~2.5 min), then ours on its budget
+    python bench/bench_nanogpt.py --max-iters 300  # a quick look
+
+Both train on exactly the first 90% of the characters and are scored on the last 10%
+(111,540 characters), as nanoGPT's prepare.py splits the text. nanoGPT is run unmodified from
+../shared/anchors/nanogpt (its own script times it and scores it on the whole split). Ours runs
+the project's own code path — train_bpe, pack_split, models.training.train with a wall-clock
+budget, score_documents — and the clock covers all of it (tokenizer training, packing, model
+construction, training with its evaluations and checkpoints). Bits per character: the summed
+NLL (nats) over every token of the validation text / ln 2 / its characters.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import RESULTS, ROOT, SHAKESPEARE, load_average, markdown_table, run_meta, write_results  # noqa: E402
+
+BABY_GPT = ROOT.parent / "shared" / "anchors" / "nanogpt" / "baby_gpt.py"
+
+
+def run_nanogpt(max_iters: int, out: Path) -> dict:
+    """nanoGPT's own baby_gpt.py in a child process with this interpreter; its JSON result."""
+    subprocess.run([sys.executable, str(BABY_GPT), "--max-iters", str(max_iters), "--json", str(out)],
+                   check=True, stdout=subprocess.DEVNULL)
+    return json.loads(out.read_text())
+
+
+def run_ours(text: str, budget_s: float, args: argparse.Namespace) -> dict:
+    """Our pipeline's core functions on the same split, everything inside ``budget_s`` of wall-clock."""
+    import torch
+
+    from infra.config import TrainConfig
+    from infra.store import LocalStore
+    from models.checkpoint import Checkpointer
+    from models.evaluation import score_documents
+    from models.presets import build_config
+    from models.tokenizer import pack_split, train_bpe
+    from models.training import build_model, read_metrics, train
+
+    t0 = time.perf_counter()
+    cut = int(len(text) * 0.9)
+    train_text, val_text = text[:cut], text[cut:]
+    # paragraphs as documents: the tokenizer learns words, the packer separates speeches with eos
+    docs = [p for p in train_text.split("\n\n") if p.strip()]
+    tokenizer = train_bpe(docs, args.vocab)
+    blocks = pack_split(docs, tokenizer, args.block)
+    config = build_config(args.preset, vocab_size=len(tokenizer), context_length=args.block,
+                          bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+                          overrides=json.loads(args.overrides))
+    model = build_model(config, seed=1337)
+    setup_s = time.perf_counter() - t0
+    # the loop's budget counts its steps; leave room for what it does between them and after
+    step_budget = max(10.0, budget_s - setup_s - args.reserve)
+    cfg = TrainConfig(max_steps=100_000, max_minutes=step_budget / 60, batch_size=args.batch, block_size=args.block,
+                      lr=args.lr, warmup_steps=args.warmup, weight_decay=0.1, eval_every=10_000_000,
+                      checkpoint_every=10_000_000, min_lr_ratio=0.1)
+    with tempfile.TemporaryDirectory() as tmp:
+        outcome = train(model, blocks, blocks[:0], cfg, Checkpointer(LocalStore(tmp), "ck"), Path(tmp) / "m.jsonl")
+        rows = read_metrics(Path(tmp) / "m.jsonl")
+    wall = time.perf_counter() - t0
+    model = outcome.model.eval()
+    ctx = args.block
+    with torch.no_grad():
+        sliding = score_documents(model, tokenizer, [val_text], stride=ctx // 2)
+        disjoint = score_documents(model, tokenizer, [val_text], stride=ctx - 1)
+    bpc = lambda s: sum(s.nll_nats) / math.log(2) / len(val_text)  # noqa: E731
+    return {
+        "train_wall_s": round(wall, 1), "setup_s": round(setup_s, 1), "steps": outcome.state.step,
+        "tokens_seen": outcome.state.tokens_seen, "epochs": round(outcome.state.tokens_seen / blocks.size, 2),
+        "parameters": sum(p.numel() for p in model.parameters()), "vocab": len(tokenizer),
+        "tokens_per_s": round(sum(r["tokens_per_s"] for r in rows) / max(1, len(rows))),
+        "chars_per_token": round(len(val_text) / sliding.tokens[0], 3),
+        "val_chars": len(val_text), "val_tokens": sliding.tokens[0],
+        "val_bits_per_char_sliding": round(bpc(sliding), 4),
+        "val_bits_per_char_disjoint": round(bpc(disjoint), 4),
+        "context_tokens": ctx, "config": {k: v for k, v in vars(args).items() if k not in ("json",)},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-iters", type=int, default=2000, help="nanoGPT iterations (its README's CPU run: 2000)")
+    parser.add_argument("--preset", default="mini")
+    parser.add_argument("--overrides", default="{}", help="JSON of transformers config overrides for the preset")
+    parser.add_argument("--vocab", type=int, default=1024)
+    parser.add_argument("--block", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--reserve", type=float, default=3.0, help="seconds kept for the final checkpoint etc.")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if not SHAKESPEARE.is_file():
+        raise SystemExit(f"{SHAKESPEARE} is missing: this benchmark needs the shared Tiny Shakespeare corpus")
+    load_before = load_average()
+    with tempfile.TemporaryDirectory() as tmp:
+        nano = run_nanogpt(args.max_iters, Path(tmp) / "nanogpt.json")
+    ours = run_ours(SHAKESPEARE.read_text(encoding="utf-8"), nano["train_wall_s"], args)
+    result = {"meta": run_meta(load_average=f"{load_before} / {load_average()}"), "nanogpt": nano, "ours": ours,
+              "ratio_bits_per_char": round(ours["val_bits_per_char_sliding"] / nano["val_bits_per_char"], 4),
+              "target": "ours <= nanoGPT bits/char at equal wall-clock"}
+    rows = [
+        ["nanoGPT baby GPT (char-level, 4x128, block 64)", nano["train_wall_s"], f"{nano['tokens_per_s']:,}",
+         "—", f"{nano['val_bits_per_char']:.4f}", "64 chars, disjoint windows"],
+        [f"llmops {args.preset} (BPE {ours['vocab']}, block {args.block})", ours["train_wall_s"],
+         f"{ours['tokens_per_s']:,}", ours["steps"], f"{ours['val_bits_per_char_sliding']:.4f}",
+         f"sliding window, stride {args.block // 2} tokens"],
+        ["  same model, disjoint windows", "", "", "", f"{ours['val_bits_per_char_disjoint']:.4f}",
+         f"{args.block} tokens (~{args.block * ours['chars_per_token']:.0f} chars), stride {args.block - 1}"],
+    ]
+    met = ours["val_bits_per_char_sliding"] <= nano["val_bits_per_char"]
+    md = (f"# nanoGPT baby GPT vs llmops at equal wall-clock (Tiny Shakespeare)\n\n"
+          f"{result['meta']['date']} · `{result['meta']['command']}` · load {result['meta']['load_average']}\n\n"
+          + markdown_table(["run", "wall s", "tokens/s", "steps", "val bits/char", "context"], rows)
+          + f"\n\nOurs / nanoGPT bits per character: {result['ratio_bits_per_char']:.3f} "
+          f"(target ≤ 1: {'met' if met else 'missed'}). Ours saw {ours['tokens_seen']:,} tokens "
+          f"({ours['epochs']} epochs, {ours['chars_per_token']} characters per token) with "
+          f"{ours['parameters']:,} parameters.\n")
+    write_results("nanogpt", result, md, args.out)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
