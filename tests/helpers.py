@@ -2,19 +2,24 @@
 from __future__ import annotations
 
 import functools
+import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
-from infra.store import ArtifactStore
+from infra.config import PipelineConfig
+from infra.store import ArtifactStore, LocalStore
+from models.ingest import ingest, read_split
 from models.presets import build_config
 from models.quantization import quantize_int8, save_int8
-from models.records import ModelVersionRef
+from models.records import DatasetRef, ModelVersionRef, TokenizerRef, TrainRef
 from models.registry import Registry
-from models.tokenizer import train_bpe
+from models.runs import run_training
+from models.tokenizer import build_tokenizer, load_tokenizer, pack_dataset, train_bpe
 
 _CORPUS_MODULES = ("os", "json", "re", "pathlib", "collections", "typing", "functools", "itertools")
 
@@ -74,3 +79,29 @@ def make_registered_model(store: ArtifactStore, name: str, *, alias: Optional[st
         registry.set_alias(alias, ref.version, reason="test fixture")
         ref = registry.ref(ref.version)
     return ref
+
+
+@dataclass
+class TrainedRun:
+    """The pipeline's stages up to a trained run, done for real on the standard-library docstrings."""
+
+    store: LocalStore
+    cache: Path
+    dataset: DatasetRef
+    tokenizer_ref: TokenizerRef
+    tokenizer: PreTrainedTokenizerFast
+    run: TrainRef
+
+
+def train_stdlib_run(root: Path, config: PipelineConfig, name: str = "tiny") -> TrainedRun:
+    """Ingest :func:`stdlib_texts`, train the BPE, pack, and train the model as ``config`` says, under ``root``."""
+    store, cache = LocalStore(root / "store"), root / "cache"
+    src = root / "docs.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in stdlib_texts()), encoding="utf-8")
+    dataset = ingest(config.data.model_copy(update={"sources": [str(src)]}), store, model_name=name, cache_dir=cache)
+    tok_ref = build_tokenizer(store, config.tokenizer, dataset, read_split(store, dataset, "train"))
+    tokenizer = load_tokenizer(store, tok_ref, cache)
+    packed = pack_dataset(store, dataset, tok_ref, {s: read_split(store, dataset, s) for s in ("train", "validation")},
+                          tokenizer, config.train.block_size)
+    run = run_training(store, packed, tok_ref, tokenizer, config.model, config.train, cache)
+    return TrainedRun(store, cache, dataset, tok_ref, tokenizer, run)

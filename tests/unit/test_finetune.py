@@ -25,16 +25,10 @@ from tests.helpers import stdlib_texts, tiny_model, tiny_tokenizer
 from tests.unit.test_training import config
 from tests.unit.test_training_features import CrashAt, crash_at, losses_after
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 LORA = LoraSettings(r=8, alpha=16)
 CONTEXT = 64
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def cycle_texts(words: list[str]) -> list[str]:

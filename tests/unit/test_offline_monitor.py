@@ -21,17 +21,10 @@ from monitoring.drift import load_report
 from monitoring.results import DriftReport
 from tests.helpers import tiny_model, tiny_tokenizer
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 N = 60  # texts per file: twice min_samples
 CONFIG = PipelineConfig.from_dict({"monitor": {"min_samples": 30}, "serve": {"default_max_tokens": 8}})
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models gain nothing from a second thread, and on a shared 2-core box its barriers cost seconds."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @dataclass

@@ -22,16 +22,10 @@ from tests.helpers import stdlib_texts
 from tests.unit.test_card import DATASET, QUANT, RUN, TOKENIZER, evaluation, section, table_rows
 from tests.unit.test_training import BLOCK, VOCAB, config, patterned_blocks, tiny_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CPU = torch.device("cpu")
 GPT2_SMALL_PARAMETERS = 124_439_808  # GPT-2 small as published (tied embeddings, vocab 50257, context 1024)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_config():

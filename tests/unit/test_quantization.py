@@ -8,45 +8,33 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from infra.config import CompressConfig, DataConfig, ModelConfig, TokenizerConfig, TrainConfig
+from infra.config import CompressConfig, PipelineConfig
 from infra.store import LocalStore, sha256_file
 from models.evaluation import bits_per_byte, score_documents
-from models.ingest import ingest, read_split
+from models.ingest import read_split
 from models.quantization import INT8_FILE, compress_run, load_int8, quantize_int8, save_int8, serialized_bytes
 from models.records import TrainRef
-from models.runs import download_run_model, run_training
-from models.tokenizer import build_tokenizer, load_tokenizer, pack_dataset
-from tests.helpers import stdlib_texts, tiny_model, tiny_tokenizer
+from models.runs import download_run_model
+from tests.helpers import tiny_model, tiny_tokenizer, train_stdlib_run
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 DynamicInt8Linear = torch.ao.nn.quantized.dynamic.Linear
 BLOCK = 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models gain nothing from a second thread, and on a shared 2-core box its barriers cost seconds."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def train_tiny_run(root: Path) -> tuple[LocalStore, TrainRef, list[str], Path]:
     """A real run: stdlib docstrings ingested, a BPE trained, blocks packed, a tiny Llama trained 60 steps (~5 s)."""
-    store, cache = LocalStore(root / "store"), root / "cache"
-    src = root / "docs.jsonl"
-    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in stdlib_texts()), encoding="utf-8")
-    dataset = ingest(DataConfig(sources=[str(src)]), store, model_name="tiny", cache_dir=cache)
-    tok_ref = build_tokenizer(store, TokenizerConfig(vocab_size=300), dataset, read_split(store, dataset, "train"))
-    tokenizer = load_tokenizer(store, tok_ref, cache)
-    splits = {s: read_split(store, dataset, s) for s in ("train", "validation")}
-    packed = pack_dataset(store, dataset, tok_ref, splits, tokenizer, BLOCK)
-    train_cfg = TrainConfig(max_steps=60, max_minutes=None, batch_size=8, block_size=BLOCK, warmup_steps=5,
-                            eval_every=30, eval_batches=2, checkpoint_every=60, num_threads=1)
-    run = run_training(store, packed, tok_ref, tokenizer, ModelConfig(preset="tiny"), train_cfg, cache)
-    short = [t for t in read_split(store, dataset, "test") if len(t) <= 400][:12]  # scoring cost grows with length
+    config = PipelineConfig.from_dict({
+        "tokenizer": {"vocab_size": 300},
+        "model": {"preset": "tiny"},
+        "train": {"max_steps": 60, "max_minutes": None, "batch_size": 8, "block_size": BLOCK, "warmup_steps": 5,
+                  "eval_every": 30, "eval_batches": 2, "checkpoint_every": 60, "num_threads": 1},
+    })
+    done = train_stdlib_run(root, config)
+    short = [t for t in read_split(done.store, done.dataset, "test") if len(t) <= 400][:12]  # scoring cost grows with length
     assert len(short) >= 8
-    return store, run, short, cache
+    return done.store, done.run, short, done.cache
 
 
 @pytest.fixture(scope="module")

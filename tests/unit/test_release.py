@@ -1,7 +1,6 @@
 """Releasing a real tiny run: the registered version's files and card, the smoke test, and alias moves."""
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,16 +15,17 @@ from infra.config import PipelineConfig
 from infra.store import LocalStore, sha256_bytes
 from models.evaluation import evaluate_run
 from models.generation import SamplingParams, complete
-from models.ingest import ingest, read_split
+from models.ingest import read_split
 from models.profiling import reference_records
 from models.quantization import INT8_FILE, compress_run
 from models.records import DatasetRef, EvalReport, QuantReport, TokenizerRef, TrainRef
 from models.registry import Registry, RegistryError
 from models.release import register_candidate, release, smoke_test
-from models.runs import download_run_model, run_training
-from models.tokenizer import build_tokenizer, load_tokenizer, pack_dataset
+from models.runs import download_run_model
 from monitoring.profile import ReferenceProfile, build_profile
-from tests.helpers import make_registered_model, stdlib_texts, tiny_model, tiny_tokenizer
+from tests.helpers import make_registered_model, tiny_model, tiny_tokenizer, train_stdlib_run
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 NAME = "release-lm"
 CONFIG = PipelineConfig.from_dict({
@@ -40,15 +40,6 @@ CONFIG = PipelineConfig.from_dict({
     "compress": {"latency_runs": 1},
     "monitor": {"min_samples": 10},
 })
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models gain nothing from a second thread, and on a shared 2-core box its barriers cost seconds."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @dataclass
@@ -71,16 +62,8 @@ class Candidate:
 @pytest.fixture(scope="module")
 def candidate(tmp_path_factory) -> Candidate:
     """The pipeline's stages up to registration, for real: ingest, BPE, pack, train, evaluate, int8, profile."""
-    root = tmp_path_factory.mktemp("release")
-    store, cache = LocalStore(root / "store"), root / "cache"
-    src = root / "docs.jsonl"
-    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in stdlib_texts()), encoding="utf-8")
-    dataset = ingest(CONFIG.data.model_copy(update={"sources": [str(src)]}), store, model_name=NAME, cache_dir=cache)
-    tok_ref = build_tokenizer(store, CONFIG.tokenizer, dataset, read_split(store, dataset, "train"))
-    tokenizer = load_tokenizer(store, tok_ref, cache)
-    packed = pack_dataset(store, dataset, tok_ref, {s: read_split(store, dataset, s) for s in ("train", "validation")},
-                          tokenizer, CONFIG.train.block_size)
-    run = run_training(store, packed, tok_ref, tokenizer, CONFIG.model, CONFIG.train, cache)
+    done = train_stdlib_run(tmp_path_factory.mktemp("release"), CONFIG, NAME)
+    store, cache, dataset, tokenizer, run = done.store, done.cache, done.dataset, done.tokenizer, done.run
     evaluation = evaluate_run(store, run, dataset, CONFIG.eval, CONFIG.gate, NAME, cache)
     quant = compress_run(store, run, read_split(store, dataset, "test")[:10], CONFIG.compress, cache)
     local = download_run_model(store, run, cache)
@@ -90,7 +73,7 @@ def candidate(tmp_path_factory) -> Candidate:
     tokenize = lambda texts: tokenizer(list(texts), add_special_tokens=False)["input_ids"]  # noqa: E731
     profile = build_profile(records, tokenize, CONFIG.monitor, model_name=NAME, model_version=1).to_json()
     assert quant.servable, "a 30-step tiny model quantizes within 0.05 bits/byte"
-    return Candidate(store, cache, dataset, tok_ref, run, evaluation, quant, profile)
+    return Candidate(store, cache, dataset, done.tokenizer_ref, run, evaluation, quant, profile)
 
 
 def version_files(store: LocalStore, version: int) -> set[str]:

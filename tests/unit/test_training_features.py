@@ -19,14 +19,7 @@ from models.training import (
 from tests.helpers import stdlib_texts, tiny_tokenizer
 from tests.unit.test_training import BLOCK, VOCAB, config, patterned_blocks, tiny_model
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models gain nothing from a second thread, and on a shared 2-core box its barriers cost seconds."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def patterned_documents(n: int = 160, seed: int = 0) -> Ragged:
