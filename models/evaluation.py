@@ -101,7 +101,7 @@ def generate_samples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 
 
 def gate(candidate: DocScores, production: Optional[DocScores], cfg: GateConfig,
-         production_version: Optional[int] = None) -> GateDecision:
+         production_version: Optional[int] = None, candidate_version: Optional[int] = None) -> GateDecision:
     """Promote a candidate that beats production by ``min_improvement`` bits/byte with confidence.
 
     Both models are scored on the same documents; a paired bootstrap over documents gives the
@@ -110,11 +110,13 @@ def gate(candidate: DocScores, production: Optional[DocScores], cfg: GateConfig,
     """
     cand_bpb = bits_per_byte(candidate)
     docs = len(candidate.tokens)
+    name = "candidate" if candidate_version is None else f"candidate v{candidate_version}"
     if production is None:
         ok = cand_bpb <= cfg.max_bits_per_byte
         return GateDecision(
-            promote=ok, candidate_bits_per_byte=cand_bpb, threshold=cfg.max_bits_per_byte, documents=docs,
-            reason=(f"no production model; candidate {cand_bpb:.4f} bits/byte "
+            promote=ok, candidate_version=candidate_version, candidate_bits_per_byte=cand_bpb,
+            threshold=cfg.max_bits_per_byte, documents=docs,
+            reason=(f"no production model; {name} {cand_bpb:.4f} bits/byte "
                     f"{'meets' if ok else 'misses'} the bound {cfg.max_bits_per_byte}"),
         )
     if len(production.tokens) != docs:
@@ -130,18 +132,20 @@ def gate(candidate: DocScores, production: Optional[DocScores], cfg: GateConfig,
     ok = bool(high < -cfg.min_improvement)
     verdict = "beats" if ok else "does not beat"
     return GateDecision(
-        promote=ok, candidate_bits_per_byte=cand_bpb, production_bits_per_byte=prod_bpb,
-        production_version=production_version, difference=diff, ci_low=float(low), ci_high=float(high),
+        promote=ok, candidate_version=candidate_version, candidate_bits_per_byte=cand_bpb,
+        production_bits_per_byte=prod_bpb, production_version=production_version, difference=diff, ci_low=float(low), ci_high=float(high),
         threshold=-cfg.min_improvement, documents=docs,
-        reason=(f"candidate {cand_bpb:.4f} vs production v{production_version} {prod_bpb:.4f} bits/byte: "
+        reason=(f"{name} {cand_bpb:.4f} vs production v{production_version} {prod_bpb:.4f} bits/byte: "
                 f"difference {diff:+.4f}, {cfg.confidence:.0%} CI [{low:+.4f}, {high:+.4f}]; "
                 f"{verdict} production by the required {cfg.min_improvement} bits/byte"),
     )
 
 
 def evaluate_run(store: ArtifactStore, run: TrainRef, dataset: DatasetRef, eval_cfg: EvalConfig,
-                 gate_cfg: GateConfig, model_name: str, cache_dir: Path) -> EvalReport:
-    """Score the run's model on validation and test, sample from it, and gate it against production.
+                 gate_cfg: GateConfig, model_name: str, cache_dir: Path,
+                 candidate_version: Optional[int] = None) -> EvalReport:
+    """Score the run's model on validation and test, sample from it, and gate it (as ``candidate_version``)
+    against production.
 
     Production is scored on the candidate's own test documents, so both numbers describe the
     same text (bits per byte stay comparable across tokenizers). Writes ``runs/<id>/eval.json``.
@@ -158,7 +162,7 @@ def evaluate_run(store: ArtifactStore, run: TrainRef, dataset: DatasetRef, eval_
         champion = registry.load(production_version, cache_dir=cache_dir)
         production_scores = score_documents(champion.model, champion.tokenizer, texts["test"],
                                             eval_cfg.stride, eval_cfg.batch_size)
-    decision = gate(scores["test"], production_scores, gate_cfg, production_version)
+    decision = gate(scores["test"], production_scores, gate_cfg, production_version, candidate_version)
     splits = {s: summarize(s, sc) for s, sc in scores.items()}
     samples = generate_samples(model, tokenizer, eval_cfg)
     key = f"runs/{run.run_id}/eval.json"

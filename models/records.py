@@ -133,6 +133,7 @@ class Sample(Record):
 class GateDecision(Record):
     promote: bool
     reason: str
+    candidate_version: Optional[int] = Field(None, description="the registry version the candidate will have")
     candidate_bits_per_byte: float
     production_bits_per_byte: Optional[float] = None
     production_version: Optional[int] = None

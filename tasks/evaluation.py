@@ -1,6 +1,8 @@
 """Evaluate stage: perplexity and bits per byte, samples, and the gate against production, as a Prefect artifact."""
 from __future__ import annotations
 
+from typing import Optional
+
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
@@ -13,20 +15,33 @@ from tasks.common import artifact_key, cache_dir, store
 
 @task(name="evaluate-model")
 def evaluate_model(run: TrainRef, dataset: DatasetRef, eval_cfg: EvalConfig, gate_cfg: GateConfig,
-                   model_name: str) -> EvalReport:
-    report = evaluate_run(store(), run, dataset, eval_cfg, gate_cfg, model_name, cache_dir())
+                   model_name: str, candidate_version: Optional[int] = None) -> EvalReport:
+    report = evaluate_run(store(), run, dataset, eval_cfg, gate_cfg, model_name, cache_dir(), candidate_version)
     table = markdown_table(
         ["split", "documents", "perplexity", "bits/byte"],
         [[s.split, s.documents, f"{s.perplexity:.2f}", f"{s.bits_per_byte:.4f}"] for s in report.splits.values()],
     )
     samples = markdown_table(["setting", "prompt", "completion"],
                              [[s.setting, s.prompt, s.completion] for s in report.samples])
-    verdict = "PROMOTE" if report.gate.promote else "KEEP PRODUCTION"
+    g = report.gate
+    verdict = "PROMOTE" if g.promote else "KEEP PRODUCTION"
+    numbers = markdown_table(
+        ["", "version", "test bits/byte"],
+        [["candidate", _v(g.candidate_version), f"{g.candidate_bits_per_byte:.4f}"],
+         ["production", _v(g.production_version),
+          "-" if g.production_bits_per_byte is None else f"{g.production_bits_per_byte:.4f}"]],
+    )
+    interval = "" if g.ci_low is None else f"difference {g.difference:+.4f}, CI [{g.ci_low:+.4f}, {g.ci_high:+.4f}], "
     create_markdown_artifact(
-        f"# Evaluation of run {run.run_id}\n\n{table}\n\n## Gate: {verdict}\n\n{report.gate.reason}\n\n"
+        f"# Evaluation of run {run.run_id}\n\n{table}\n\n## Gate: {verdict}\n\n{numbers}\n\n"
+        f"{interval}threshold {g.threshold:+.4f} over {g.documents} documents\n\n{g.reason}\n\n"
         f"## Samples\n\n{samples}\n",
         key=artifact_key(model_name, "evaluation"),
         description=f"gate: {verdict}",
     )
-    get_run_logger().info("gate: %s (%s)", verdict, report.gate.reason)
+    get_run_logger().info("gate: %s (%s)", verdict, g.reason)
     return report
+
+
+def _v(version: Optional[int]) -> str:
+    return "-" if version is None else f"v{version}"

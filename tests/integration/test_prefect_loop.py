@@ -106,6 +106,8 @@ def test_training_pipeline_flow_trains_gates_registers_and_reuses_unchanged_stag
     assert again.dataset == report.dataset and again.tokenizer == report.tokenizer and again.run == report.run
     assert not again.promoted and registry.alias("production") == 1, "an identical model does not beat production"
     assert again.evaluation.gate.difference == pytest.approx(0.0, abs=1e-6)
+    assert (report.evaluation.gate.candidate_version, again.evaluation.gate.candidate_version) == (1, 2)
+    assert again.evaluation.gate.production_version == 1 and again.version.version == 2
 
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_artifacts()}

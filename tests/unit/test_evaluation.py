@@ -86,9 +86,10 @@ def test_gate_promotes_a_clearly_better_candidate_and_refuses_a_tie():
     rng = np.random.default_rng(0)
     production = rng.uniform(80, 120, 200)
     better = docs(production * 0.9)
-    decision = gate(better, docs(production), GateConfig(), production_version=3)
+    decision = gate(better, docs(production), GateConfig(), production_version=3, candidate_version=4)
     assert decision.promote and decision.ci_high < 0 and decision.production_version == 3
-    assert "beats production" in decision.reason
+    assert decision.candidate_version == 4 and decision.reason.startswith("candidate v4 ")
+    assert "vs production v3" in decision.reason and "beats production" in decision.reason
     noisy_tie = docs(production + rng.normal(0, 5, 200))
     tie = gate(noisy_tie, docs(production), GateConfig())
     assert not tie.promote and tie.ci_low < 0 < tie.ci_high and "does not beat" in tie.reason
