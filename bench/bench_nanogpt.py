@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import RESULTS, ROOT, SHAKESPEARE, load_average, markdown_table, run_meta, write_results  # noqa: E402
+from common import RESULTS, ROOT, SHAKESPEARE, load_average, markdown_table, run_meta, write_results  # noqa: E402
 
 BABY_GPT = ROOT.parent / "shared" / "anchors" / "nanogpt" / "baby_gpt.py"
 

@@ -11,7 +11,9 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional
+
+from infra.markdown import markdown_table  # noqa: F401  (the scripts import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -92,12 +94,6 @@ def bench_corpus(target_bytes: Optional[int] = None, chunk_chars: int = 2000) ->
     info = {"sources_docs": sources, "unique_docs": len(unique), "unique_mb": unique_bytes / 1e6,
             "copies": round(size / unique_bytes, 2), "docs": len(docs), "mb": size / 1e6}
     return docs, info
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def write_results(name: str, payload: dict[str, Any], md: str, out_dir: Path = RESULTS) -> Path:
