@@ -49,10 +49,9 @@ def blocks_loop(tokenizer, texts: list[str], block_size: int) -> np.ndarray:
     """pack_split's map body over the same batches, without datasets (isolates the datasets overhead)."""
     from models.tokenizer import _blocks
 
-    out = []
-    for i in range(0, len(texts), MAP_BATCH):
-        out += _blocks({"text": texts[i:i + MAP_BATCH]}, tokenizer, block_size)["input_ids"]
-    return np.asarray(out, dtype=np.uint16).reshape(-1, block_size)
+    out = [_blocks({"text": texts[i:i + MAP_BATCH]}, tokenizer, block_size)["input_ids"]
+           for i in range(0, len(texts), MAP_BATCH)]
+    return np.concatenate(out).astype(np.uint16).reshape(-1, block_size)
 
 
 def expected_packed_tokens(lengths: list[int], block_size: int, num_proc: int) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import tempfile
@@ -107,10 +108,13 @@ def _blocks(batch: dict, tokenizer: PreTrainedTokenizerBase, block_size: int) ->
     The remainder shorter than a block is dropped per batch (at most block_size - 1 tokens per
     1000 documents), as in the transformers run_clm example.
     """
-    ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
-    flat = [t for doc in ids for t in (*doc, tokenizer.eos_token_id)]
-    usable = len(flat) // block_size * block_size
-    return {"input_ids": [flat[i:i + block_size] for i in range(0, usable, block_size)]}
+    ids = tokenizer(batch["text"], add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    eos = (tokenizer.eos_token_id,)
+    total = sum(map(len, ids)) + len(ids)
+    # one numpy array, not a list of lists: datasets hands it to Arrow without a per-token Python walk
+    flat = np.fromiter(itertools.chain.from_iterable(itertools.chain(doc, eos) for doc in ids),
+                       dtype=np.int64, count=total)
+    return {"input_ids": flat[:total // block_size * block_size].reshape(-1, block_size)}
 
 
 def pack_split(texts: list[str], tokenizer: PreTrainedTokenizerBase, block_size: int, num_proc: int = 1) -> np.ndarray:
