@@ -100,6 +100,53 @@ class LoraSettings(Frozen):
     )
 
 
+class DistributedSettings(Frozen):
+    """Scale-out over torch.distributed, launched by torchrun; one process per device (or per CPU share).
+
+    ``train.batch_size`` stays the global micro-batch: each optimizer micro-step draws it once and
+    every rank trains on its own equal slice, so results do not depend on the number of processes.
+    """
+
+    nproc_per_node: int = Field(1, ge=1, description="Processes per node (one per GPU); 1 with nnodes=1 trains in-process, undistributed.")
+    nnodes: int = Field(1, ge=1, description="Nodes taking part; more than 1 needs rdzv_endpoint reachable from every node.")
+    node_rank: int = Field(0, ge=0, description="This node's rank (0..nnodes-1); used by the static rendezvous, c10d assigns ranks itself.")
+    rdzv_backend: Literal["c10d", "static"] = Field(
+        "c10d", description="torchrun rendezvous: c10d (a TCP store hosted on the endpoint's node) or static (fixed node ranks)."
+    )
+    rdzv_endpoint: Optional[str] = Field(
+        None, pattern=r"^[^\s:]+:\d{1,5}$",
+        description="host:port every node can reach (e.g. 10.0.0.1:29500); null: torchrun --standalone on a free local port (one node).",
+    )
+    rdzv_id: Optional[str] = Field(None, description="Rendezvous id shared by the nodes of one job; default: derived from the run id.")
+    backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="Collectives: auto is nccl on CUDA, gloo on CPU.")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="ddp: every rank holds the whole model and gradients are averaged. fsdp: FSDP2 shards parameters, "
+        "gradients and optimizer states over the ranks, per decoder layer (models that do not fit one device).",
+    )
+    fsdp_cpu_offload: bool = Field(False, description="fsdp: keep sharded parameters and optimizer states in CPU memory (slow; CUDA only).")
+    max_restarts: int = Field(
+        0, ge=0, description="torchrun restarts of the whole worker group after a failure; each restart resumes from the last checkpoint."
+    )
+    timeout_minutes: float = Field(30.0, gt=0, description="How long a collective (or the rendezvous) waits for a missing rank.")
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @model_validator(mode="after")
+    def _check(self) -> "DistributedSettings":
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError(f"nnodes={self.nnodes} needs rdzv_endpoint (host:port reachable from every node)")
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank ({self.node_rank}) must be below nnodes ({self.nnodes})")
+        return self
+
+
 class TrainConfig(Frozen):
     max_steps: int = Field(1000, ge=1)
     max_minutes: Optional[float] = Field(
@@ -151,6 +198,23 @@ class TrainConfig(Frozen):
         2, ge=0, description="Forward+backward passes timed before training to estimate its duration (0: skip)."
     )
     num_threads: Optional[int] = Field(None, ge=1, description="torch CPU threads; default: torch's choice.")
+    distributed: DistributedSettings = Field(
+        default_factory=DistributedSettings,
+        description="Scale-out with torchrun (DDP or FSDP); batch_size stays the global batch, split across ranks.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        d = self.distributed
+        if d.enabled and self.batch_size % d.world_size:
+            raise ValueError(f"batch_size ({self.batch_size}) is the global batch and must divide evenly over "
+                             f"distributed.nproc_per_node * distributed.nnodes = {d.world_size} ranks")
+        if d.strategy == "fsdp" and self.lora is not None:
+            raise ValueError("distributed.strategy=fsdp with lora: only the small adapters train, so there is little "
+                             "to shard; use distributed.strategy=ddp")
+        if d.backend == "nccl" and self.device == "cpu":
+            raise ValueError("distributed.backend=nccl needs CUDA but device=cpu: use backend=gloo (or auto)")
+        return self
 
 
 class GenerationSettings(Frozen):

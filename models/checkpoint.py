@@ -6,7 +6,7 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -114,13 +114,19 @@ class Checkpointer:
     def save(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: TrainerState,
              scaler: Optional[torch.amp.GradScaler] = None, files: Optional[dict[str, Path]] = None) -> str:
         """Save a checkpoint at ``state.step``; ``files`` (name -> local path) travel with it."""
+        return self.commit(lambda path: save_weights(model, path), optimizer.state_dict(), state, scaler, files)
+
+    def commit(self, write_weights: Callable[[str], None], optimizer_state: dict, state: TrainerState,
+               scaler: Optional[torch.amp.GradScaler] = None, files: Optional[dict[str, Path]] = None) -> str:
+        """:meth:`save` from parts: ``write_weights(path)`` writes model.safetensors (sharded training
+        gathers the full weights first, so every checkpoint has the single-process format)."""
         rng = capture_rng(state)
-        extra = {"optimizer": optimizer.state_dict()}
+        extra = {"optimizer": optimizer_state}
         if scaler is not None and scaler.is_enabled():
             extra["scaler"] = scaler.state_dict()
         key = self._dir(state.step)
         with tempfile.TemporaryDirectory() as tmp:
-            save_weights(model, f"{tmp}/model.safetensors")
+            write_weights(f"{tmp}/model.safetensors")
             torch.save(extra, f"{tmp}/optimizer.pt")
             torch.save(rng, f"{tmp}/rng.pt")
             for name, path in (files or {}).items():
@@ -158,6 +164,13 @@ class Checkpointer:
              scaler: Optional[torch.amp.GradScaler], device: torch.device,
              files: Optional[dict[str, Path]] = None) -> TrainerState:
         """Load checkpoint ``step`` into the given objects, restore RNG and the saved ``files``."""
+        return self.restore(step, lambda path: load_weights(model, path, device), optimizer.load_state_dict,
+                            scaler, device, files)
+
+    def restore(self, step: int, read_weights: Callable[[str], None], load_optimizer: Callable[[dict], None],
+                scaler: Optional[torch.amp.GradScaler], device: torch.device,
+                files: Optional[dict[str, Path]] = None) -> TrainerState:
+        """:meth:`load` into parts: ``read_weights(path)`` loads model.safetensors, ``load_optimizer`` the optimizer state."""
         key = self._dir(step)
         with tempfile.TemporaryDirectory() as tmp:
             local = self.store.download_dir(key, Path(tmp))
@@ -165,12 +178,18 @@ class Checkpointer:
                 if (local / name).exists():
                     Path(dest).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(local / name, dest)
-            load_weights(model, str(local / "model.safetensors"), device)
+            read_weights(str(local / "model.safetensors"))
             extra = torch.load(local / "optimizer.pt", map_location=device, weights_only=True)
             rng = torch.load(local / "rng.pt", weights_only=True)
-        optimizer.load_state_dict(extra["optimizer"])
+        load_optimizer(extra["optimizer"])
         if scaler is not None and "scaler" in extra:
             scaler.load_state_dict(extra["scaler"])
         state = TrainerState.model_validate(self.store.get_json(f"{key}/trainer_state.json"))
         restore_rng(state, rng)
         return state
+
+    def load_model(self, step: int, model: torch.nn.Module) -> None:
+        """Only the weights of checkpoint ``step`` (the final model of a sharded run, rebuilt unsharded)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self.store.get_file(f"{self._dir(step)}/model.safetensors", Path(tmp) / "model.safetensors")
+            load_weights(model, str(path), torch.device("cpu"))

@@ -80,15 +80,24 @@ def preflight(model: torch.nn.Module, cfg: TrainConfig, device: torch.device, pr
             weights, gradients and AdamW's two moments stay fp32 (4 + 4 + 8 bytes per trainable parameter).
         train_data: The training split (blocks or ragged documents): tokens available, tokens per step.
         step_seconds: A measured forward+backward of one micro-batch, for the duration estimate.
+
+    Under ``train.distributed`` the memory is one rank's: activations of its slice of the global
+    batch, and with FSDP its shard of the weights, gradients and optimizer states (the full weights
+    of one layer are gathered at a time on top, left out). The processes of a CPU node share its RAM,
+    so there the estimate is multiplied by ``nproc_per_node``. Tokens per step stay global.
     """
+    dist, ranks = cfg.distributed, cfg.distributed.world_size
+    shards = ranks if dist.strategy == "fsdp" and ranks > 1 else 1
     params = list(model.parameters())  # unique tensors: tied embeddings count once
     n = sum(p.numel() for p in params)
     trainable = sum(p.numel() for p in params if p.requires_grad)
-    weights = sum(p.numel() * p.element_size() for p in params)
-    grads, optimizer = trainable * 4, trainable * 8  # fp32 gradients; AdamW's two fp32 moments
-    acts = activation_bytes(base_model(model).config, cfg.batch_size, cfg.block_size, precision,
+    weights = sum(p.numel() * p.element_size() for p in params) // shards
+    grads, optimizer = trainable * 4 // shards, trainable * 8 // shards  # fp32 gradients; AdamW's two fp32 moments
+    acts = activation_bytes(base_model(model).config, max(1, cfg.batch_size // ranks), cfg.block_size, precision,
                             cfg.gradient_checkpointing)
     total = weights + grads + optimizer + acts
+    if device.type != "cuda":
+        total *= dist.nproc_per_node
     available = available_memory(device)
     tokens_per_step = int(round(cfg.batch_size * cfg.grad_accum_steps * mean_tokens_per_example(train_data)))
     fits = total <= USABLE_FRACTION * available

@@ -15,6 +15,7 @@ from infra.config import ModelConfig, TrainConfig
 from infra.store import ArtifactStore
 from models import preflight as pf
 from models.checkpoint import Checkpointer
+from models.distributed import Parallel
 from models.finetune import (
     apply_lora, context_length, merge_for_deployment, pretrained_config, pretrained_identity,
 )
@@ -29,7 +30,9 @@ from models.training import (
 log = logging.getLogger("llmops.runs")
 
 # Fields that change how a run executes but not what it computes: never part of the run id.
-_EXECUTION_ONLY = {"train": {"num_threads", "fused_adamw", "gradient_checkpointing", "preflight", "preflight_steps"},
+# train.distributed is one of them: batch_size is the global batch, so the ranks compute what one process would.
+_EXECUTION_ONLY = {"train": {"num_threads", "fused_adamw", "gradient_checkpointing", "preflight", "preflight_steps",
+                             "distributed"},
                    "model": {"attention"}}
 # Fields added after run ids were first issued: left out while at their defaults, so an unchanged
 # configuration keeps its run id (and resumes its run) across the upgrade.
@@ -54,6 +57,13 @@ def run_id_for(packed: PackedRef, tokenizer: TokenizerRef, model_cfg: ModelConfi
     if base_model:
         parts.append(base_model)
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
+
+
+def run_identity(packed: PackedRef, tokenizer: TokenizerRef, model_cfg: ModelConfig,
+                 train_cfg: TrainConfig) -> tuple[str, Optional[str]]:
+    """(run id, pretrained identity or None) of the run these inputs make."""
+    base = pretrained_identity(model_cfg.pretrained) if model_cfg.pretrained else None
+    return run_id_for(packed, tokenizer, model_cfg, train_cfg, base), base
 
 
 def model_config_for(model_cfg: ModelConfig, tokenizer_ref: TokenizerRef, block_size: int) -> PretrainedConfig:
@@ -87,14 +97,15 @@ def build_run_model(model_cfg: ModelConfig, train_cfg: TrainConfig, config: Pret
 
 
 def _preflight(store: ArtifactStore, prefix: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
-               config: PretrainedConfig, train_data) -> PreflightReport:
+               config: PretrainedConfig, train_data, writes: bool = True) -> PreflightReport:
     """Estimate on a meta-device skeleton (nothing allocated); refuse a run that cannot fit, before building it."""
     device = resolve_device(train_cfg.device)
     precision = resolve_precision(train_cfg.precision, device)
     report = pf.preflight(pf.skeleton(config, model_cfg.attention, train_cfg.lora), train_cfg, device, precision,
                           train_data)
     if not report.fits:
-        store.put_json(f"{prefix}/preflight.json", report.model_dump(mode="json"))
+        if writes:
+            store.put_json(f"{prefix}/preflight.json", report.model_dump(mode="json"))
         if train_cfg.preflight == "enforce":
             pf.check(report)
         log.warning("preflight: this run may not fit (train.preflight=warn): %s", "; ".join(report.advice))
@@ -104,36 +115,47 @@ def _preflight(store: ArtifactStore, prefix: str, model_cfg: ModelConfig, train_
 def run_training(store: ArtifactStore, packed: PackedRef, tokenizer_ref: TokenizerRef,
                  tokenizer: PreTrainedTokenizerBase, model_cfg: ModelConfig, train_cfg: TrainConfig,
                  cache_dir: Path, on_metrics: Optional[Callable[[StepMetrics], None]] = None,
-                 on_preflight: Optional[Callable[[PreflightReport], None]] = None) -> TrainRef:
+                 on_preflight: Optional[Callable[[PreflightReport], None]] = None,
+                 parallel: Optional[Parallel] = None) -> Optional[TrainRef]:
     """Train (or resume, or reuse) the run for these inputs and return its record.
 
     Before training, a preflight estimates memory, compute and duration (``runs/<id>/preflight.json``)
     and raises :class:`models.preflight.PreflightError`, saying what to change, when the run cannot
     fit. A LoRA run's saved model has its adapters merged: the registry and serving load a plain model.
+
+    Under torch.distributed every rank calls this with its ``parallel`` (models.distributed_worker):
+    they train together, rank 0 alone writes to the store and returns the record, the others None.
     """
+    parallel = parallel or Parallel()
     _check_layout(packed, train_cfg)
-    base = pretrained_identity(model_cfg.pretrained) if model_cfg.pretrained else None
-    run_id = run_id_for(packed, tokenizer_ref, model_cfg, train_cfg, base)
+    run_id, base = run_identity(packed, tokenizer_ref, model_cfg, train_cfg)
     prefix = f"runs/{run_id}"
     if store.exists(f"{prefix}/manifest.json"):
         log.info("run %s already finished; reusing it", run_id)
         return TrainRef.model_validate(store.get_json(f"{prefix}/manifest.json"))
     config = model_config_for(model_cfg, tokenizer_ref, train_cfg.block_size)
     train_data = load_packed(store, packed, "train", cache_dir)
-    report = _preflight(store, prefix, model_cfg, train_cfg, config, train_data)
+    report = _preflight(store, prefix, model_cfg, train_cfg, config, train_data, writes=parallel.is_main)
     model = build_run_model(model_cfg, train_cfg, config)
     device = resolve_device(train_cfg.device)
-    seconds = warmup_seconds(model, train_data, train_cfg, device, resolve_precision(train_cfg.precision, device))
+    seconds = warmup_seconds(model, train_data, train_cfg, device, resolve_precision(train_cfg.precision, device),
+                             batch_size=train_cfg.batch_size // parallel.world_size)
     if seconds is not None:
         report = pf.with_duration(report, train_cfg, seconds)
-    store.put_json(f"{prefix}/preflight.json", report.model_dump(mode="json"))
-    log.info("preflight: %s", pf.summary(report))
-    if on_preflight:
-        on_preflight(report)
+    if parallel.is_main:
+        store.put_json(f"{prefix}/preflight.json", report.model_dump(mode="json"))
+        log.info("preflight: %s", pf.summary(report))
+        if on_preflight:
+            on_preflight(report)
     local = Path(cache_dir) / "runs" / run_id
+    checkpointer = Checkpointer(store, f"{prefix}/checkpoints", keep=train_cfg.keep_checkpoints)
     outcome = train(model, train_data, load_packed(store, packed, "validation", cache_dir), train_cfg,
-                    Checkpointer(store, f"{prefix}/checkpoints", keep=train_cfg.keep_checkpoints),
-                    local / "metrics.jsonl", on_metrics)
+                    checkpointer, local / "metrics.jsonl", on_metrics, parallel)
+    if not parallel.is_main:
+        return None
+    if parallel.sharded:  # the trained weights are spread over the ranks: rebuild them whole from the last checkpoint
+        outcome.model = build_run_model(model_cfg, train_cfg, config)
+        checkpointer.load_model(outcome.state.step, outcome.model)
     rows = read_metrics(local / "metrics.jsonl")
     plot_training(rows, local / "loss.png", title=f"run {run_id} ({model_cfg.pretrained or model_cfg.preset})")
     store.put_file(f"{prefix}/metrics.jsonl", local / "metrics.jsonl")

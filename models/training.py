@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from infra.config import TrainConfig
 from models.batching import IGNORE_INDEX, Batch, BlockSampler, Sampler, TokenData, fixed_batches, make_sampler
 from models.checkpoint import Checkpointer, TrainerState, TrainingError
+from models.distributed import Parallel
 from models.finetune import base_model
 from models.preflight import measure_step_seconds
 
@@ -196,16 +197,17 @@ def estimate_loss(model: torch.nn.Module, data: TokenData, batch_size: int, batc
 
 
 def warmup_seconds(model: torch.nn.Module, data: TokenData, cfg: TrainConfig, device: torch.device,
-                   precision: str) -> Optional[float]:
+                   precision: str, batch_size: Optional[int] = None) -> Optional[float]:
     """Time forward + backward of the loop's first-shaped micro-batch (preflight's duration estimate).
 
     The weights are untouched (no optimizer exists yet), gradients are cleared, and the RNG is
-    forked, so a run that measures trains exactly as one that does not.
+    forked, so a run that measures trains exactly as one that does not. ``batch_size``: a rank's
+    slice of the global batch under train.distributed (default: the whole batch).
     """
     if cfg.preflight_steps == 0:
         return None
     prepare_model(model, cfg, device)
-    batch = next(fixed_batches(data, cfg.batch_size, 1)).to(device)
+    batch = next(fixed_batches(data, batch_size or cfg.batch_size, 1)).to(device)
     autocast = autocast_for(device, precision)
 
     def step() -> None:
@@ -221,45 +223,57 @@ def warmup_seconds(model: torch.nn.Module, data: TokenData, cfg: TrainConfig, de
 
 def train(model: torch.nn.Module, train_data: TokenData, val_data: TokenData, cfg: TrainConfig,
           checkpointer: Checkpointer, metrics_path: Path,
-          on_metrics: Optional[Callable[[StepMetrics], None]] = None) -> TrainOutcome:
+          on_metrics: Optional[Callable[[StepMetrics], None]] = None, parallel: Optional[Parallel] = None) -> TrainOutcome:
     """Train ``model`` until ``max_steps`` or the time budget, resuming from the latest checkpoint.
 
     ``train_data``/``val_data`` are packed blocks (n, block_size) for train.batching=pack, or
     ragged documents (models.batching.Ragged) for pad. Every step appends a line to
     ``metrics_path``. A non-finite loss stops the run with a TrainingError; the last good
     checkpoint stays in place.
+
+    Under torch.distributed (``parallel`` from :func:`models.distributed.init_parallel`) every rank
+    calls this: each trains on its slice of the same global batch, the logged loss is the mean over
+    ranks, and only rank 0 writes the metrics and checkpoints, which keep the single-process format.
     """
     threads = torch.get_num_threads()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     try:
-        return _train(model, train_data, val_data, cfg, checkpointer, metrics_path, on_metrics)
+        return _train(model, train_data, val_data, cfg, checkpointer, metrics_path, on_metrics, parallel or Parallel())
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(model, train_data, val_data, cfg, checkpointer, metrics_path, on_metrics) -> TrainOutcome:
+def _train(model, train_data, val_data, cfg, checkpointer, metrics_path, on_metrics, parallel: Parallel) -> TrainOutcome:
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
+    if parallel.sharded and precision == "fp16":
+        raise TrainingError("train.precision=fp16 with distributed.strategy=fsdp is not supported: use bf16")
     sampler = make_sampler(train_data, cfg.batching, cfg.batch_size, cfg.seed)
     prepare_model(model, cfg, device)
-    optimizer = make_optimizer(model, cfg, device)
+    wrapped = parallel.wrap(model, device)
+    optimizer = make_optimizer(wrapped, cfg, device)
     # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     autocast = autocast_for(device, precision)
 
     # the metrics file travels inside each checkpoint, so after a crash it is rewound with the model
-    carried = {"metrics.jsonl": metrics_path}
+    carried = {"metrics.jsonl": metrics_path} if parallel.is_main else {}
     state, resumed = TrainerState(), checkpointer.latest()
+    parallel.barrier()  # every rank has chosen the same checkpoint before rank 0 may write a newer one
     if resumed is not None:
-        state = checkpointer.load(resumed, model, optimizer, scaler, device, files=carried)
+        state = parallel.load(checkpointer, resumed, wrapped, optimizer, scaler, device, carried)
         log.info("resuming from the checkpoint at step %d", resumed)
     else:
-        metrics_path.unlink(missing_ok=True)
+        if parallel.is_main:
+            metrics_path.unlink(missing_ok=True)
         torch.manual_seed(cfg.seed)
-    step_model = torch.compile(model) if cfg.compile else model
-    metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(metrics_path, "a", encoding="utf-8") as metrics_file, _progress(cfg.max_steps, state.step) as bar:
+    last_saved = resumed or 0  # decided from state, not the store: every rank must agree on when to save
+    step_model = torch.compile(wrapped) if cfg.compile else wrapped
+    if parallel.is_main:
+        metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    metrics = open(metrics_path, "a", encoding="utf-8") if parallel.is_main else contextlib.nullcontext()
+    with metrics as metrics_file, _progress(cfg.max_steps, state.step, parallel.is_main) as bar:
         while state.step < cfg.max_steps:
             if cfg.max_minutes and state.elapsed_s >= cfg.max_minutes * 60:
                 log.info("time budget of %.1f min spent at step %d", cfg.max_minutes, state.step)
@@ -268,52 +282,61 @@ def _train(model, train_data, val_data, cfg, checkpointer, metrics_path, on_metr
             lr = lr_at(cfg, state.step, state.elapsed_s)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss_value, tokens = _forward_backward(step_model, sampler, state, cfg, device, autocast, scaler)
+            loss_value, tokens = _forward_backward(step_model, sampler, state, cfg, device, autocast, scaler, parallel)
+            loss_value = parallel.mean(loss_value)
             if not math.isfinite(loss_value):
                 raise _diverged(loss_value, state, cfg, checkpointer)
-            grad_norm, skipped = _optimizer_step(model, optimizer, scaler, cfg)
+            grad_norm, skipped = _optimizer_step(wrapped, optimizer, scaler, cfg)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            dt = time.perf_counter() - t0
+            dt = parallel.max(time.perf_counter() - t0)
             state.step += 1
             state.tokens_seen += tokens
             state.elapsed_s += dt
             val_loss = None
             if state.step % cfg.eval_every == 0 or state.step == cfg.max_steps:
-                val_loss = estimate_loss(model, val_data, cfg.batch_size, cfg.eval_batches, device, autocast)
+                # every rank scores the same validation batches (FSDP's forward needs them all)
+                val_loss = estimate_loss(wrapped, val_data, cfg.batch_size, cfg.eval_batches, device, autocast)
                 state.last_val_loss = val_loss
             m = StepMetrics(state.step, loss_value, lr, grad_norm, tokens / dt, state.tokens_seen, state.elapsed_s,
                             _memory_mb(device), val_loss, skipped or None)
-            metrics_file.write(m.to_json() + "\n")
-            metrics_file.flush()
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{m.tokens_per_s:.0f}")
-            if on_metrics:
-                on_metrics(m)
+            if parallel.is_main:
+                metrics_file.write(m.to_json() + "\n")
+                metrics_file.flush()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{m.tokens_per_s:.0f}")
+                if on_metrics:
+                    on_metrics(m)
             if state.step % cfg.checkpoint_every == 0 and state.step < cfg.max_steps:
-                checkpointer.save(model, optimizer, state, scaler, files=carried)
-    if state.step and (checkpointer.latest() or 0) < state.step:
-        checkpointer.save(model, optimizer, state, scaler, files=carried)
-    rows = read_metrics(metrics_path) if metrics_path.exists() else []
+                parallel.save(checkpointer, wrapped, optimizer, state, scaler, carried)
+                last_saved = state.step
+    if state.step and last_saved < state.step:
+        parallel.save(checkpointer, wrapped, optimizer, state, scaler, carried)
+    rows = read_metrics(metrics_path) if parallel.is_main and metrics_path.exists() else []
     final_loss = rows[-1]["loss"] if rows else float("nan")
-    return TrainOutcome(model, state, resumed, str(device), precision, final_loss)
+    return TrainOutcome(parallel.unwrap(wrapped), state, resumed, str(device), precision, final_loss)
 
 
 def _forward_backward(model, sampler: Sampler, state: TrainerState, cfg: TrainConfig, device: torch.device,
-                      autocast, scaler: torch.amp.GradScaler) -> tuple[float, int]:
-    """Accumulate gradients over ``grad_accum_steps`` micro-batches; return (step loss, real tokens).
+                      autocast, scaler: torch.amp.GradScaler, parallel: Parallel) -> tuple[float, int]:
+    """Accumulate gradients over ``grad_accum_steps`` micro-batches; return (this rank's step loss, real tokens of the global batch).
 
     The window's micro-batches are drawn first: padded batches are weighted by the targets of
-    the whole window (see :func:`micro_loss`).
+    the whole window (see :func:`micro_loss`). Under distribution each rank trains on its slice;
+    DDP/FSDP average gradients over ranks, so a padded slice's summed loss is divided by the
+    window's targets per rank, which makes the average weigh every token of the global window alike.
     """
     micro = [sampler.next_batch(state) for _ in range(cfg.grad_accum_steps)]
     window_targets = sum(b.targets for b in micro)
+    if parallel.world_size > 1:
+        window_targets = window_targets / parallel.world_size
     total = torch.zeros((), device=device)
-    for batch in micro:
-        batch = batch.to(device)
-        with autocast():
-            loss = micro_loss(model, batch, cfg.grad_accum_steps, window_targets)
-        scaler.scale(loss).backward()
+    for i, batch in enumerate(micro):
+        batch = parallel.shard(batch).to(device)
+        with parallel.sync_gradients(model, last=i == len(micro) - 1):
+            with autocast():
+                loss = micro_loss(model, batch, cfg.grad_accum_steps, window_targets)
+            scaler.scale(loss).backward()
         total += loss.detach().float()
     return total.item(), sum(b.tokens for b in micro)  # one host sync per step, not per micro-batch
 
@@ -330,6 +353,8 @@ def _optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sc
     scaler.unscale_(optimizer)
     params = [p for p in model.parameters() if p.requires_grad]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf"))
+    if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor, already reduced over ranks
+        grad_norm = grad_norm.full_tensor()
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
@@ -346,10 +371,11 @@ def _diverged(loss_value: float, state: TrainerState, cfg: TrainConfig, checkpoi
     )
 
 
-def _progress(total: int, initial: int):
+def _progress(total: int, initial: int, enabled: bool = True):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc="training", unit="step", mininterval=2.0, leave=False)
+    return tqdm(total=total, initial=initial, desc="training", unit="step", mininterval=2.0, leave=False,
+                disable=not enabled)
 
 
 def read_metrics(path: Path) -> list[dict]:

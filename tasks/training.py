@@ -1,4 +1,4 @@
-"""Train stage: preflight, then run (or resume) training, with a live Prefect progress artifact and the loss curve linked."""
+"""Train stage: preflight, then run (or resume) training, in-process or under torchrun, with a live Prefect progress artifact and the loss curve linked."""
 from __future__ import annotations
 
 from prefect import get_run_logger, task
@@ -8,6 +8,7 @@ from prefect.artifacts import (
 
 from infra.config import ModelConfig, TrainConfig
 from models import preflight as pf
+from models.distributed_worker import launch_run
 from models.records import PackedRef, PreflightReport, TokenizerRef, TrainRef
 from models.runs import run_training
 from models.tokenizer import load_tokenizer
@@ -17,7 +18,11 @@ from tasks.common import artifact_key, cache_dir, link, store
 
 @task(name="train-model")
 def train_model(packed: PackedRef, tokenizer_ref: TokenizerRef, model_cfg: ModelConfig, train_cfg: TrainConfig) -> TrainRef:
-    """A rerun with the same inputs resumes from the last checkpoint, or reuses a finished run."""
+    """A rerun with the same inputs resumes from the last checkpoint, or reuses a finished run.
+
+    With ``train.distributed`` over more than one process, torchrun runs the ranks as a subprocess:
+    their output streams into this run's log and rank 0's record comes back through the store.
+    """
     logger = get_run_logger()
     st = store()
     name = model_cfg.pretrained or model_cfg.preset
@@ -34,9 +39,12 @@ def train_model(packed: PackedRef, tokenizer_ref: TokenizerRef, model_cfg: Model
         logger.info("preflight: %s", pf.summary(r))
         create_markdown_artifact(pf.markdown(r), key=artifact_key("preflight", name), description=f"preflight of {name}")
 
-    tokenizer = load_tokenizer(st, tokenizer_ref, cache_dir())
-    ref = run_training(st, packed, tokenizer_ref, tokenizer, model_cfg, train_cfg, cache_dir(), on_metrics=report,
-                       on_preflight=preflight)
+    if train_cfg.distributed.enabled:
+        ref = launch_run(st, packed, tokenizer_ref, model_cfg, train_cfg, cache_dir(), on_line=logger.info,
+                         on_metrics=report, on_preflight=preflight)
+    else:
+        ref = run_training(st, packed, tokenizer_ref, load_tokenizer(st, tokenizer_ref, cache_dir()), model_cfg,
+                           train_cfg, cache_dir(), on_metrics=report, on_preflight=preflight)
     update_progress_artifact(progress_id, 100.0)
     if ref.loss_plot_uri:
         create_link_artifact(link(ref.loss_plot_uri), link_text="loss curve (PNG)", key=artifact_key("loss-curve", ref.run_id))
