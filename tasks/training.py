@@ -31,7 +31,10 @@ def train_model(packed: PackedRef, tokenizer_ref: TokenizerRef, model_cfg: Model
 
     def report(m: StepMetrics) -> None:
         if m.step % every == 0 or m.val_loss is not None:
-            update_progress_artifact(progress_id, 100.0 * m.step / train_cfg.max_steps)
+            done = m.step / train_cfg.max_steps
+            if train_cfg.max_minutes:  # a time-budgeted run ends at whichever limit it reaches first
+                done = max(done, m.elapsed_s / (train_cfg.max_minutes * 60))
+            update_progress_artifact(progress_id, min(100.0, 100.0 * done))
             val = f", val loss {m.val_loss:.4f}" if m.val_loss is not None else ""
             logger.info("step %d: loss %.4f%s, lr %.2e, %.0f tokens/s", m.step, m.loss, val, m.lr, m.tokens_per_s)
 
