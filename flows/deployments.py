@@ -53,7 +53,9 @@ def build_deployments(config: PipelineConfig) -> list:
     """Runner deployments carrying ``config`` as their default parameters (the UI renders it as a form)."""
     params = {"config": config.model_dump(mode="json")}
     monitor_schedules, retrain_schedules = _schedules(config)
-    # One retrain at a time: a second trigger while one runs is cancelled, not queued behind it.
+    # One at a time, the newcomer cancelled rather than queued. Retrain: a burst of drift events must not become
+    # a series of retrains (persistent drift re-emits after the cooldown). Monitor: two overlapping checks would
+    # both read the cooldown state before either wrote it; a skipped check is redone at the next interval.
     one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
     return [
         training_pipeline.to_deployment(
@@ -62,7 +64,7 @@ def build_deployments(config: PipelineConfig) -> list:
         ),
         monitor_drift.to_deployment(
             name="monitor", parameters=params, tags=["llmops"],
-            schedules=monitor_schedules,
+            schedules=monitor_schedules, concurrency_limit=one_at_a_time,
             description="Check the latest traffic window for drift; emits llmops.drift.detected on alert.",
         ),
         retrain.to_deployment(

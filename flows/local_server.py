@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -58,26 +59,35 @@ class ChildProcess:
             return ""
 
     def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM to the child's process group, then SIGKILL: a runner's flow-run subprocesses stop with it."""
         if not self.running():
             return
-        self.proc.terminate()
+        self._signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            self._signal(signal.SIGKILL)
             self.proc.wait()
         self._log.close()
+
+    def _signal(self, sig: int) -> None:
+        try:  # the child leads its own session (start_new_session), so its group holds only what it started
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 class LocalPrefectServer(ChildProcess):
     """``prefect server start`` on loopback with its own PREFECT_HOME (SQLite database, UI included)."""
 
-    def __init__(self, home: Path, host: str = "127.0.0.1", port: Optional[int] = None):
+    def __init__(self, home: Path, host: str = "127.0.0.1", port: Optional[int] = None,
+                 env: Optional[dict[str, str]] = None):
+        """``env``: more server settings, e.g. ``PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS``."""
         self.host, self.port, self.home = host, port or free_port(host), home
         super().__init__(
             [sys.executable, "-m", "prefect", "server", "start", "--host", self.host, "--port", str(self.port)],
             home / "server.log",
-            quiet_prefect_env(home),
+            {**quiet_prefect_env(home), **(env or {})},
         )
 
     @property
@@ -103,7 +113,11 @@ class LocalPrefectServer(ChildProcess):
         raise RuntimeError(f"the Prefect server did not answer within {timeout:.0f} s; log: {self.log_path}\n{self.tail()}")
 
 
-def deployment_runner(config_path: Path, api_url: str, log_path: Path, home: Optional[Path] = None) -> ChildProcess:
-    """``llmops deploy --config FILE`` against ``api_url``: registers the deployments and runs their flows."""
-    env = {**quiet_prefect_env(home), "PREFECT_API_URL": api_url}
+def deployment_runner(config_path: Path, api_url: str, log_path: Path, home: Optional[Path] = None,
+                      env: Optional[dict[str, str]] = None) -> ChildProcess:
+    """``llmops deploy --config FILE`` against ``api_url``: registers the deployments and runs their flows.
+
+    ``env``: more settings for the runner, e.g. ``PREFECT_RUNNER_POLL_FREQUENCY``.
+    """
+    env = {**quiet_prefect_env(home), "PREFECT_API_URL": api_url, **(env or {})}
     return ChildProcess([sys.executable, "-m", "flows.cli", "deploy", "--config", str(config_path)], log_path, env)

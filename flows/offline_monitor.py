@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from infra.config import PipelineConfig
 from infra.settings import get_settings
 from infra.store import open_store
-from infra.traffic import parse_ts
+from infra.traffic import parse_ts, window_files
 from models.ingest_formats import IngestError, read_file
 from models.profiling import reference_records
 from models.registry import Registry
@@ -73,7 +73,7 @@ def backfill(config: PipelineConfig, out: Optional[Path] = None, *, start: Optio
              end: Optional[str] = None) -> int:
     """Replay stored traffic through the drift check, window by window (no events are emitted)."""
     from monitoring.trend import trend
-    from tasks.drift import run_drift_check
+    from tasks.drift import run_drift_check, store_window_id
 
     store = open_store()
     stop = parse_ts(end) if end else datetime.now(timezone.utc)
@@ -84,9 +84,13 @@ def backfill(config: PipelineConfig, out: Optional[Path] = None, *, start: Optio
     step = timedelta(minutes=config.monitor.window_minutes)
     moment = first
     while moment < stop:
-        report = run_drift_check(config, moment, min(moment + step, stop))
-        print(f"{report.window_id}: {report.verdict} ({report.n_samples} records) -> {report.out_dir}")
-        moment += step
+        end_of_window = min(moment + step, stop)
+        if window_files(store, config.model_name, moment, end_of_window):
+            report = run_drift_check(config, moment, end_of_window)
+            print(f"{report.window_id}: {report.verdict} ({report.n_samples} records) -> {report.out_dir}")
+        else:  # a gap of days in the log must not become thousands of empty drift.json files in the trend
+            print(f"{store_window_id(moment, end_of_window)}: no traffic files, not checked")
+        moment = end_of_window
     result = trend(store, config.model_name, out_dir=out)
     if out is not None:
         print(f"trend: {Path(out) / result.files.get('table', '')}, {Path(out) / result.files.get('plot', '')}")

@@ -350,6 +350,17 @@ class MonitorConfig(Frozen):
     compact_delete_jsonl: bool = Field(
         False, description="Delete an hour's JSONL files once the manifest of its compacted Parquet file is committed.",
     )
+    semantic_model: Optional[str] = Field(
+        None,
+        description="Semantic drift (off when null): a sentence encoder loadable by transformers AutoModel/AutoTokenizer "
+        "(local path or hub id); adds the semantic_distance signal, paid in one encoder pass per prompt (docs/monitoring.md).",
+    )
+    semantic_batch_size: int = Field(32, ge=1, description="Prompts per encoder forward pass (semantic_model).")
+    semantic_max_length: int = Field(256, ge=8, description="Tokens of a prompt the encoder reads; the rest is cut (semantic_model).")
+    semantic_window_sample: int = Field(
+        2000, ge=100,
+        description="Prompts of a window embedded for semantic_distance, a uniform sample when it has more: the encoder is the cost.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "MonitorConfig":
@@ -362,7 +373,9 @@ class ScheduleConfig(Frozen):
     """When the deployments run by themselves (``llmops deploy`` / ``llmops up``)."""
 
     retrain_cron: Optional[str] = Field("0 3 * * 0", description="Scheduled retraining, independent of drift (default: Sundays 03:00).")
-    monitor_every_minutes: Optional[int] = Field(60, ge=1, description="Run the drift check on this interval; null disables.")
+    monitor_every_minutes: Optional[float] = Field(
+        60, gt=0, description="Run the drift check on this interval (fractions allowed: 0.25 is every 15 s); null disables."
+    )
     timezone: str = "UTC"
     retrain_delay_minutes: float = Field(
         0.0, ge=0, description="Review window: a drift-triggered retrain is scheduled this long after the event."

@@ -10,12 +10,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from infra.config import MonitorConfig
 from monitoring.batch import Batch, Tokenize, take
-from monitoring.signals import OTHER, SIGNALS, rows_batch, skip_reason
+from monitoring.signals import OPTIONAL_SIGNALS, OTHER, SIGNALS, rows_batch, skip_reason
 from monitoring.stats import bin_counts, category_counts
 from monitoring.tokens import IdLookup, common_token_ids, design_effect, rare_token_share, top_k_ids
 
 _SAMPLE_SEED = 0  # fixed so the same reference records always give the same profile
 SCHEMA_VERSION = 2
+SEMANTIC_SIGNAL = "semantic_distance"
 
 
 class _Frozen(BaseModel):
@@ -53,6 +54,14 @@ class CategoricalProfile(_Frozen):
     design_effect: float = Field(1.0, description="Variance inflation of the shares over a multinomial sample (token_frequency: tokens cluster in prompts)")
 
 
+class SemanticProfile(_Frozen):
+    """What a window's prompts are embedded with and scored against (``semantic_distance``)."""
+
+    model: str = Field(description="Local path or hub id of the sentence encoder (AutoModel + AutoTokenizer)")
+    max_length: int = Field(description="Tokens per prompt the encoder read; longer prompts were truncated")
+    centroid: list[float] = Field(description="Unit mean direction of the fitting half's embeddings")
+
+
 class ReferenceProfile(_Frozen):
     """What a window is compared against; monitoring a window costs O(window), never O(reference).
 
@@ -76,6 +85,7 @@ class ReferenceProfile(_Frozen):
     continuous: dict[str, ContinuousProfile]
     categorical: dict[str, CategoricalProfile]
     skipped: dict[str, str] = Field(default_factory=dict, description="Signals with no reference values, and why")
+    semantic: Optional[SemanticProfile] = Field(None, description="The encoder and centroid of semantic_distance (None: off)")
 
     @property
     def signals(self) -> list[str]:
@@ -201,7 +211,7 @@ def profile_from_halves(fit: Batch, count: Batch, cfg: MonitorConfig, *, model_n
         categorical["token_frequency"] = freq
     n = fit.n + count.n
     for name in SIGNALS:
-        if name not in continuous and name not in categorical:
+        if name not in continuous and name not in categorical and name not in OPTIONAL_SIGNALS:
             skipped[name] = skip_reason(name, n, has_tokenizer)
     return ReferenceProfile(model_name=model_name, model_version=model_version, created_at=datetime.now(timezone.utc),
                             n_records=n, n_bins=cfg.n_bins, tail_quantile=cfg.tail_quantile,
@@ -212,7 +222,7 @@ def profile_from_halves(fit: Batch, count: Batch, cfg: MonitorConfig, *, model_n
 
 
 def build_profile(records: Sequence[dict], tokenize: Optional[Tokenize], cfg: MonitorConfig, *,
-                  model_name: str, model_version: int) -> ReferenceProfile:
+                  model_name: str, model_version: int, embedder=None) -> ReferenceProfile:
     """Build the reference profile from records scored on held-out validation documents.
 
     The records are split in two deterministic halves (:func:`split_halves`): bin edges, tail
@@ -228,6 +238,7 @@ def build_profile(records: Sequence[dict], tokenize: Optional[Tokenize], cfg: Mo
         cfg: Bins, top-K tokens, common-token coverage and KS sample size are read from here.
         model_name: Registered model the profile belongs to.
         model_version: Its version.
+        embedder: A :class:`monitoring.semantic.SentenceEmbedder` to add ``semantic_distance`` (None: off).
 
     Raises:
         ValueError: Fewer than ``cfg.min_samples`` records: the bins would be noise.
@@ -237,5 +248,18 @@ def build_profile(records: Sequence[dict], tokenize: Optional[Tokenize], cfg: Mo
         raise ValueError(f"a reference profile needs at least min_samples={cfg.min_samples} records, got {len(records)}")
     batch = rows_batch(records, tokenize)
     fit_rows, count_rows = split_halves(records)
-    return profile_from_halves(take(batch, fit_rows), take(batch, count_rows), cfg, model_name=model_name,
-                               model_version=model_version, has_tokenizer=tokenize is not None)
+    profile = profile_from_halves(take(batch, fit_rows), take(batch, count_rows), cfg, model_name=model_name,
+                                  model_version=model_version, has_tokenizer=tokenize is not None)
+    return profile if embedder is None else with_semantic(profile, records, fit_rows, count_rows, embedder, cfg)
+
+
+def with_semantic(profile: ReferenceProfile, records: Sequence[dict], fit_rows: np.ndarray, count_rows: np.ndarray,
+                  embedder, cfg: MonitorConfig) -> ReferenceProfile:
+    """``profile`` plus ``semantic_distance``: the centroid fitted on the fitting half, the counted half scored."""
+    from monitoring.semantic import reference_distances  # torch and transformers only when asked for
+
+    fitting, counted, semantic = reference_distances([records[i]["prompt"] for i in fit_rows],
+                                                     [records[i]["prompt"] for i in count_rows], embedder)
+    binned = continuous_profile(counted, cfg.n_bins, cfg.ks_sample_size, cfg.tail_quantile, fit=fitting)
+    return profile.model_copy(update={"continuous": {**profile.continuous, SEMANTIC_SIGNAL: binned},
+                                      "semantic": semantic})

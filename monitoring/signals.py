@@ -55,9 +55,15 @@ SIGNALS: dict[str, Signal] = {s.name: s for s in [
            "features.stop_reason, else completions[0].finish_reason"),
     Signal("token_frequency", "categorical", "vocabulary shift: different topics, languages, templates",
            "prompt_token_ids (else tokenize(prompt)) per token occurrence, bucketed into the reference's top-K ids plus 'other'"),
+    Signal("semantic_distance", "continuous",
+           "prompts about other things at familiar lengths and vocabulary: topics, intents, tasks (optional)",
+           "cosine distance of the prompt's mean-pooled sentence embedding (monitor.semantic_model) to the reference centroid"),
 ]}
-# Signals read from one field of a record (with fallbacks); the token signals are computed from the ids.
-FEATURES = [n for n, s in SIGNALS.items() if s.kind == "continuous" and n != "rare_token_share"]
+# Off unless configured: not extracted from records, not listed as skipped in profiles or windows that lack it.
+OPTIONAL_SIGNALS = frozenset({"semantic_distance"})
+# Signals read from one field of a record (with fallbacks); the token signals are computed from the ids,
+# semantic_distance from the prompt by an encoder.
+FEATURES = [n for n, s in SIGNALS.items() if s.kind == "continuous" and n not in ("rare_token_share", *OPTIONAL_SIGNALS)]
 TOKEN_SIGNALS = ("rare_token_share", "token_frequency")
 
 
@@ -223,10 +229,12 @@ def extract(records: Sequence[dict], tokenize: Optional[Tokenize], *, signals: O
         RecordError: A record is not an object, has no string prompt, or a field of the wrong type.
         KeyError: An unknown signal name.
     """
-    names = list(signals) if signals is not None else list(SIGNALS)
+    names = list(signals) if signals is not None else [n for n in SIGNALS if n not in OPTIONAL_SIGNALS]
     unknown = [n for n in names if n not in SIGNALS]
     if unknown:
         raise KeyError(f"unknown drift signal(s) {unknown}; known: {sorted(SIGNALS)}")
+    if any(n in OPTIONAL_SIGNALS for n in names):
+        raise KeyError(f"{sorted(OPTIONAL_SIGNALS & set(names))} need an encoder: see monitoring.semantic")
     batch = rows_batch(records, tokenize)
     columns: dict[str, np.ndarray] = {n: batch.numbers[n] for n in names if n in batch.numbers}
     if "stop_reason" in names:
@@ -256,6 +264,8 @@ def skip_reason(name: str, n_records: int, has_tokenizer: bool) -> str:
     """Why a signal has no value at all in ``n_records`` records."""
     if not n_records:
         return "no records"
+    if name in OPTIONAL_SIGNALS:
+        return "not computed: monitor.semantic_model is not set for this check"
     if name in TOKEN_SIGNALS:
         return "no record carries prompt_token_ids" + ("" if has_tokenizer else " and no tokenizer given")
     where = "features.stop_reason / completions[0].finish_reason" if name == "stop_reason" else f"features.{name}"

@@ -25,6 +25,7 @@ from monitoring.policy import emission_decision
 from monitoring.profile import ReferenceProfile, build_profile
 from monitoring.report import render_summary
 from monitoring.results import DriftOutcome, DriftReport
+from monitoring.semantic import check_store_window_semantic, embedder_for
 from monitoring.trend import trend
 from monitoring.window import check_store_window
 from tasks.common import artifact_key, cache_dir, link, store
@@ -52,8 +53,8 @@ def build_reference_profile(run: TrainRef, dataset: DatasetRef, config: Pipeline
     prompts = random.Random(0).sample(texts, min(len(texts), config.monitor.reference_size))
     records = reference_records(model, tokenizer, prompts, params=serving_params(config),
                                 model_name=config.model_name, version=version)
-    profile = build_profile(records, tokenize_with(tokenizer), config.monitor,
-                            model_name=config.model_name, model_version=version)
+    profile = build_profile(records, tokenize_with(tokenizer), config.monitor, model_name=config.model_name,
+                            model_version=version, embedder=embedder_for(config.monitor))
     get_run_logger().info("reference profile: %d validation documents, %d signals", len(records), len(profile.signals))
     return profile.to_json()
 
@@ -70,6 +71,11 @@ def compact_traffic(config: PipelineConfig, now: Optional[datetime] = None) -> l
     return keys
 
 
+def store_window_id(start: datetime, end: datetime) -> str:
+    """The folder name of a checked window under ``monitoring/<model>/``; to the second, as scheduled windows end at "now"."""
+    return f"{start.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{end.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}"
+
+
 def run_drift_check(config: PipelineConfig, start: datetime, end: datetime) -> DriftReport:
     """Compare the window's traffic of the production version with that version's reference profile.
 
@@ -84,14 +90,19 @@ def run_drift_check(config: PipelineConfig, start: datetime, end: datetime) -> D
     except ArtifactNotFound:
         raise ArtifactNotFound(f"{name} v{version} has no reference_profile.json: it was registered without monitoring") from None
     tokenizer = AutoTokenizer.from_pretrained(registry.download(version, cache_dir()))
-    window_name = f"{start.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{end.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}"
+    window_name = store_window_id(start, end)
     prefix = f"monitoring/{name}/{window_name}"
     local = st.local_path(prefix)
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = local if local is not None else Path(tmp)
         # streamed partition by partition: other versions' records and malformed lines are counted in the notes
-        report = check_store_window(st, name, start, end, profile, tokenize_with(tokenizer), config.monitor, out_dir,
-                                    version=version, window_id=window_name)
+        if profile.semantic is not None and config.monitor.semantic_model is not None:
+            report = check_store_window_semantic(st, name, start, end, profile, tokenize_with(tokenizer), config.monitor,
+                                                 out_dir, embedder_for(config.monitor, profile.semantic),
+                                                 version=version, window_id=window_name)
+        else:
+            report = check_store_window(st, name, start, end, profile, tokenize_with(tokenizer), config.monitor,
+                                        out_dir, version=version, window_id=window_name)
         if local is None:
             st.upload_dir(out_dir, prefix)
     return report.model_copy(update={"out_dir": st.uri_for(prefix)})

@@ -6,7 +6,7 @@ import copy
 import numpy as np
 import pytest
 
-from monitoring.signals import SIGNALS, RecordError, extract
+from monitoring.signals import OPTIONAL_SIGNALS, SIGNALS, RecordError, extract
 from monitoring.synthetic import synthetic_records, toy_tokenize
 
 
@@ -17,7 +17,7 @@ def records():
 
 def test_registry_documents_every_signal():
     continuous = {"prompt_chars", "prompt_tokens", "bytes_per_token", "rare_token_share", "prompt_surprisal",
-                  "completion_tokens", "completion_logprob", "completion_entropy", "latency_ms"}
+                  "completion_tokens", "completion_logprob", "completion_entropy", "latency_ms", "semantic_distance"}
     assert {n for n, s in SIGNALS.items() if s.kind == "continuous"} == continuous
     assert {n for n, s in SIGNALS.items() if s.kind == "categorical"} == {"stop_reason", "token_frequency"}
     assert all(s.catches and s.computed for s in SIGNALS.values())
@@ -25,7 +25,7 @@ def test_registry_documents_every_signal():
 
 def test_extract_reads_every_signal(records):
     values = extract(records, toy_tokenize, common_tokens=np.array(records[0]["prompt_token_ids"]))
-    assert set(values) == set(SIGNALS) and not values.skipped and values.n_records == 5
+    assert set(values) == set(SIGNALS) - OPTIONAL_SIGNALS and not values.skipped and values.n_records == 5
     assert values["prompt_chars"].tolist() == [float(len(r["prompt"])) for r in records]
     assert values["stop_reason"].tolist() == [r["features"]["stop_reason"] for r in records]
     assert values["token_frequency"].dtype == np.int64

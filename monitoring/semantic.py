@@ -1,0 +1,180 @@
+"""Semantic drift (optional): prompts as sentence embeddings, scored by cosine distance to the reference centroid.
+
+The only module of ``monitoring/`` that uses torch and transformers, imported when an embedder is
+built: with ``monitor.semantic_model`` unset nothing here loads.
+"""
+from __future__ import annotations
+
+import heapq
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+from infra.config import MonitorConfig
+from infra.store import ArtifactStore
+from infra.traffic import read_window, window_hours, window_id as make_window_id
+from monitoring.accumulate import WindowAccumulator, sampling_keys
+from monitoring.batch import Batch, Tokenize
+from monitoring.profile import SEMANTIC_SIGNAL as SIGNAL, ReferenceProfile, SemanticProfile
+from monitoring.results import DriftReport
+
+class SentenceEmbedder:
+    """Mean-pooled, L2-normalised sentence embeddings from any transformers encoder, in batches.
+
+    Args:
+        model: Local path or hub id loadable by ``AutoModel`` and ``AutoTokenizer``.
+        batch_size: Prompts per forward pass.
+        max_length: Tokens per prompt; longer ones are truncated (cost grows with it).
+    """
+
+    def __init__(self, model: str, *, batch_size: int = 32, max_length: int = 256):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self.name, self.batch_size, self.max_length = model, batch_size, max_length
+        self._torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        self.model = AutoModel.from_pretrained(model).eval()
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), hidden) float32, each row of unit length."""
+        torch = self._torch
+        rows = []
+        with torch.inference_mode():
+            for i in range(0, len(texts), self.batch_size):
+                enc = self.tokenizer(list(texts[i:i + self.batch_size]), padding=True, truncation=True,
+                                     max_length=self.max_length, return_tensors="pt")
+                hidden = self.model(**enc).last_hidden_state  # (b, t, h)
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (b, t, 1): padding does not count
+                mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # (b, h)
+                rows.append(torch.nn.functional.normalize(mean, dim=-1).float().numpy())
+        hidden_size = self.model.config.hidden_size
+        return np.concatenate(rows) if rows else np.zeros((0, hidden_size), np.float32)
+
+
+def embedder_for(cfg: MonitorConfig, reference: Optional[SemanticProfile] = None) -> Optional[SentenceEmbedder]:
+    """The embedder ``cfg`` asks for, or None when semantic drift is off.
+
+    With ``reference`` (a profile's semantic part) its encoder and truncation are used, whatever the
+    config names now: distances under two encoders, or two truncations, do not compare.
+    """
+    if cfg.semantic_model is None:
+        return None
+    if reference is not None:
+        return SentenceEmbedder(reference.model, batch_size=cfg.semantic_batch_size, max_length=reference.max_length)
+    return SentenceEmbedder(cfg.semantic_model, batch_size=cfg.semantic_batch_size, max_length=cfg.semantic_max_length)
+
+
+def centroid(embeddings: np.ndarray) -> np.ndarray:
+    """Unit vector of the mean embedding (h,)."""
+    mean = embeddings.mean(axis=0)
+    return mean / max(float(np.linalg.norm(mean)), 1e-12)
+
+
+def cosine_distance(embeddings: np.ndarray, center: np.ndarray) -> np.ndarray:
+    """1 - cos(embedding, center) per row (n,), in [0, 2]; rows are unit vectors."""
+    return (1.0 - embeddings @ np.asarray(center, embeddings.dtype)).astype(np.float64)
+
+
+def reference_distances(fit_prompts: Sequence[str], count_prompts: Sequence[str], embedder: SentenceEmbedder
+                        ) -> tuple[np.ndarray, np.ndarray, SemanticProfile]:
+    """(distances to fit bins on, distances to count, the profile windows are scored with), cross-fitted.
+
+    A prompt is closer to a centroid its own embedding helped to make, so distances to one's own
+    centroid are in-sample and smaller than any window's. As for ``rare_token_share``: the counted
+    half is scored against the fitting half's centroid (the one windows are scored with), and the
+    bin edges are fitted on the fitting half scored against the counted half's centroid.
+    """
+    fit, count = embedder(fit_prompts), embedder(count_prompts)
+    center = centroid(fit)
+    profile = SemanticProfile(model=embedder.name, max_length=embedder.max_length, centroid=center.tolist())
+    return cosine_distance(fit, centroid(count)), cosine_distance(count, center), profile
+
+
+def distance_batch(distances: np.ndarray, keys: np.ndarray) -> Batch:
+    """A Batch holding only ``semantic_distance`` (the other columns empty: no record fields are counted)."""
+    n = distances.size
+    return Batch(numbers={SIGNAL: distances}, stop_codes=np.full(n, -1, np.int64), stop_labels=[],
+                 token_ids=np.zeros(0, np.int64), token_lengths=np.full(n, -1, np.int64), keys=keys)
+
+
+class SemanticAccumulator(WindowAccumulator):
+    """The window's accumulator plus ``semantic_distance``, which needs the prompts and is fed in its own pass.
+
+    The record signals are accumulated as usual (:meth:`add`); the distances go into a second accumulator
+    restricted to this signal (:meth:`add_prompts`), with its own sampling keys in prompt order.
+    """
+
+    def __init__(self, profile: ReferenceProfile, sample_size: int, embedder: SentenceEmbedder):
+        super().__init__(profile, sample_size)
+        if profile.semantic is None or SIGNAL not in profile.continuous:
+            raise ValueError(f"{profile.model_name} v{profile.model_version}: the reference profile has no {SIGNAL}")
+        if embedder.name != profile.semantic.model:
+            raise ValueError(f"the reference profile's {SIGNAL} was computed with {profile.semantic.model!r}, "
+                             f"not {embedder.name!r}: distances under different models are not comparable")
+        only = profile.model_copy(update={"continuous": {SIGNAL: profile.continuous[SIGNAL]}, "categorical": {},
+                                          "common_tokens": []})
+        self.semantic = WindowAccumulator(only, sample_size)
+        self.embedder, self._center = embedder, np.asarray(profile.semantic.centroid, np.float32)
+        self._keys = sampling_keys()
+
+    def add_prompts(self, prompts: Sequence[str]) -> None:
+        step = self.embedder.batch_size * 8  # embeddings of a few batches at a time, not of an hour of traffic
+        for i in range(0, len(prompts), step):
+            chunk = prompts[i:i + step]
+            distances = cosine_distance(self.embedder(chunk), self._center)
+            self.semantic.add(distance_batch(distances, self._keys.random(distances.size)))
+
+    def summaries(self):
+        return {**super().summaries(), **self.semantic.summaries()}
+
+
+def window_prompts(store: ArtifactStore, model: str, start: datetime, end: datetime, version: int):
+    """The prompts of ``version``'s records in [start, end), an hour of records in memory at a time."""
+    hour = timedelta(hours=1)
+    for first in window_hours(start, end):
+        lo, hi = max(start, first), min(end, first + hour)
+        if lo < hi:
+            yield [r["prompt"] for r in read_window(store, model, lo, hi)
+                   if r.get("version") == version and isinstance(r.get("prompt"), str)]
+
+
+def sample_prompts(batches: Iterable[Sequence[str]], size: int) -> tuple[list[str], int]:
+    """(a uniform sample without replacement of at most ``size`` prompts of the stream, how many it had).
+
+    Bottom-k sampling as the KS reservoirs do: every prompt draws a key in stream order from a fixed
+    seed and the ``size`` smallest keys stay, so the same window gives the same sample.
+    """
+    keys, heap, seen = sampling_keys(), [], 0  # heap of (-key, prompt): its top is the largest key kept
+    for prompts in batches:
+        for prompt, key in zip(prompts, keys.random(len(prompts))):
+            if len(heap) < size:
+                heapq.heappush(heap, (-key, prompt))
+            elif key < -heap[0][0]:
+                heapq.heapreplace(heap, (-key, prompt))
+        seen += len(prompts)
+    return [prompt for _, prompt in sorted(heap, reverse=True)], seen
+
+
+def check_store_window_semantic(store: ArtifactStore, model: str, start: datetime, end: datetime, profile: ReferenceProfile,
+                                tokenize: Optional[Tokenize], cfg: MonitorConfig, out_dir: Path,
+                                embedder: SentenceEmbedder, *, version: Optional[int] = None,
+                                window_id: Optional[str] = None) -> DriftReport:
+    """:func:`monitoring.window.check_store_window` with ``semantic_distance``: one more pass reading the prompts."""
+    from monitoring.drift import finish_window, validate_config
+    from monitoring.window import stream_window
+
+    validate_config(cfg)
+    version = profile.model_version if version is None else version
+    accumulator = SemanticAccumulator(profile, cfg.ks_window_sample, embedder)
+    scan = stream_window(store, model, start, end, accumulator, tokenize, version=version)
+    prompts, total = sample_prompts(window_prompts(store, model, start, end, version), cfg.semantic_window_sample)
+    accumulator.add_prompts(prompts)
+    notes = scan.notes()
+    if total > len(prompts):
+        notes.append(f"semantic_distance: {len(prompts)} of {total} prompts embedded (uniform sample, "
+                     f"monitor.semantic_window_sample)")
+    return finish_window(profile, accumulator, cfg, out_dir, has_tokenizer=tokenize is not None,
+                         window_id=window_id or make_window_id(start, end), start=start, end=end, notes=notes)

@@ -1,0 +1,162 @@
+"""The monitoring loop as it runs in production: on its schedule, against a real Prefect server.
+
+Real parts: `prefect server start` (its scheduler creates the monitor's runs from an Interval
+schedule), `llmops deploy` as the runner process that executes them and the triggered retrain,
+the training pipeline of a tiny model, and traffic captured by the served model's own code. The
+test only writes the traffic and watches through the Prefect client; nothing calls the monitor.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterCreatedBy,
+                                            LogFilter, LogFilterFlowRunId)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from flows.local_server import LocalPrefectServer, deployment_runner
+from infra.config import PipelineConfig
+from infra.settings import get_settings
+from infra.store import open_store
+from infra.traffic import write_records
+
+ROOT = Path(__file__).parents[2]
+T = TypeVar("T")
+# fast enough for a test on 2 cores: a 15 s schedule, a small model, no companion reports. The 30 s review
+# window (schedule_after) keeps the retrain, and its possible promotion, after the second scheduled check.
+OVERRIDES = [
+    'data.sources=["builtin://stdlib-docstrings?max_bytes=200000", "traffic://"]', "data.val_fraction=0.2",
+    "train.max_steps=20", "eval.max_docs=20", "compress.quantize=none", "serve.default_max_tokens=4",
+    "monitor.reference_size=100", "monitor.min_samples=40", "monitor.window_minutes=10",
+    "monitor.cooldown_minutes=60", "monitor.evidently_report=false",
+    "schedule.monitor_every_minutes=0.25", "schedule.retrain_cron=null", "schedule.retrain_delay_minutes=0.5",
+]
+FAST_SERVER = {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2", "PREFECT_SERVER_SERVICES_SCHEDULER_MIN_RUNS": "3",
+               "PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS": "6"}
+
+
+def poll(what: str, probe: Callable[[], T], timeout: float, every: float = 1.0) -> T:
+    """``probe()`` until it returns something truthy; fail naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+def runs_of(client, deployment_id, automation: bool = False) -> list[FlowRun]:
+    runs = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(created_by=FlowRunFilterCreatedBy(type_=["AUTOMATION"])) if automation else None,
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+    )
+    return sorted(runs, key=lambda r: r.start_time or r.expected_start_time)
+
+
+def log_text(client, run: FlowRun) -> str:
+    return "\n".join(log.message for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]))))
+
+
+def drifted_traffic(config: PipelineConfig, n: int = 80) -> list[dict]:
+    """Python source prompts (the model was trained on docstrings), captured as the server captures them."""
+    from models.corpus import stdlib_code
+    from models.profiling import reference_records
+    from models.registry import Registry
+    from tasks.drift import serving_params
+
+    loaded = Registry(open_store(), config.model_name).load("production", cache_dir=get_settings().cache_dir)
+    code = [d.text for d in stdlib_code(max_bytes=400_000) if 40 <= len(d.text) <= 1500][:n]
+    return reference_records(loaded.model, loaded.tokenizer, code, params=serving_params(config),
+                             model_name=config.model_name, version=loaded.version, latency_samples=0)
+
+
+def test_the_scheduled_monitor_alerts_once_triggers_one_retrain_and_the_gate_decides(tmp_path):
+    from flows.training_pipeline import training_pipeline
+    from flows.triggered import latest_gate
+
+    config = PipelineConfig.from_yaml(ROOT / "configs" / "tiny.yaml", OVERRIDES)
+    server = LocalPrefectServer(tmp_path / "prefect", env=FAST_SERVER).start()
+    runner = None
+    try:
+        server.wait_healthy()
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            first = training_pipeline(config)
+            assert first.promoted and first.version.version == 1
+            write_records(open_store(), config.model_name, drifted_traffic(config))
+
+            config_path = tmp_path / "config.yaml"
+            config_path.write_text(config.to_yaml())
+            runner = deployment_runner(config_path, server.api_url, tmp_path / "runner.log", tmp_path / "prefect",
+                                       env={"PREFECT_RUNNER_POLL_FREQUENCY": "2"}).start()
+            with get_client(sync_client=True) as client:
+                monitor = poll("the monitor deployment", lambda: _deployment(client, "monitor-drift/monitor"), 90)
+                retrain = poll("the retrain deployment", lambda: _deployment(client, "retrain/retrain"), 30)
+
+                # two scheduled monitor runs complete: the first alerts and emits, the second alerts inside the cooldown
+                # (a run that starts while another holds the monitor's slot is cancelled: CANCEL_NEW)
+                done = poll("two completed scheduled monitor runs", lambda: _completed(runs_of(client, monitor.id), 2),
+                            timeout=150)
+                _stop_schedule(client, monitor.id)  # spare the two cores for the retrain
+                assert all(r.auto_scheduled for r in done), "the scheduler created them, not the test"
+                logs = [poll(f"the decision in {r.name}'s logs", lambda r=r: _decision(client, r), 30) for r in done]
+                assert "drift event: emitted (alert confirmed)" in logs[0]
+                assert "drift event: not emitted" in logs[1] and "cooldown" in logs[1]
+
+                # exactly one retrain, created by the trigger, runs the gate
+                triggered = poll("the triggered retrain", lambda: runs_of(client, retrain.id, automation=True), 60)
+                final = poll("the retrain to finish", lambda: _final(runs_of(client, retrain.id, automation=True)),
+                             timeout=240, every=2)[0]
+                assert final.id == triggered[0].id and final.state.type == StateType.COMPLETED, runner.tail(60)
+                assert final.parameters["reason"] == "drift"
+                delay = (triggered[0].expected_start_time - triggered[0].created).total_seconds()
+                assert delay >= 25, f"the review window schedules the retrain 30 s after the event, not {delay:.0f} s"
+                assert len(runs_of(client, retrain.id)) == 1, "the second alert, inside the cooldown, created no run"
+    finally:
+        if runner is not None:
+            runner.stop()
+        server.stop()
+
+    store = open_store()
+    reports = sorted(k for k in store.list(f"monitoring/{config.model_name}") if k.endswith("/drift.json"))
+    verdicts = [store.get_json(k)["verdict"] for k in reports]
+    assert verdicts[:2] == ["alert", "alert"], verdicts
+    event = store.get_json(f"monitoring/{config.model_name}/last_drift_event.json")
+    assert event["window_id"] == reports[0].split("/")[2], "the event belongs to the first scheduled window"
+    gate = latest_gate(store, config.model_name, after_version=1)
+    assert gate is not None and gate["version"] == 2 and isinstance(gate["promote"], bool) and gate["reason"]
+    production = store.get_json(f"models/{config.model_name}/aliases/production.json")["version"]
+    assert production == (2 if gate["promote"] else 1), "the gate, not the trigger, decides promotion"
+
+
+def _deployment(client, name: str):
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        return client.read_deployment_by_name(name)
+    except ObjectNotFound:
+        return None
+
+
+def _completed(runs: list[FlowRun], count: int) -> list[FlowRun]:
+    done = [r for r in runs if r.state is not None and r.state.type == StateType.COMPLETED]
+    return done[:count] if len(done) >= count else []
+
+
+def _final(runs: list[FlowRun]) -> list[FlowRun]:
+    return [r for r in runs if r.state is not None and r.state.is_final()]
+
+
+def _stop_schedule(client, deployment_id) -> None:
+    """Pause the deployment: the server deletes the runs its scheduler created that are still Scheduled."""
+    client.pause_deployment(deployment_id)
+
+
+def _decision(client, run: FlowRun) -> str:
+    text = log_text(client, run)
+    return text if "drift event:" in text else ""
