@@ -171,8 +171,8 @@ class TrainConfig(Frozen):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU.")
     compile: bool = Field(
         False,
-        description="torch.compile the model. Pays off on GPU (fused kernels, fewer launches); on CPU about 1.1x "
-        "for a cold compile of about a minute per process (bench/results/training_throughput_compile.md).",
+        description="torch.compile the model. Pays off on GPU (fused kernels, fewer launches); on this 2-core CPU "
+        "1.03x for a cold compile of ~25 s per process, so off by default (bench/results/training_throughput_compile.md).",
     )
     fused_adamw: bool = Field(True, description="Use the fused AdamW kernel where this torch supports it (falls back otherwise).")
     gradient_checkpointing: bool = Field(
