@@ -117,25 +117,34 @@ def _blocks(batch: dict, tokenizer: PreTrainedTokenizerBase, block_size: int) ->
     return {"input_ids": flat[:total // block_size * block_size].reshape(-1, block_size)}
 
 
-def pack_split(texts: list[str], tokenizer: PreTrainedTokenizerBase, block_size: int, num_proc: int = 1) -> np.ndarray:
-    """Token blocks of shape (n_blocks, block_size), packed with ``datasets.map(batched=True)``."""
+def _map_texts(texts: list[str], body, tokenizer: PreTrainedTokenizerBase, block_size: int, num_proc: int,
+               desc: str):
+    """``texts`` through ``body`` with ``datasets.map(batched=True)``, in ``num_proc`` processes when it pays."""
     import datasets
 
-    ds = datasets.Dataset.from_dict({"text": texts})
-    packed = ds.map(
-        _blocks,
+    return datasets.Dataset.from_dict({"text": texts}).map(
+        body,
         batched=True,
         batch_size=1000,
         remove_columns=["text"],
         fn_kwargs={"tokenizer": tokenizer, "block_size": block_size},
         num_proc=num_proc if num_proc > 1 and len(texts) >= 2000 else None,
         keep_in_memory=True,
-        desc=f"packing {len(texts)} documents into {block_size}-token blocks",
+        desc=desc,
     )
-    dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max else np.int32
+
+
+def _id_dtype(tokenizer: PreTrainedTokenizerBase):
+    return np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max else np.int32
+
+
+def pack_split(texts: list[str], tokenizer: PreTrainedTokenizerBase, block_size: int, num_proc: int = 1) -> np.ndarray:
+    """Token blocks of shape (n_blocks, block_size), packed with ``datasets.map(batched=True)``."""
+    packed = _map_texts(texts, _blocks, tokenizer, block_size, num_proc,
+                        f"packing {len(texts)} documents into {block_size}-token blocks")
     if len(packed) == 0:
-        return np.zeros((0, block_size), dtype=dtype)
-    return np.asarray(packed.with_format("numpy")["input_ids"], dtype=dtype)
+        return np.zeros((0, block_size), dtype=_id_dtype(tokenizer))
+    return np.asarray(packed.with_format("numpy")["input_ids"], dtype=_id_dtype(tokenizer))
 
 
 def _documents(batch: dict, tokenizer: PreTrainedTokenizerBase, block_size: int) -> dict:
@@ -151,21 +160,9 @@ def _documents(batch: dict, tokenizer: PreTrainedTokenizerBase, block_size: int)
 def document_split(texts: list[str], tokenizer: PreTrainedTokenizerBase, block_size: int,
                    num_proc: int = 1) -> Ragged:
     """Per-document token sequences (ragged: flat ids + offsets) for padded, length-grouped batches."""
-    import datasets
-
-    ds = datasets.Dataset.from_dict({"text": texts})
-    docs = ds.map(
-        _documents,
-        batched=True,
-        batch_size=1000,
-        remove_columns=["text"],
-        fn_kwargs={"tokenizer": tokenizer, "block_size": block_size},
-        num_proc=num_proc if num_proc > 1 and len(texts) >= 2000 else None,
-        keep_in_memory=True,
-        desc=f"tokenizing {len(texts)} documents (at most {block_size} tokens each)",
-    )
-    dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max else np.int32
-    return Ragged.from_sequences(docs["input_ids"] if len(docs) else [], dtype=dtype)
+    docs = _map_texts(texts, _documents, tokenizer, block_size, num_proc,
+                      f"tokenizing {len(texts)} documents (at most {block_size} tokens each)")
+    return Ragged.from_sequences(docs["input_ids"] if len(docs) else [], dtype=_id_dtype(tokenizer))
 
 
 Batching = Literal["pack", "pad"]
