@@ -197,6 +197,10 @@ class TrainConfig(Frozen):
     preflight_steps: int = Field(
         2, ge=0, description="Forward+backward passes timed before training to estimate its duration (0: skip)."
     )
+    peak_tflops: Optional[float] = Field(
+        None, gt=0, description="Peak dense TFLOP/s of one device at the run's precision, for the MFU in the metrics; "
+        "default: looked up for known GPUs in bf16/fp16 (models.preflight.PEAK_TFLOPS), none on CPU.",
+    )
     num_threads: Optional[int] = Field(None, ge=1, description="torch CPU threads; default: torch's choice.")
     distributed: DistributedSettings = Field(
         default_factory=DistributedSettings,

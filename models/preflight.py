@@ -21,7 +21,35 @@ CHINCHILLA_TOKENS_PER_PARAM = 20
 USABLE_FRACTION = 0.9  # headroom for the allocator's fragmentation, the CUDA context, the data
 
 __all__ = ["PreflightError", "PreflightReport", "preflight", "with_duration", "check", "skeleton",
-           "measure_step_seconds", "summary", "markdown"]
+           "measure_step_seconds", "summary", "markdown", "peak_flops", "flops_per_token", "PEAK_TFLOPS"]
+
+
+# Peak dense tensor-core TFLOP/s per device in bf16/fp16 (vendor data sheets, without sparsity), for MFU.
+# Matched on torch.cuda.get_device_name(); the first key contained in the name wins, so specific names come first.
+PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.4, "H200": 989.4, "GH200": 989.4, "B200": 2250.0,
+               "A100": 312.0, "A800": 312.0, "L40S": 362.1, "L40": 181.0, "L4": 121.0, "A10G": 70.0, "A10": 125.0,
+               "RTX 4090": 165.2, "RTX 3090": 71.0, "A6000": 154.8, "V100": 125.0, "T4": 65.0}
+
+
+def peak_flops(device: torch.device, precision: str, override_tflops: Optional[float] = None) -> Optional[float]:
+    """Peak FLOP/s of one device for MFU: ``override_tflops`` if given, else the table for a known GPU
+    in bf16/fp16; None when unknown (fp32 on a GPU, any CPU), and then no MFU is reported."""
+    if override_tflops:
+        return override_tflops * 1e12
+    if device.type != "cuda" or precision not in ("bf16", "fp16"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((tflops * 1e12 for key, tflops in PEAK_TFLOPS.items() if key in name), None)
+
+
+def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
+    """Training FLOPs per token, as nanoGPT and PaLM (appendix B) count them: 6·N for the weights'
+    matmuls (forward + backward) plus 12·layers·hidden·seq_len for attention scores and values."""
+    config = base_model(model).config
+    hidden = getattr(config, "hidden_size", None) or config.n_embd
+    layers = getattr(config, "num_hidden_layers", None) or config.n_layer
+    n = sum(p.numel() for p in model.parameters())
+    return 6.0 * n + 12.0 * layers * hidden * seq_len
 
 
 class PreflightError(RuntimeError):

@@ -20,7 +20,7 @@ from models.batching import IGNORE_INDEX, Batch, BlockSampler, Sampler, TokenDat
 from models.checkpoint import Checkpointer, TrainerState, TrainingError
 from models.distributed import Parallel
 from models.finetune import base_model
-from models.preflight import measure_step_seconds
+from models.preflight import flops_per_token, measure_step_seconds, peak_flops
 
 __all__ = ["BlockSampler", "StepMetrics", "TrainOutcome", "TrainingError", "build_model", "estimate_loss", "lr_at",
            "make_optimizer", "read_metrics", "train", "warmup_seconds"]
@@ -42,6 +42,7 @@ class StepMetrics:
     memory_mb: float
     val_loss: Optional[float] = None
     skipped: Optional[bool] = None  # fp16: the loss scaler found inf/NaN gradients and skipped the update
+    mfu: Optional[float] = None  # model FLOPs utilisation per device, when its peak is known (train.peak_tflops)
 
     def to_json(self) -> str:
         return json.dumps({k: v for k, v in self.__dict__.items() if v is not None})
@@ -269,6 +270,9 @@ def _train(model, train_data, val_data, cfg, checkpointer, metrics_path, on_metr
             metrics_path.unlink(missing_ok=True)
         torch.manual_seed(cfg.seed)
     last_saved = resumed or 0  # decided from state, not the store: every rank must agree on when to save
+    peak = peak_flops(device, precision, cfg.peak_tflops)
+    # unique parameters of the whole model: FSDP shards are counted before wrapping
+    model_flops = flops_per_token(model, cfg.block_size) / parallel.world_size if peak else 0.0
     step_model = torch.compile(wrapped) if cfg.compile else wrapped
     if parallel.is_main:
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
@@ -299,7 +303,8 @@ def _train(model, train_data, val_data, cfg, checkpointer, metrics_path, on_metr
                 val_loss = estimate_loss(wrapped, val_data, cfg.batch_size, cfg.eval_batches, device, autocast)
                 state.last_val_loss = val_loss
             m = StepMetrics(state.step, loss_value, lr, grad_norm, tokens / dt, state.tokens_seen, state.elapsed_s,
-                            _memory_mb(device), val_loss, skipped or None)
+                            _memory_mb(device), val_loss, skipped or None,
+                            model_flops * tokens / dt / peak if peak else None)
             if parallel.is_main:
                 metrics_file.write(m.to_json() + "\n")
                 metrics_file.flush()

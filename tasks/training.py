@@ -36,7 +36,8 @@ def train_model(packed: PackedRef, tokenizer_ref: TokenizerRef, model_cfg: Model
                 done = max(done, m.elapsed_s / (train_cfg.max_minutes * 60))
             update_progress_artifact(progress_id, min(100.0, 100.0 * done))
             val = f", val loss {m.val_loss:.4f}" if m.val_loss is not None else ""
-            logger.info("step %d: loss %.4f%s, lr %.2e, %.0f tokens/s", m.step, m.loss, val, m.lr, m.tokens_per_s)
+            mfu = f", MFU {m.mfu:.1%}" if m.mfu is not None else ""
+            logger.info("step %d: loss %.4f%s, lr %.2e, %.0f tokens/s%s", m.step, m.loss, val, m.lr, m.tokens_per_s, mfu)
 
     def preflight(r: PreflightReport) -> None:
         logger.info("preflight: %s", pf.summary(r))

@@ -87,6 +87,34 @@ def test_a_measured_step_gives_a_duration_capped_by_the_time_budget():
     assert capped.training_flops == 6 * capped.parameters * capped.planned_tokens
 
 
+def test_flops_per_token_counts_weights_and_attention_as_nanogpt_does():
+    config = build_config("gpt2", vocab_size=50257, context_length=1024, bos_token_id=0, eos_token_id=0)
+    model = pf.skeleton(config)
+    # nanoGPT's estimate_mfu: 6N + 12·L·H·Q·T with H·Q = n_embd
+    assert pf.flops_per_token(model, 1024) == 6 * GPT2_SMALL_PARAMETERS + 12 * 12 * 768 * 1024
+
+
+def test_peak_flops_is_known_only_where_it_means_something():
+    assert pf.peak_flops(CPU, "fp32") is None and pf.peak_flops(CPU, "bf16") is None
+    assert pf.peak_flops(CPU, "fp32", override_tflops=2.5) == 2.5e12
+    assert pf.PEAK_TFLOPS["H100"] == 989.4 and list(pf.PEAK_TFLOPS).index("H100 PCIe") < list(pf.PEAK_TFLOPS).index("H100")
+
+
+def test_metrics_carry_mfu_against_the_configured_peak(tmp_path):
+    blocks = patterned_blocks()
+    cfg = config(max_steps=4, checkpoint_every=100, eval_every=100, peak_tflops=0.5)
+    model = tiny_model()
+    per_token = pf.flops_per_token(model, BLOCK)
+    train(model, blocks, blocks[:16], cfg, Checkpointer(LocalStore(tmp_path), "ck"), tmp_path / "m.jsonl")
+    rows = read_metrics(tmp_path / "m.jsonl")
+    assert len(rows) == 4
+    for row in rows:
+        assert row["mfu"] == pytest.approx(per_token * row["tokens_per_s"] / 0.5e12, rel=1e-6) and 0 < row["mfu"] < 1
+    train(tiny_model(), blocks, blocks[:16], config(max_steps=2, checkpoint_every=100, eval_every=100),
+          Checkpointer(LocalStore(tmp_path / "cpu"), "ck"), tmp_path / "cpu.jsonl")
+    assert all("mfu" not in row for row in read_metrics(tmp_path / "cpu.jsonl")), "no peak known on a CPU: no MFU"
+
+
 def test_the_warm_up_leaves_weights_rng_and_training_unchanged(tmp_path):
     blocks = patterned_blocks()
     cfg = config(max_steps=12, checkpoint_every=100, eval_every=100)
