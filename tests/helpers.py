@@ -105,3 +105,16 @@ def train_stdlib_run(root: Path, config: PipelineConfig, name: str = "tiny") -> 
                           tokenizer, config.train.block_size)
     run = run_training(store, packed, tok_ref, tokenizer, config.model, config.train, cache)
     return TrainedRun(store, cache, dataset, tok_ref, tokenizer, run)
+
+
+def drain_prefect_workers() -> None:
+    """Flush and stop Prefect's background event and log senders.
+
+    They are process-wide and keep the API they connected to: a test that talked to its own
+    server must drain them before that server goes, or later tests' events go to the dead one.
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (EventsWorker, APILogWorker):
+        service.drain_all(timeout=30, at_exit=False)

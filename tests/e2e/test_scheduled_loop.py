@@ -23,6 +23,7 @@ from infra.config import PipelineConfig
 from infra.settings import get_settings
 from infra.store import open_store
 from infra.traffic import write_records
+from tests.helpers import drain_prefect_workers
 
 ROOT = Path(__file__).parents[2]
 T = TypeVar("T")
@@ -118,6 +119,7 @@ def test_the_scheduled_monitor_alerts_once_triggers_one_retrain_and_the_gate_dec
                 assert delay >= 25, f"the review window schedules the retrain 30 s after the event, not {delay:.0f} s"
                 assert len(runs_of(client, retrain.id)) == 1, "the second alert, inside the cooldown, created no run"
     finally:
+        drain_prefect_workers()
         if runner is not None:
             runner.stop()
         server.stop()

@@ -38,5 +38,8 @@ def prefect_api():
     """Prefect's test harness: a real API server in a subprocess with a temporary SQLite database."""
     from prefect.testing.utilities import prefect_test_harness
 
+    from tests.helpers import drain_prefect_workers
+
+    drain_prefect_workers()  # senders started against another API (an earlier test's server) must not be reused
     with prefect_test_harness(server_startup_timeout=180):
         yield

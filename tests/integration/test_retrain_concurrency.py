@@ -33,15 +33,17 @@ def emit_drift(name: str, window: int) -> None:
                         "severity": "high"})
 
 
-def triggered(client, deployment_id: UUID, count: int, timeout: float = 90.0) -> list[FlowRun]:
-    """The runs the drift trigger created for this deployment, oldest first, once there are ``count`` (or at the deadline)."""
+def triggered(client, deployment_id: UUID, name: str, count: int, timeout: float = 90.0) -> list[FlowRun]:
+    """The runs the drift trigger created for model ``name`` through this deployment, oldest first, once there
+    are ``count`` (or at the deadline). Other tests apply the same ``retrain/retrain`` deployment for their
+    own models, so its runs are told apart by the config they carry."""
     deadline = time.monotonic() + timeout
     while True:
-        runs = client.read_flow_runs(
+        runs = [r for r in client.read_flow_runs(
             flow_run_filter=FlowRunFilter(created_by=FlowRunFilterCreatedBy(type_=["AUTOMATION"])),
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
             sort=FlowRunSort.EXPECTED_START_TIME_ASC,
-        )
+        ) if r.parameters["config"]["model_name"] == name]
         if len(runs) >= count or time.monotonic() > deadline:
             return sorted(runs, key=lambda r: r.created)
         time.sleep(0.5)
@@ -59,10 +61,10 @@ def test_a_burst_of_drift_events_runs_one_retrain_and_cancels_the_others():
         deployment = client.read_deployment(deployment_id)  # what the server enforces, not what we asked for
         assert deployment.global_concurrency_limit.limit == 1
         assert deployment.concurrency_options.collision_strategy == ConcurrencyLimitStrategy.CANCEL_NEW
-        time.sleep(2)  # the automation is loaded by the triggers service shortly after apply
+        time.sleep(5)  # the automation is loaded by the triggers service shortly after apply (~1-2 s idle)
         for window in range(3):
             emit_drift(name, window)
-        runs = triggered(client, deployment_id, count=3)
+        runs = triggered(client, deployment_id, name, count=3)
         assert len(runs) == 3, "every event (no cooldown on this path) makes the trigger create a run"
         assert {r.parameters["drift_window"] for r in runs} == {f"w{i} .. w{i + 1}" for i in range(3)}
 
@@ -83,7 +85,7 @@ def test_a_burst_of_drift_events_runs_one_retrain_and_cancels_the_others():
         assert client.set_flow_run_state(first.id, Completed()).status.value == "ACCEPT"
         assert client.read_deployment(deployment_id).global_concurrency_limit.active_slots == 0
         emit_drift(name, 3)
-        later = triggered(client, deployment_id, count=4)[-1]
+        later = triggered(client, deployment_id, name, count=4)[-1]
         assert later.id not in {r.id for r in runs}
         assert client.set_flow_run_state(later.id, Pending()).status.value == "ACCEPT"
         assert client.set_flow_run_state(later.id, Running()).status.value == "ACCEPT"
