@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from infra.config import DistributedSettings
-from models.batching import Batch
+from models.batching import Batch, block_batch
 from models.checkpoint import Checkpointer, TrainerState, TrainingError
 
 WORKER_MODULE = "models.distributed_worker"
@@ -96,11 +96,11 @@ class Parallel:
         n = batch.input_ids.shape[0] // self.world_size
         rows = slice(self.rank * n, (self.rank + 1) * n)
         ids = batch.input_ids[rows]
-        labels = ids if batch.labels is batch.input_ids else batch.labels[rows]
-        mask = None if batch.attention_mask is None else batch.attention_mask[rows]
-        tokens = int(mask.sum()) if mask is not None else ids.numel()
-        targets = int((mask.sum(1) - 1).clamp(min=0).sum()) if mask is not None else ids.shape[0] * (ids.shape[1] - 1)
-        return Batch(ids, labels, mask, tokens, targets)
+        if batch.attention_mask is None:
+            return block_batch(ids)
+        mask = batch.attention_mask[rows]
+        targets = int((mask.sum(1) - 1).clamp(min=0).sum())
+        return Batch(ids, batch.labels[rows], mask, int(mask.sum()), targets)
 
     def sync_gradients(self, model: torch.nn.Module, last: bool) -> ContextManager:
         """Reduce gradients only on the last micro-batch of an accumulation window (one all-reduce per step)."""

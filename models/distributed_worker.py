@@ -106,7 +106,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parser.parse_args(argv)
     store, cache = open_store(args.store), Path(args.cache_dir)
     job = DistributedJob.model_validate(store.get_json(args.job))
-    parallel, device = init_parallel(job.train.distributed, job.train.device)
+    parallel, _ = init_parallel(job.train.distributed, job.train.device)  # the training loop resolves the same device
     logging.basicConfig(level=logging.INFO if parallel.is_main else logging.WARNING,
                         format=f"[rank {parallel.rank}] %(name)s: %(message)s")
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Optional
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
@@ -58,10 +57,6 @@ def load_pretrained(name_or_path: str, attention: str = "sdpa") -> PreTrainedMod
         return AutoModelForCausalLM.from_pretrained(name_or_path, attn_implementation=attention, dtype=torch.float32)
     except (OSError, ValueError) as exc:
         raise FinetuneError(f"cannot load model.pretrained={name_or_path!r}: {exc}") from None
-
-
-def context_length(config: PretrainedConfig) -> Optional[int]:
-    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
 
 def apply_lora(model: PreTrainedModel, settings: LoraSettings) -> torch.nn.Module:

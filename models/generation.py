@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
+from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 
 @dataclass(frozen=True)
@@ -39,9 +39,13 @@ class PromptScore:
         return len(self.ids)
 
 
+def config_context_length(config: PretrainedConfig) -> Optional[int]:
+    """The longest input a model config allows (Llama-style or GPT-2-style field), None if it says nothing."""
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
 def context_length(model: PreTrainedModel) -> int:
-    cfg = model.config
-    return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 1024))
+    return int(config_context_length(model.config) or 1024)
 
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, budget: int) -> list[int]:

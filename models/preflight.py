@@ -42,12 +42,17 @@ def peak_flops(device: torch.device, precision: str, override_tflops: Optional[f
     return next((tflops * 1e12 for key, tflops in PEAK_TFLOPS.items() if key in name), None)
 
 
+def _width_depth(config: PretrainedConfig) -> tuple[int, int]:
+    """(hidden size, number of layers) of a Llama-style or GPT-2-style config."""
+    return (getattr(config, "hidden_size", None) or config.n_embd,
+            getattr(config, "num_hidden_layers", None) or config.n_layer)
+
+
 def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
     """Training FLOPs per token, as nanoGPT and PaLM (appendix B) count them: 6·N for the weights'
     matmuls (forward + backward) plus 12·layers·hidden·seq_len for attention scores and values."""
     config = base_model(model).config
-    hidden = getattr(config, "hidden_size", None) or config.n_embd
-    layers = getattr(config, "num_hidden_layers", None) or config.n_layer
+    hidden, layers = _width_depth(config)
     n = sum(p.numel() for p in model.parameters())
     return 6.0 * n + 12.0 * layers * hidden * seq_len
 
@@ -83,8 +88,7 @@ def activation_bytes(config: PretrainedConfig, batch_size: int, seq_len: int, pr
     set during recomputation. The logits and their gradient (batch·seq·vocab, fp32) come on top
     and often dominate small models with large vocabularies.
     """
-    hidden = getattr(config, "hidden_size", None) or config.n_embd
-    layers = getattr(config, "num_hidden_layers", None) or config.n_layer
+    hidden, layers = _width_depth(config)
     width = 2 if precision in ("bf16", "fp16") else 4
     tokens = batch_size * seq_len
     per_layer = 17 * hidden * width * tokens  # 34·h bytes at 2 bytes/value

@@ -16,13 +16,12 @@ from infra.store import ArtifactStore
 from models import preflight as pf
 from models.checkpoint import Checkpointer
 from models.distributed import Parallel
-from models.finetune import (
-    apply_lora, context_length, merge_for_deployment, pretrained_config, pretrained_identity,
-)
+from models.finetune import apply_lora, merge_for_deployment, pretrained_config, pretrained_identity
+from models.generation import config_context_length
 from models.plots import plot_training
 from models.presets import build_config
 from models.records import PackedRef, PreflightReport, TokenizerRef, TrainRef
-from models.tokenizer import load_packed
+from models.tokenizer import layout_for, load_packed
 from models.training import (
     StepMetrics, TrainingError, build_model, read_metrics, resolve_device, resolve_precision, train, warmup_seconds,
 )
@@ -76,7 +75,7 @@ def model_config_for(model_cfg: ModelConfig, tokenizer_ref: TokenizerRef, block_
     if model_cfg.overrides:
         log.warning("model.overrides %s are ignored: a pretrained model keeps its own config", model_cfg.overrides)
     config = pretrained_config(model_cfg.pretrained)
-    limit = context_length(config)
+    limit = config_context_length(config)
     if limit and block_size > limit:
         raise TrainingError(f"train.block_size={block_size} exceeds the context of {model_cfg.pretrained} "
                             f"({limit} tokens): lower train.block_size")
@@ -97,10 +96,9 @@ def build_run_model(model_cfg: ModelConfig, train_cfg: TrainConfig, config: Pret
 
 
 def _preflight(store: ArtifactStore, prefix: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
-               config: PretrainedConfig, train_data, writes: bool = True) -> PreflightReport:
+               config: PretrainedConfig, train_data, device: torch.device, precision: str,
+               writes: bool = True) -> PreflightReport:
     """Estimate on a meta-device skeleton (nothing allocated); refuse a run that cannot fit, before building it."""
-    device = resolve_device(train_cfg.device)
-    precision = resolve_precision(train_cfg.precision, device)
     report = pf.preflight(pf.skeleton(config, model_cfg.attention, train_cfg.lora), train_cfg, device, precision,
                           train_data)
     if not report.fits:
@@ -135,10 +133,12 @@ def run_training(store: ArtifactStore, packed: PackedRef, tokenizer_ref: Tokeniz
         return TrainRef.model_validate(store.get_json(f"{prefix}/manifest.json"))
     config = model_config_for(model_cfg, tokenizer_ref, train_cfg.block_size)
     train_data = load_packed(store, packed, "train", cache_dir)
-    report = _preflight(store, prefix, model_cfg, train_cfg, config, train_data, writes=parallel.is_main)
-    model = build_run_model(model_cfg, train_cfg, config)
     device = resolve_device(train_cfg.device)
-    seconds = warmup_seconds(model, train_data, train_cfg, device, resolve_precision(train_cfg.precision, device),
+    precision = resolve_precision(train_cfg.precision, device)
+    report = _preflight(store, prefix, model_cfg, train_cfg, config, train_data, device, precision,
+                        writes=parallel.is_main)
+    model = build_run_model(model_cfg, train_cfg, config)
+    seconds = warmup_seconds(model, train_data, train_cfg, device, precision,
                              batch_size=train_cfg.batch_size // parallel.world_size)
     if seconds is not None:
         report = pf.with_duration(report, train_cfg, seconds)
@@ -192,7 +192,7 @@ def run_training(store: ArtifactStore, packed: PackedRef, tokenizer_ref: Tokeniz
 def _check_layout(packed: PackedRef, train_cfg: TrainConfig) -> None:
     if packed.block_size != train_cfg.block_size:
         raise TrainingError(f"packed blocks are {packed.block_size} tokens but train.block_size is {train_cfg.block_size}")
-    wanted = "ragged" if train_cfg.batching == "pad" else "blocks"
+    wanted = layout_for(train_cfg.batching)
     if packed.layout != wanted:
         raise TrainingError(f"train.batching={train_cfg.batching} needs the {wanted} layout but the packed data is "
                             f"{packed.layout}: pack it with batching={train_cfg.batching}")

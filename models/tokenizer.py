@@ -152,7 +152,7 @@ def _documents(batch: dict, tokenizer: PreTrainedTokenizerBase, block_size: int)
 
     A truncated document keeps no eos: the model should not learn that it ended there.
     """
-    ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+    ids = tokenizer(batch["text"], add_special_tokens=False, return_attention_mask=False)["input_ids"]
     docs = [[*doc, tokenizer.eos_token_id][:block_size] for doc in ids]
     return {"input_ids": [d for d in docs if len(d) >= 2]}  # one token predicts nothing
 
@@ -166,6 +166,11 @@ def document_split(texts: list[str], tokenizer: PreTrainedTokenizerBase, block_s
 
 
 Batching = Literal["pack", "pad"]
+
+
+def layout_for(batching: Batching) -> str:
+    """The stored layout a batching mode trains from: ``pack`` -> blocks, ``pad`` -> ragged documents."""
+    return "ragged" if batching == "pad" else "blocks"
 
 
 def _save_split(store: ArtifactStore, prefix: str, split: str, data: Union[np.ndarray, Ragged], tmp: Path) -> None:
@@ -184,7 +189,7 @@ def pack_dataset(store: ArtifactStore, dataset: DatasetRef, tokenizer_ref: Token
     ``batching="pack"``: blocks of concatenated documents (the ``blocks`` layout);
     ``batching="pad"``: one example per document (the ``ragged`` layout), see PackedRef.
     """
-    layout = "ragged" if batching == "pad" else "blocks"
+    layout = layout_for(batching)
     digest = _key("packed-v1", dataset.sha256, tokenizer_ref.sha256, str(block_size),
                   *(["ragged"] if layout == "ragged" else []))  # the blocks key is unchanged from before layouts
     prefix = f"packed/{digest[:16]}"

@@ -356,8 +356,7 @@ def _optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sc
     """
     scale = scaler.get_scale() if scaler.is_enabled() else None
     scaler.unscale_(optimizer)
-    params = [p for p in model.parameters() if p.requires_grad]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf"))
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
     if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor, already reduced over ranks
         grad_norm = grad_norm.full_tensor()
     scaler.step(optimizer)
