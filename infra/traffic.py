@@ -251,22 +251,25 @@ def read_window(store: ArtifactStore, model: str, start: datetime, end: datetime
             window.malformed.extend(f"{where}: {entry['reason']}" for where, entry in malformed_lines(store, part))
         for key in part.jsonl:
             window.files.append(key)
-            window.extend(_jsonl_window(store, key, start, end, window.malformed))
+            window.extend(record for _, record in in_window(_lines(store, key), key, start, end, window.malformed))
     if window.malformed:
         log.warning("traffic window %s: skipped %d malformed line(s), first: %s",
                     window_id(start, end), len(window.malformed), window.malformed[0])
     return window
 
 
-def _jsonl_window(store: ArtifactStore, key: str, start: datetime, end: datetime, malformed: list[str]) -> Iterator[dict]:
-    for number, record in iter_jsonl(_lines(store, key), key, malformed):
+def in_window(lines: Iterable[str | bytes], source: str, start: datetime, end: datetime,
+              malformed: list[str] | MalformedLog, first_line: int = 1) -> Iterator[tuple[int, dict]]:
+    """The (line number, record) of JSONL ``lines`` with ``start <= ts < end``; lines that are not JSON
+    objects or have no parsable ``ts`` go to ``malformed`` as ``"<source>:<line>: <reason>"``."""
+    for number, record in iter_jsonl(lines, source, malformed, first_line):
         try:
             ts = parse_ts(record.get("ts"))
         except ValueError as exc:
-            malformed.append(f"{key}:{number}: bad ts: {exc}")
+            malformed.append(f"{source}:{number}: bad ts: {exc}")
             continue
         if start <= ts < end:
-            yield record
+            yield number, record
 
 
 def write_records(store: ArtifactStore, model: str, records: list[dict], *, flushed_at: Optional[datetime] = None) -> str:

@@ -93,15 +93,17 @@ def compact_hour(store: ArtifactStore, model: str, hour: datetime, *, before: Op
     if hour + timedelta(hours=1) > before:
         return None  # open: the server may still flush into it
     prefix = partition_prefix(model, hour)
+    if not delete_jsonl and not read_partition(store, prefix).jsonl:
+        return None  # nothing to do: no lock taken (a closed hour gets no new files meanwhile)
     with _locked(store, prefix) as held:
         if not held:
             log.info("%s: another compaction holds it, skipped", prefix)
             return None
         keys = store.list(prefix)
         part = read_partition(store, prefix, keys)
-        written = _compact(store, part, keys) if part.jsonl else None
-        if delete_jsonl:
-            _delete_compacted(store, prefix, keys)
+        written, manifest = _compact(store, part, keys) if part.jsonl else (None, part.manifest)
+        if delete_jsonl and manifest:
+            _delete_compacted(store, keys, set(manifest["sources"]))
     return written
 
 
@@ -149,8 +151,10 @@ def _stale(store: ArtifactStore, key: str) -> bool:
     return datetime.now(timezone.utc) - at > LOCK_STALE
 
 
-def _compact(store: ArtifactStore, part: Partition, keys: list[str]) -> str:
-    """Write the hour's new Parquet (and malformed-lines) file, commit the manifest, drop what the last one superseded."""
+def _compact(store: ArtifactStore, part: Partition, keys: list[str]) -> tuple[str, dict]:
+    """Write the hour's new Parquet (and malformed-lines) file, commit the manifest, drop what the last one superseded.
+
+    Returns the Parquet file's key and the committed manifest."""
     old = part.manifest or {}
     sources = sorted({*old.get("sources", ()), *map(file_name, part.jsonl)})
     digest = hashlib.sha256("\n".join(sources).encode()).hexdigest()[:16]  # a retried crash overwrites its own files
@@ -176,14 +180,11 @@ def _compact(store: ArtifactStore, part: Partition, keys: list[str]) -> str:
         store.delete(f"{part.prefix}/{name}")
     log.info("compacted %s: %d records from %d JSONL file(s) (%d malformed line(s) kept) into %s", part.prefix,
              writer.records, len(part.jsonl), writer.malformed, names[0])
-    return f"{part.prefix}/{names[0]}"
+    return f"{part.prefix}/{names[0]}", manifest
 
 
-def _delete_compacted(store: ArtifactStore, prefix: str, keys: list[str]) -> None:
-    """Delete the JSONL files the committed manifest names (none when there is no manifest)."""
-    if not store.exists(f"{prefix}/{MANIFEST}"):
-        return
-    held = set(store.get_json(f"{prefix}/{MANIFEST}")["sources"])
+def _delete_compacted(store: ArtifactStore, keys: list[str], held: set[str]) -> None:
+    """Delete the JSONL files among ``keys`` that the committed manifest holds (``held``: its sources)."""
     for key in keys:
         if is_log_file(key) and file_name(key) in held:
             store.delete(key)

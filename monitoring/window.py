@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from infra.config import MonitorConfig
 from infra.store import ArtifactStore
-from infra.traffic import (MalformedLog, Partition, iter_chunks, iter_jsonl, malformed_lines, parse_ts,
+from infra.traffic import (MalformedLog, Partition, in_window, iter_chunks, malformed_lines,
                            window_id as make_window_id, window_partitions)
 from infra.traffic_parquet import open_parquet, table_records
 from monitoring import columnar
@@ -168,14 +168,7 @@ class _Stream:
     def _rows(self, key: str, first_line: int, data: bytes) -> None:
         """The row path: every line parsed and validated on its own, bad ones logged with their number, in order."""
         records = []
-        for number, record in iter_jsonl(data.splitlines(), key, self.scan.malformed, first_line):
-            try:
-                ts = parse_ts(record.get("ts"))
-            except ValueError as exc:
-                self.scan.malformed.append(f"{key}:{number}: bad ts: {exc}")
-                continue
-            if not self.start <= ts < self.end:
-                continue
+        for number, record in in_window(data.splitlines(), key, self.start, self.end, self.scan.malformed, first_line):
             if record.get("version") != self.version:
                 self.scan.other_versions += 1
                 continue

@@ -13,7 +13,7 @@ from prefect.events import emit_event
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from infra.config import PipelineConfig
-from infra.store import ArtifactNotFound
+from infra.store import ArtifactNotFound, ArtifactStore
 from infra.traffic_compact import closed_before, compact
 from models.generation import SamplingParams
 from models.ingest import read_split
@@ -26,7 +26,7 @@ from monitoring.profile import ReferenceProfile, build_profile
 from monitoring.report import render_summary
 from monitoring.results import DriftOutcome, DriftReport
 from monitoring.semantic import check_store_window_semantic, embedder_for
-from monitoring.trend import trend
+from monitoring.trend import Trend, trend
 from monitoring.window import check_store_window
 from tasks.common import artifact_key, cache_dir, link, store
 
@@ -118,9 +118,11 @@ def check_drift(config: PipelineConfig, start: datetime, end: datetime) -> Drift
     return report
 
 
-def publish_trend(name: str) -> str:
-    """PSI per signal over every stored window, as trend.md + trend.png in ``monitoring/<model>/trend/``."""
-    st = store()
+def publish_trend(st: ArtifactStore, name: str) -> tuple[str, Trend]:
+    """PSI per signal over every stored window, as trend.md + trend.png in ``monitoring/<model>/trend/``.
+
+    Returns the URI of trend.md and the trend itself (its verdicts are the policy's history).
+    """
     prefix = f"monitoring/{name}/trend"
     with tempfile.TemporaryDirectory() as tmp:
         result = trend(st, name, out_dir=Path(tmp))
@@ -130,14 +132,16 @@ def publish_trend(name: str) -> str:
           **{s: round(p.psi[s], 3) for s in result.signals if s in p.psi}} for p in result.points],
         key=artifact_key(name, "drift-trend"), description="PSI per signal over the checked windows",
     )
-    return st.uri_for(f"{prefix}/trend.md")
+    return st.uri_for(f"{prefix}/trend.md"), result
 
 
 @task(name="decide-drift-event")
 def decide_drift_event(config: PipelineConfig, report: DriftReport) -> DriftOutcome:
     """Apply debounce and cooldown over the stored windows; emit ``llmops.drift.detected`` when they allow."""
     st, name, now = store(), config.model_name, datetime.now(timezone.utc)
-    history = [p.verdict for p in trend(st, name).points] or [report.verdict]
+    # the trend of every stored window, this one included, is both the policy's history and a published report
+    trend_uri, history_trend = publish_trend(st, name)
+    history = [p.verdict for p in history_trend.points] or [report.verdict]
     state_key = f"monitoring/{name}/last_drift_event.json"
     last = st.get_json(state_key) if st.exists(state_key) else None
     emit, reason = emission_decision(history, config.monitor, now, datetime.fromisoformat(last["at"]) if last else None)
@@ -158,5 +162,5 @@ def decide_drift_event(config: PipelineConfig, report: DriftReport) -> DriftOutc
         severity=report.severity, n_samples=report.n_samples, alerting_signals=report.alerting,
         warning_signals=report.warning, drift_uri=f"{base}/drift.json",
         report_html=f"{base}/{report.files['report_html']}" if "report_html" in report.files else None,
-        summary_uri=f"{base}/summary.md", trend_uri=publish_trend(name), event_emitted=emit, event_reason=reason,
+        summary_uri=f"{base}/summary.md", trend_uri=trend_uri, event_emitted=emit, event_reason=reason,
     )
