@@ -245,17 +245,23 @@ def read_window(store: ArtifactStore, model: str, start: datetime, end: datetime
     start, end = _utc(start, "start"), _utc(end, "end")
     window = TrafficWindow()
     for part in window_partitions(store, model, start, end):
-        if part.parquet:
-            window.files.append(part.parquet)
-            window.extend(traffic_parquet.read_records(store, part.parquet, start, end))
-            window.malformed.extend(f"{where}: {entry['reason']}" for where, entry in malformed_lines(store, part))
-        for key in part.jsonl:
-            window.files.append(key)
-            window.extend(record for _, record in in_window(_lines(store, key), key, start, end, window.malformed))
+        window.files.extend(((part.parquet,) if part.parquet else ()) + part.jsonl)
+        window.extend(partition_records(store, part, start, end, window.malformed))
     if window.malformed:
         log.warning("traffic window %s: skipped %d malformed line(s), first: %s",
                     window_id(start, end), len(window.malformed), window.malformed[0])
     return window
+
+
+def partition_records(store: ArtifactStore, part: Partition, start: datetime, end: datetime,
+                      malformed: list[str]) -> Iterator[dict]:
+    """One partition's records with ``start <= ts < end`` (aware bounds): its compacted Parquet file,
+    then the lines compaction could not read (into ``malformed``), then its JSONL files."""
+    if part.parquet:
+        yield from traffic_parquet.read_records(store, part.parquet, start, end)
+        malformed.extend(f"{where}: {entry['reason']}" for where, entry in malformed_lines(store, part))
+    for key in part.jsonl:
+        yield from (record for _, record in in_window(_lines(store, key), key, start, end, malformed))
 
 
 def in_window(lines: Iterable[str | bytes], source: str, start: datetime, end: datetime,

@@ -5,8 +5,7 @@ built: with ``monitor.semantic_model`` unset nothing here loads.
 """
 from __future__ import annotations
 
-import heapq
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -14,8 +13,8 @@ import numpy as np
 
 from infra.config import MonitorConfig
 from infra.store import ArtifactStore
-from infra.traffic import read_window, window_hours, window_id as make_window_id
-from monitoring.accumulate import WindowAccumulator, sampling_keys
+from infra.traffic import partition_records, window_id as make_window_id, window_partitions
+from monitoring.accumulate import Reservoir, WindowAccumulator, sampling_keys
 from monitoring.batch import Batch, Tokenize
 from monitoring.profile import SEMANTIC_SIGNAL as SIGNAL, ReferenceProfile, SemanticProfile
 from monitoring.results import DriftReport
@@ -132,30 +131,24 @@ class SemanticAccumulator(WindowAccumulator):
 
 
 def window_prompts(store: ArtifactStore, model: str, start: datetime, end: datetime, version: int):
-    """The prompts of ``version``'s records in [start, end), an hour of records in memory at a time."""
-    hour = timedelta(hours=1)
-    for first in window_hours(start, end):
-        lo, hi = max(start, first), min(end, first + hour)
-        if lo < hi:
-            yield [r["prompt"] for r in read_window(store, model, lo, hi)
-                   if r.get("version") == version and isinstance(r.get("prompt"), str)]
+    """The prompts of ``version``'s records in [start, end), one hour partition in memory at a time, in
+    the order the streaming check reads them."""
+    for part in window_partitions(store, model, start, end):
+        yield [r["prompt"] for r in partition_records(store, part, start, end, [])
+               if r.get("version") == version and isinstance(r.get("prompt"), str)]
 
 
 def sample_prompts(batches: Iterable[Sequence[str]], size: int) -> tuple[list[str], int]:
     """(a uniform sample without replacement of at most ``size`` prompts of the stream, how many it had).
 
-    Bottom-k sampling as the KS reservoirs do: every prompt draws a key in stream order from a fixed
+    The KS reservoirs' bottom-k sampling: every prompt draws a key in stream order from a fixed
     seed and the ``size`` smallest keys stay, so the same window gives the same sample.
     """
-    keys, heap, seen = sampling_keys(), [], 0  # heap of (-key, prompt): its top is the largest key kept
+    keys, reservoir, seen = sampling_keys(), Reservoir(size), 0
     for prompts in batches:
-        for prompt, key in zip(prompts, keys.random(len(prompts))):
-            if len(heap) < size:
-                heapq.heappush(heap, (-key, prompt))
-            elif key < -heap[0][0]:
-                heapq.heapreplace(heap, (-key, prompt))
+        reservoir.add(np.asarray(prompts, dtype=object), keys.random(len(prompts)))
         seen += len(prompts)
-    return [prompt for _, prompt in sorted(heap, reverse=True)], seen
+    return list(reservoir.values[np.argsort(reservoir.keys)]), seen
 
 
 def check_store_window_semantic(store: ArtifactStore, model: str, start: datetime, end: datetime, profile: ReferenceProfile,
