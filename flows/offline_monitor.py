@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from infra.config import PipelineConfig
 from infra.settings import get_settings
 from infra.store import open_store
-from infra.traffic import parse_ts, window_files
+from infra.traffic import parse_ts, window_partitions
 from models.ingest_formats import IngestError, read_file
 from models.profiling import reference_records
 from models.registry import Registry
@@ -85,7 +85,7 @@ def backfill(config: PipelineConfig, out: Optional[Path] = None, *, start: Optio
     moment = first
     while moment < stop:
         end_of_window = min(moment + step, stop)
-        if window_files(store, config.model_name, moment, end_of_window):
+        if any(p.parquet or p.jsonl for p in window_partitions(store, config.model_name, moment, end_of_window)):
             report = run_drift_check(config, moment, end_of_window)
             print(f"{report.window_id}: {report.verdict} ({report.n_samples} records) -> {report.out_dir}")
         else:  # a gap of days in the log must not become thousands of empty drift.json files in the trend

@@ -52,6 +52,14 @@ def partition_prefix(model: str, hour: datetime) -> str:
     return f"traffic/{model}/{hour.astimezone(timezone.utc):%Y/%m/%d/%H}"
 
 
+def partition_hour(key: str) -> Optional[datetime]:
+    """The UTC hour of a key under ``traffic/<model>/<yyyy>/<mm>/<dd>/<hh>/``; None for any other key."""
+    try:
+        return datetime(*map(int, key.split("/")[2:6]), tzinfo=timezone.utc)
+    except (TypeError, ValueError):
+        return None
+
+
 def window_hours(start: datetime, end: datetime) -> list[datetime]:
     """The hour partitions a window [start, end) can have records in.
 

@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 
 from infra import traffic_parquet as tp
 from infra.store import ArtifactNotFound, ArtifactStore
-from infra.traffic import (MANIFEST, Partition, _utc, file_name, is_log_file, line_record, parse_ts, partition_prefix,
-                           read_partition)
+from infra.traffic import (MANIFEST, Partition, _utc, file_name, is_log_file, line_record, parse_ts, partition_hour,
+                           partition_prefix, read_partition)
 
 log = logging.getLogger("llmops.traffic")
 
@@ -58,7 +58,7 @@ def compact(store: ArtifactStore, model: str, before: datetime, *, since: Option
     """
     before = _utc(before, "before")
     if since is None:
-        hours = sorted({_hour_of(key) for key in store.list(f"traffic/{model}") if is_log_file(key)} - {None})
+        hours = sorted({partition_hour(key) for key in store.list(f"traffic/{model}") if is_log_file(key)} - {None})
     else:
         hour, hours = _floor(_utc(since, "since")), []
         while hour + timedelta(hours=1) <= before:
@@ -109,13 +109,6 @@ def compact_hour(store: ArtifactStore, model: str, hour: datetime, *, before: Op
 
 def _floor(moment: datetime) -> datetime:
     return moment.replace(minute=0, second=0, microsecond=0)
-
-
-def _hour_of(key: str) -> Optional[datetime]:
-    try:
-        return datetime(*map(int, key.split("/")[2:6]), tzinfo=timezone.utc)
-    except (TypeError, ValueError):
-        return None  # not under traffic/<model>/<yyyy>/<mm>/<dd>/<hh>/
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from infra.config import DataConfig
 from infra.store import ArtifactStore, StoreError, open_store
-from infra.traffic import Partition, malformed_lines, read_partition
+from infra.traffic import Partition, malformed_lines, partition_hour, read_partition
 from infra.traffic_parquet import open_parquet
 from models.corpus import BUILTIN_CORPORA
 from models.ingest_formats import (
@@ -181,7 +181,7 @@ def _traffic_units(spec: str, store: ArtifactStore, model_name: str, cfg: DataCo
     since = now - timedelta(days=cfg.traffic_days, hours=1)
     hours: dict[str, list[str]] = {}
     for key in keys:
-        if _in_window(key, prefix, since):
+        if _in_window(key, since):
             hours.setdefault(key.rsplit("/", 1)[0], []).append(key)
     units = []
     for folder, listed in sorted(hours.items()):
@@ -194,11 +194,9 @@ def _traffic_units(spec: str, store: ArtifactStore, model_name: str, cfg: DataCo
     return units
 
 
-def _in_window(key: str, prefix: str, since: datetime) -> bool:
-    parts = key[len(prefix) + 1:].split("/")
-    try:
-        hour = datetime(*map(int, parts[:4]), tzinfo=timezone.utc)
-    except (TypeError, ValueError):
+def _in_window(key: str, since: datetime) -> bool:
+    hour = partition_hour(key)
+    if hour is None:
         logger.warning("ignoring %s: not under traffic/<model>/<yyyy>/<mm>/<dd>/<hh>/", key)
         return False
     return hour > since
@@ -216,9 +214,9 @@ def _read_compacted(store: ArtifactStore, part: Partition) -> Iterator[Candidate
         for batch in parquet.iter_batches(batch_size=_TRAFFIC_BATCH, columns=columns):
             for prompt, extra, name, line in zip(*(column.to_pylist() for column in batch.columns)):
                 yield _compacted_prompt(prompt, extra, store.uri_for(f"{part.prefix}/{name}"), line)
-    for where, entry in malformed_lines(store, part):
+    for _, entry in malformed_lines(store, part):
         raw = base64.b64decode(entry["raw_base64"]) if "raw_base64" in entry else entry["raw"].encode("utf-8")
-        source = store.uri_for(where.rsplit(":", 1)[0])
+        source = store.uri_for(f"{part.prefix}/{entry['file']}")
         yield from (replace(c, line=entry["line"]) for c in jsonl_records(raw, TRAFFIC_FIELD, source))
 
 
