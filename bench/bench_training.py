@@ -6,7 +6,12 @@ fp32 on CPU, AdamW, torch's default thread count. Every variant gets a fresh mod
 seed, the same packed blocks (stdlib docstrings + Tiny Shakespeare when present, BPE of 8192
 tokens) and the same batch:
 
-- ours         ``models.training.train`` as the pipeline calls it (Checkpointer on a temporary LocalStore)
+- ours         ``models.training.train`` as the pipeline calls it (Checkpointer on a temporary LocalStore),
+               with its defaults: ``train.cpu_matmul=auto`` runs the fp32 linear layers through oneDNN on
+               CPUs where MKL's sgemm is slow (models.kernels), ``train.fused_loss`` computes the LM head
+               and the cross-entropy chunk by chunk (models.fused_loss)
+- ours_plain   the same loop with ``cpu_matmul=aten, fused_loss=false``: the model's own forward and loss on
+               torch's default kernels, as every other variant computes them
 - bare         forward, backward, ``torch.optim.AdamW`` (default implementation), zero_grad; nothing else
 - bare_fused   the same with ``AdamW(fused=True)`` (ours and the Trainer both use the fused AdamW)
 - trainer      ``transformers.Trainer`` with its defaults (report_to=[], no eval, no saving)
@@ -48,7 +53,8 @@ from common import (RESULTS, bench_corpus, load_average, markdown_table, max_rss
 
 SEED = 1337
 MODEL_OVERRIDES = {"num_hidden_layers": 4, "tie_word_embeddings": False}  # `small` at 7.36 M parameters
-TARGETS = {"ours / bare": 0.95, "ours / trainer": 1.3}
+# our loop's own overhead is judged at the kernels the bare loop uses; the Trainer is judged against our defaults
+TARGETS = {"ours_plain / bare": 0.95, "ours / trainer": 1.3}
 
 
 @dataclass
@@ -138,7 +144,8 @@ def step_hook(run: Run, partner: Optional[BareLoop]) -> Callable[[], None]:
     return after_step
 
 
-def run_ours(model, data: tuple, batch: int, total: int, compile: bool, run: Run, hook: Callable[[], None]) -> None:
+def run_ours(model, data: tuple, batch: int, total: int, run: Run, hook: Callable[[], None], compile: bool = False,
+             plain: bool = False) -> None:
     """models.training.train exactly as run_training calls it, with eval and checkpoints past the timed steps.
 
     The loop evaluates and saves a checkpoint once, at its last step, which is not timed; the
@@ -162,7 +169,8 @@ def run_ours(model, data: tuple, batch: int, total: int, compile: bool, run: Run
     train_blocks, val_blocks, _ = data
     cfg = TrainConfig(max_steps=total, max_minutes=None, batch_size=batch, block_size=train_blocks.shape[1],
                       eval_every=10**9, eval_batches=1, checkpoint_every=10**9, device="cpu", precision="fp32",
-                      compile=compile, seed=SEED, num_threads=torch.get_num_threads())
+                      compile=compile, cpu_matmul="aten" if plain else "auto", fused_loss=not plain, seed=SEED,
+                      num_threads=torch.get_num_threads())
     with tempfile.TemporaryDirectory() as tmp:
         checkpointer = TimedCheckpointer(LocalStore(tmp), "runs/bench/checkpoints", keep=cfg.keep_checkpoints)
         metrics = Path(tmp) / "metrics.jsonl"
@@ -172,7 +180,7 @@ def run_ours(model, data: tuple, batch: int, total: int, compile: bool, run: Run
         run.logged_tokens_per_s = [r["tokens_per_s"] for r in read_metrics(metrics)]
 
 
-def run_bare(model, data: tuple, batch: int, total: int, fused: bool, run: Run, hook: Callable[[], None]) -> None:
+def run_bare(model, data: tuple, batch: int, total: int, run: Run, hook: Callable[[], None], fused: bool = False) -> None:
     loop = BareLoop(model, data[0], batch, fused)
     run.call_start = time.perf_counter()
     for _ in range(total):
@@ -181,7 +189,8 @@ def run_bare(model, data: tuple, batch: int, total: int, fused: bool, run: Run, 
     run.call_end = time.perf_counter()
 
 
-def run_trainer(model, data: tuple, batch: int, total: int, compile: bool, run: Run, hook: Callable[[], None]) -> None:
+def run_trainer(model, data: tuple, batch: int, total: int, run: Run, hook: Callable[[], None],
+                compile: bool = False) -> None:
     """transformers.Trainer with its defaults; a callback marks the end of every optimizer step."""
     import datasets
     from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -202,10 +211,10 @@ def run_trainer(model, data: tuple, batch: int, total: int, compile: bool, run: 
         run.call_end = time.perf_counter()
 
 
-RUNNERS = {  # variant: (runner, its flag: compile for ours/trainer, fused for bare)
-    "ours": (run_ours, False), "ours_compile": (run_ours, True),
-    "bare": (run_bare, False), "bare_fused": (run_bare, True),
-    "trainer": (run_trainer, False), "trainer_compile": (run_trainer, True),
+RUNNERS = {  # variant: (runner, its keyword arguments)
+    "ours": (run_ours, {}), "ours_plain": (run_ours, {"plain": True}), "ours_compile": (run_ours, {"compile": True}),
+    "bare": (run_bare, {}), "bare_fused": (run_bare, {"fused": True}),
+    "trainer": (run_trainer, {}), "trainer_compile": (run_trainer, {"compile": True}),
 }
 
 
@@ -226,8 +235,8 @@ def run_all(variants: list[str], data: tuple, args, steps: int, warmup: int, rou
             model = make_model(data[2], block, preset)  # fresh, same seed: every run starts equal
             partner = BareLoop(make_model(data[2], block, preset), data[0], args.batch, False) if paired else None
             run = Run(name, rnd + 1, threads=torch.get_num_threads())
-            runner, flag = RUNNERS[name]
-            runner(model, data, args.batch, total, flag, run, step_hook(run, partner))
+            runner, kwargs = RUNNERS[name]
+            runner(model, data, args.batch, total, run, step_hook(run, partner), **kwargs)
             runs.append(run)
             own = args.batch * block * steps / sum(run.own_steps(warmup, steps))
             line = f"  [{preset}] round {rnd + 1} {name:16s} {own:8,.0f} tokens/s"
@@ -270,18 +279,30 @@ def loop_overhead(data: tuple, args, variants: list[str]) -> dict[str, float]:
             for name in variants}
 
 
-def phase_breakdown(data: tuple, args, steps: int) -> dict[str, float]:
-    """Median seconds of each phase of a step (bare loop plus our clipping, fused AdamW): what a loop can save."""
+def phase_breakdown(data: tuple, args, steps: int, ours: bool = False) -> dict[str, float]:
+    """Median seconds of each phase of a step (bare loop plus our clipping, fused AdamW): what a loop can save.
+
+    With ``ours`` the forward computes as our loop's defaults do here: linear layers through oneDNN
+    where train.cpu_matmul=auto picks it (models.kernels), and the fused head and loss (models.fused_loss).
+    """
     import torch
+
+    from models.fused_loss import fused_head
+    from models.kernels import linear_kernels, use_onednn
 
     train_blocks, _, tokenizer = data
     model = make_model(tokenizer, args.block_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=True)
+    onednn = ours and use_onednn("auto", torch.device("cpu"), "fp32")
     x = torch.from_numpy(train_blocks[:args.batch].astype(np.int64))
     phases = {k: [] for k in ("forward", "backward", "clip_grad_norm", "optimizer_step", "zero_grad")}
     for i in range(steps + 2):
         t = [time.perf_counter()]
-        loss = model(input_ids=x, labels=x).loss
+        with linear_kernels(onednn), fused_head(model, ours, onednn) as head:
+            if head is None:
+                loss = model(input_ids=x, labels=x).loss
+            else:
+                loss = head.summed_nll(model(input_ids=x).logits, x) / (x.shape[0] * (x.shape[1] - 1))
         t.append(time.perf_counter())
         loss.backward()
         t.append(time.perf_counter())
@@ -300,7 +321,8 @@ def phase_breakdown(data: tuple, args, steps: int) -> dict[str, float]:
 # ---------------------------------------------------------------- results
 
 
-RATIO_PAIRS = [("ours", "bare"), ("ours", "bare_fused"), ("ours", "trainer"), ("trainer", "bare"),
+RATIO_PAIRS = [("ours", "bare"), ("ours_plain", "bare"), ("ours", "bare_fused"), ("ours", "trainer"),
+               ("ours_plain", "trainer"), ("ours", "ours_plain"), ("trainer", "bare"),
                ("bare_fused", "bare"), ("ours_compile", "bare"), ("ours_compile", "trainer_compile"),
                ("ours_compile", "trainer"), ("ours_compile", "ours"), ("trainer_compile", "trainer")]
 
@@ -380,8 +402,9 @@ def markdown(rows: list[dict], ratios: dict, phases: dict, overhead: dict, meta:
           fmt(r["after_timed_s"], ".2f")] for r in rows])
     ratio_rows = [[k, f"{v['paired']:.3f}", f"{v['unpaired']:.3f}", f"{v['best step']:.3f}", *_verdict(k, v)]
                   for k, v in ratios.items()]
-    step = sum(phases.values())
-    phase_rows = [[k, f"{v * 1000:.1f}", f"{100 * v / step:.1f}%"] for k, v in phases.items()]
+    kernels = list(phases)
+    phase_rows = [[k, *(f"{phases[c][k] * 1000:.1f} ({100 * phases[c][k] / sum(phases[c].values()):.1f}%)"
+                        for c in kernels)] for k in (phases[kernels[0]] if kernels else {})]
     ours = next((r for r in rows if r["variant"] == "ours"), None)
     notes = []
     if ours and "metrics_jsonl_tokens_per_s_median" in ours:
@@ -397,7 +420,10 @@ def markdown(rows: list[dict], ratios: dict, phases: dict, overhead: dict, meta:
         f"load average at start / end {meta['load_start']} / {meta['load_end']}",
         "",
         f"Llama, {meta['parameters']:,} parameters ({meta['model']}), batch {meta['batch']} x {meta['block_size']} "
-        f"tokens, fp32, AdamW, {meta['train_blocks']:,} training blocks. Each run: {meta['warmup']} warm-up + "
+        f"tokens, fp32, AdamW, {meta['train_blocks']:,} training blocks. `ours` runs its linear layers on "
+        f"**{meta['ours_linear_kernels']}** here (train.cpu_matmul=auto) and fuses its head and loss, every other "
+        "variant computes with torch's default kernels and the model's own loss. "
+        f"Each run: {meta['warmup']} warm-up + "
         f"{meta['steps']} timed steps + 1 untimed step; after each of its steps a plain bare loop (default AdamW) "
         f"on its own fresh model takes one step (its *bare partner*), so every loop is compared with the same "
         f"reference under the same load, step for step. {meta['rounds']} round(s), order reversed every other round. "
@@ -412,7 +438,9 @@ def markdown(rows: list[dict], ratios: dict, phases: dict, overhead: dict, meta:
         "",
         *(notes + [""] if notes else []),
         *([f"Where a step's time goes (a bare step with clipping and fused AdamW, median of {meta['phase_steps']} "
-           "steps):", "", markdown_table(["phase", "ms", "share"], phase_rows), ""] if phases else []),
+           "steps), as torch and the model compute it and as our defaults do (oneDNN linear layers where picked, "
+           "the fused head and loss):", "",
+           markdown_table(["phase", *(f"ms (share), {c}" for c in kernels)], phase_rows), ""] if phases else []),
         *([f"Each loop's own per-step cost, measured where the math is small (the `tiny` preset, {OVERHEAD_BLOCK}-token "
            f"blocks, 1 thread, no partner, {meta['overhead_steps']} timed steps x 3 rounds, median step); its excess "
            "over the bare loop (fused AdamW when measured) as a share of that loop's median step at 7.36 M:", "",
@@ -434,8 +462,8 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--threads", type=int, default=None, help="torch threads for every variant (default: torch's)")
     parser.add_argument("--compile", action="store_true", help="add ours_compile and trainer_compile")
-    parser.add_argument("--variants", nargs="+", default=["ours", "bare", "bare_fused", "trainer"],
-                        choices=["ours", "bare", "bare_fused", "trainer", "ours_compile", "trainer_compile"])
+    parser.add_argument("--variants", nargs="+", default=["ours", "ours_plain", "bare", "bare_fused", "trainer"],
+                        choices=list(RUNNERS))
     parser.add_argument("--phase-steps", type=int, default=5, help="steps of the per-phase breakdown (0: skip)")
     parser.add_argument("--overhead-steps", type=int, default=40,
                         help="timed steps per loop on the tiny preset, to measure each loop's own cost (0: skip)")
@@ -447,6 +475,8 @@ def main() -> None:
     import datasets
     import torch
     import transformers
+
+    from models.kernels import use_onednn
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_warning()
@@ -463,8 +493,11 @@ def main() -> None:
         args.warmup = 3  # compiling (and recompiling for the backward and the optimizer) happens in the first steps
         print("compile variants: --warmup raised to 3", flush=True)
     runs = run_all(variants, data, args, args.steps, args.warmup, args.rounds)
-    phases = phase_breakdown(data, args, args.phase_steps) if args.phase_steps else {}
-    plain = [v for v in ("ours", "bare", "bare_fused", "trainer") if v in variants]
+    phases = {}
+    if args.phase_steps:
+        phases["torch's kernels, the model's loss"] = phase_breakdown(data, args, args.phase_steps)
+        phases["ours"] = phase_breakdown(data, args, args.phase_steps, ours=True)
+    plain = [v for v in ("ours", "ours_plain", "bare", "bare_fused", "trainer") if v in variants]
     overhead = loop_overhead(data, args, plain) if args.overhead_steps else {}
     rows, ratios = summarise(runs, args)
     meta = run_meta(torch=torch.__version__, torch_threads=torch.get_num_threads(),
@@ -472,7 +505,8 @@ def main() -> None:
                     model=f"`small` preset + {MODEL_OVERRIDES}", batch=args.batch, block_size=args.block_size,
                     steps=args.steps, warmup=args.warmup, rounds=args.rounds, train_blocks=len(data[0]),
                     phase_steps=args.phase_steps, overhead_steps=args.overhead_steps, peak_rss_mb=max_rss_mb(),
-                    load_start=load_start, load_end=load_average())
+                    load_start=load_start, load_end=load_average(),
+                    ours_linear_kernels="onednn" if use_onednn("auto", torch.device("cpu"), "fp32") else "aten")
     text = markdown(rows, ratios, phases, overhead, meta)
     print(text)
     write_results(args.out.name, {"meta": meta, "results": rows, "ratios": ratios, "targets": TARGETS,

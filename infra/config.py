@@ -174,6 +174,18 @@ class TrainConfig(Frozen):
         description="torch.compile the model. Pays off on GPU (fused kernels, fewer launches); on this 2-core CPU "
         "1.03x for a cold compile of ~25 s per process, so off by default (bench/results/training_throughput_compile.md).",
     )
+    cpu_matmul: Literal["auto", "aten", "onednn"] = Field(
+        "auto",
+        description="fp32 linear layers on CPU: onednn runs them through oneDNN (about 2x MKL's sgemm on AMD CPUs "
+        "with AVX-512, where MKL takes its AVX2 path); aten keeps torch's default BLAS; auto picks onednn on "
+        "non-Intel CPUs with AVX-512 and MKL, aten elsewhere (models.kernels).",
+    )
+    fused_loss: bool = Field(
+        True,
+        description="Run the LM head and the cross-entropy together, chunk by chunk, so no (batch, tokens, vocab) "
+        "logits are held: less memory and memory traffic (fp32 on CPU, not with distributed.strategy=fsdp; "
+        "models.fused_loss). Same loss and gradients to fp32 rounding.",
+    )
     fused_adamw: bool = Field(True, description="Use the fused AdamW kernel where this torch supports it (falls back otherwise).")
     gradient_checkpointing: bool = Field(
         False,

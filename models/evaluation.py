@@ -13,6 +13,7 @@ from infra.config import EvalConfig, GateConfig
 from infra.store import ArtifactStore
 from models.generation import SamplingParams, complete, context_length
 from models.ingest import read_split
+from models.kernels import linear_kernels, use_onednn
 from models.records import DatasetRef, DocScores, EvalReport, GateDecision, Sample, SplitEval, TrainRef
 from models.registry import Registry
 from models.runs import download_run_model
@@ -50,6 +51,8 @@ def score_documents(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     jobs.sort(key=lambda j: len(j[1]))  # similar lengths together: less padding
     nll = np.zeros(len(ids))
     device = model.device
+    # scoring is batched matmuls, where oneDNN beats MKL on the CPUs models.kernels picks it for
+    onednn = use_onednn("auto", device, "fp32" if model.dtype == torch.float32 else str(model.dtype))
     for start in range(0, len(jobs), batch_size):
         batch = jobs[start:start + batch_size]
         width = max(len(w) for _, w, _ in batch)
@@ -59,7 +62,8 @@ def score_documents(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
             x[row, :len(window)] = torch.tensor(window)
             scored[row, len(window) - 1 - targets:len(window) - 1] = True
         mask = (torch.arange(width)[None, :] < torch.tensor([len(w) for _, w, _ in batch])[:, None]).long()
-        logits = model(input_ids=x.to(device), attention_mask=mask.to(device)).logits.float()
+        with linear_kernels(onednn):
+            logits = model(input_ids=x.to(device), attention_mask=mask.to(device)).logits.float()
         token_nll = torch.nn.functional.cross_entropy(
             logits[:, :-1].transpose(1, 2), x[:, 1:].to(device), reduction="none"
         )  # (B, T-1)

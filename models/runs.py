@@ -31,7 +31,7 @@ log = logging.getLogger("llmops.runs")
 # Fields that change how a run executes but not what it computes: never part of the run id.
 # train.distributed is one of them: batch_size is the global batch, so the ranks compute what one process would.
 _EXECUTION_ONLY = {"train": {"num_threads", "fused_adamw", "gradient_checkpointing", "preflight", "preflight_steps",
-                             "distributed", "peak_tflops"},
+                             "distributed", "peak_tflops", "cpu_matmul", "fused_loss"},
                    "model": {"attention"}}
 # Fields added after run ids were first issued: left out while at their defaults, so an unchanged
 # configuration keeps its run id (and resumes its run) across the upgrade.

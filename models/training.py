@@ -20,6 +20,8 @@ from models.batching import IGNORE_INDEX, Batch, BlockSampler, Sampler, TokenDat
 from models.checkpoint import Checkpointer, TrainerState, TrainingError
 from models.distributed import Parallel
 from models.finetune import base_model
+from models.fused_loss import FusedHead, fused_head
+from models.kernels import CpuMatmul, linear_kernels, recompute_contexts, use_onednn
 from models.preflight import flops_per_token, measure_step_seconds, peak_flops
 
 __all__ = ["BlockSampler", "StepMetrics", "TrainOutcome", "TrainingError", "build_model", "estimate_loss", "lr_at",
@@ -77,14 +79,22 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     return requested
 
 
-def autocast_for(device: torch.device, precision: str) -> Callable[[], ContextManager]:
-    """A factory of autocast contexts: bf16/fp16 matmuls with fp32 weights, or nothing for fp32."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+class ForwardContext:
+    """Makes the forward pass's context: bf16/fp16 autocast with fp32 weights; for fp32, the oneDNN
+    linear layers of :mod:`models.kernels` where ``cpu_matmul`` picks them, or nothing."""
 
-    def autocast() -> ContextManager:
-        return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+    def __init__(self, device: torch.device, precision: str, cpu_matmul: CpuMatmul = "aten"):
+        self.device, self.precision = device, precision
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.onednn = use_onednn(cpu_matmul, device, precision)
 
-    return autocast
+    def __call__(self) -> ContextManager:
+        return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else linear_kernels(self.onednn)
+
+
+def fuses_loss(cfg: TrainConfig, device: torch.device, precision: str, sharded: bool) -> bool:
+    """Whether train.fused_loss applies: fp32 on CPU, not under FSDP (it swaps the parameters the fused head holds)."""
+    return cfg.fused_loss and device.type == "cpu" and precision == "fp32" and not sharded
 
 
 def lr_at(cfg: TrainConfig, step: int, elapsed_s: float) -> float:
@@ -135,8 +145,12 @@ def build_model(config: PretrainedConfig, seed: int, init_from: Optional[str] = 
     return AutoModelForCausalLM.from_config(config, attn_implementation=attention)
 
 
-def enable_checkpointing(model: torch.nn.Module) -> None:
-    """Gradient (activation) checkpointing on the transformers model inside ``model``; idempotent."""
+def enable_checkpointing(model: torch.nn.Module, onednn: bool = False) -> None:
+    """Gradient (activation) checkpointing on the transformers model inside ``model``; idempotent.
+
+    With ``onednn`` the recomputation in the backward pass runs the linear layers through oneDNN
+    too (the forward's TorchFunctionMode is closed by then), so it saves what the forward saved.
+    """
     base = base_model(model)
     if not base.supports_gradient_checkpointing:
         raise TrainingError(f"{type(base).__name__} does not support train.gradient_checkpointing")
@@ -147,27 +161,36 @@ def enable_checkpointing(model: torch.nn.Module) -> None:
         return
     # non-reentrant checkpointing works when the inputs need no grad (LoRA's frozen embeddings)
     kwargs = {"use_reentrant": False}
+    if onednn:
+        kwargs["context_fn"] = recompute_contexts
     if hasattr(base, "activation_checkpointing_enable"):  # the newer name; the old one warns
         base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def prepare_model(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> None:
+def prepare_model(model: torch.nn.Module, cfg: TrainConfig, device: torch.device, onednn: bool = False) -> None:
     """Checkpointing as configured, on ``device``, in training mode (idempotent: preflight and the loop both call it)."""
     if cfg.gradient_checkpointing:
-        enable_checkpointing(model)
+        enable_checkpointing(model, onednn)
     model.to(device)
     model.train()
 
 
-def micro_loss(model: torch.nn.Module, batch: Batch, accum_steps: int, window_targets: int) -> torch.Tensor:
+def micro_loss(model: torch.nn.Module, batch: Batch, accum_steps: int, window_targets: int,
+               head: Optional[FusedHead] = None) -> torch.Tensor:
     """This micro-batch's share of the step's mean next-token loss.
 
     Packed blocks all hold the same number of targets, so each micro-batch's mean counts
     1/accum_steps. Padded batches differ in size: their summed loss is divided by the targets of
-    the whole accumulation window, so every real token weighs the same.
+    the whole accumulation window, so every real token weighs the same. With ``head`` (the model
+    inside :func:`models.fused_loss.fused_head`) the model returns hidden states and the head
+    scores them without materializing the logits.
     """
+    if head is not None:
+        hidden = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits  # (B, T, H)
+        summed = head.summed_nll(hidden, batch.labels)
+        return summed / (batch.targets * accum_steps if batch.attention_mask is None else window_targets)
     if batch.attention_mask is None:
         return model(input_ids=batch.input_ids, labels=batch.labels, use_cache=False).loss / accum_steps
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits  # (B, T, V)
@@ -184,14 +207,14 @@ def _memory_mb(device: torch.device) -> float:
 
 @torch.no_grad()
 def estimate_loss(model: torch.nn.Module, data: TokenData, batch_size: int, batches: int,
-                  device: torch.device, autocast) -> Optional[float]:
+                  device: torch.device, autocast, head: Optional[FusedHead] = None) -> Optional[float]:
     """Mean next-token loss over a fixed prefix of the validation examples (the same every time)."""
     model.eval()
     total, count = 0.0, 0
     for batch in fixed_batches(data, batch_size, batches):
         batch = batch.to(device)
         with autocast():
-            total += micro_loss(model, batch, 1, batch.targets).float().item() * batch.targets
+            total += micro_loss(model, batch, 1, batch.targets, head).float().item() * batch.targets
         count += batch.targets
     model.train()
     return total / count if count else None
@@ -207,18 +230,20 @@ def warmup_seconds(model: torch.nn.Module, data: TokenData, cfg: TrainConfig, de
     """
     if cfg.preflight_steps == 0:
         return None
-    prepare_model(model, cfg, device)
+    autocast = ForwardContext(device, precision, cfg.cpu_matmul)
+    prepare_model(model, cfg, device, autocast.onednn)
     batch = next(fixed_batches(data, batch_size or cfg.batch_size, 1)).to(device)
-    autocast = autocast_for(device, precision)
+    sharded = cfg.distributed.enabled and cfg.distributed.strategy == "fsdp"
 
     def step() -> None:
         with autocast():
-            loss = micro_loss(model, batch, 1, batch.targets)
+            loss = micro_loss(model, batch, 1, batch.targets, head)
         loss.backward()
         model.zero_grad(set_to_none=True)
 
     cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
+    with torch.random.fork_rng(devices=cuda), \
+            fused_head(model, fuses_loss(cfg, device, precision, sharded), autocast.onednn) as head:
         return measure_step_seconds(step, device, cfg.preflight_steps)
 
 
@@ -239,24 +264,32 @@ def train(model: torch.nn.Module, train_data: TokenData, val_data: TokenData, cf
     threads = torch.get_num_threads()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    parallel = parallel or Parallel()
+    device = resolve_device(cfg.device)
+    autocast = ForwardContext(device, resolve_precision(cfg.precision, device), cfg.cpu_matmul)
     try:
-        return _train(model, train_data, val_data, cfg, checkpointer, metrics_path, on_metrics, parallel or Parallel())
+        with fused_head(model, fuses_loss(cfg, device, autocast.precision, parallel.sharded), autocast.onednn) as head:
+            return _train(model, train_data, val_data, cfg, checkpointer, metrics_path, on_metrics, parallel,
+                          autocast, head)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(model, train_data, val_data, cfg, checkpointer, metrics_path, on_metrics, parallel: Parallel) -> TrainOutcome:
-    device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
+def _train(model, train_data, val_data, cfg, checkpointer, metrics_path, on_metrics, parallel: Parallel,
+           autocast: ForwardContext, head: Optional[FusedHead]) -> TrainOutcome:
+    device, precision = autocast.device, autocast.precision
     if parallel.sharded and precision == "fp16":
         raise TrainingError("train.precision=fp16 with distributed.strategy=fsdp is not supported: use bf16")
     sampler = make_sampler(train_data, cfg.batching, cfg.batch_size, cfg.seed)
-    prepare_model(model, cfg, device)
+    prepare_model(model, cfg, device, autocast.onednn)
     wrapped = parallel.wrap(model, device)
     optimizer = make_optimizer(wrapped, cfg, device)
     # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    autocast = autocast_for(device, precision)
+    if autocast.onednn:
+        log.info("fp32 linear layers run through oneDNN (train.cpu_matmul=%s; see models.kernels)", cfg.cpu_matmul)
+    if head is not None:
+        log.info("the LM head and the loss run fused, without (batch, tokens, vocab) logits (train.fused_loss)")
 
     # the metrics file travels inside each checkpoint, so after a crash it is rewound with the model
     carried = {"metrics.jsonl": metrics_path} if parallel.is_main else {}
@@ -286,7 +319,7 @@ def _train(model, train_data, val_data, cfg, checkpointer, metrics_path, on_metr
             lr = lr_at(cfg, state.step, state.elapsed_s)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss_value, tokens = _forward_backward(step_model, sampler, state, cfg, device, autocast, scaler, parallel)
+            loss_value, tokens = _forward_backward(step_model, sampler, state, cfg, device, autocast, scaler, parallel, head)
             loss_value = parallel.mean(loss_value)
             if not math.isfinite(loss_value):
                 raise _diverged(loss_value, state, cfg, checkpointer)
@@ -300,7 +333,7 @@ def _train(model, train_data, val_data, cfg, checkpointer, metrics_path, on_metr
             val_loss = None
             if state.step % cfg.eval_every == 0 or state.step == cfg.max_steps:
                 # every rank scores the same validation batches (FSDP's forward needs them all)
-                val_loss = estimate_loss(wrapped, val_data, cfg.batch_size, cfg.eval_batches, device, autocast)
+                val_loss = estimate_loss(wrapped, val_data, cfg.batch_size, cfg.eval_batches, device, autocast, head)
                 state.last_val_loss = val_loss
             m = StepMetrics(state.step, loss_value, lr, grad_norm, tokens / dt, state.tokens_seen, state.elapsed_s,
                             _memory_mb(device), val_loss, skipped or None,
@@ -323,7 +356,8 @@ def _train(model, train_data, val_data, cfg, checkpointer, metrics_path, on_metr
 
 
 def _forward_backward(model, sampler: Sampler, state: TrainerState, cfg: TrainConfig, device: torch.device,
-                      autocast, scaler: torch.amp.GradScaler, parallel: Parallel) -> tuple[float, int]:
+                      autocast, scaler: torch.amp.GradScaler, parallel: Parallel,
+                      head: Optional[FusedHead]) -> tuple[float, int]:
     """Accumulate gradients over ``grad_accum_steps`` micro-batches; return (this rank's step loss, real tokens of the global batch).
 
     The window's micro-batches are drawn first: padded batches are weighted by the targets of
@@ -340,7 +374,7 @@ def _forward_backward(model, sampler: Sampler, state: TrainerState, cfg: TrainCo
         batch = parallel.shard(batch).to(device)
         with parallel.sync_gradients(model, last=i == len(micro) - 1):
             with autocast():
-                loss = micro_loss(model, batch, cfg.grad_accum_steps, window_targets)
+                loss = micro_loss(model, batch, cfg.grad_accum_steps, window_targets, head)
             scaler.scale(loss).backward()
         total += loss.detach().float()
     return total.item(), sum(b.tokens for b in micro)  # one host sync per step, not per micro-batch

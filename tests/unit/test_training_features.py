@@ -281,10 +281,11 @@ def test_run_ids_of_unchanged_configs_survive_the_new_fields():
         "run-v1", packed.sha256, tok.sha256, '{"preset":"tiny","overrides":{}}',
         train_cfg.model_dump_json(include=set(TrainConfig.model_fields) - {
             "num_threads", "fused_adamw", "gradient_checkpointing", "batching", "lora", "preflight", "preflight_steps",
-            "distributed", "peak_tflops"}),
+            "distributed", "peak_tflops", "cpu_matmul", "fused_loss"}),
     ]).encode()).hexdigest()[:16]
     assert run_id_for(packed, tok, model_cfg, train_cfg) == v1
-    same = [TrainConfig(gradient_checkpointing=True, fused_adamw=False, preflight_steps=0, peak_tflops=100.0),
+    same = [TrainConfig(gradient_checkpointing=True, fused_adamw=False, preflight_steps=0, peak_tflops=100.0,
+                        cpu_matmul="aten", fused_loss=False),
             TrainConfig(num_threads=2, distributed={"nproc_per_node": 2, "strategy": "fsdp"})]
     assert all(run_id_for(packed, tok, model_cfg, t) == v1 for t in same)
     assert run_id_for(packed, tok, model_cfg, TrainConfig(batching="pad")) != v1
