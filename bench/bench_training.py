@@ -16,6 +16,7 @@ tokens) and the same batch:
 - bare_fused   the same with ``AdamW(fused=True)`` (ours and the Trainer both use the fused AdamW)
 - trainer      ``transformers.Trainer`` with its defaults (report_to=[], no eval, no saving)
 - ours_compile, trainer_compile   with ``--compile`` (cold compile takes about a minute)
+- ours_bf16, trainer_bf16         bf16 autocast on the CPU (``--variants``; other numerics than fp32)
 
 Each run does ``--warmup`` steps, then ``--steps`` timed steps, then one more step that is not timed
 (our loop evaluates and checkpoints at its last step). After every step of the loop under test, a
@@ -145,7 +146,7 @@ def step_hook(run: Run, partner: Optional[BareLoop]) -> Callable[[], None]:
 
 
 def run_ours(model, data: tuple, batch: int, total: int, run: Run, hook: Callable[[], None], compile: bool = False,
-             plain: bool = False) -> None:
+             plain: bool = False, device: str = "cpu", precision: str = "fp32") -> None:
     """models.training.train exactly as run_training calls it, with eval and checkpoints past the timed steps.
 
     The loop evaluates and saves a checkpoint once, at its last step, which is not timed; the
@@ -168,7 +169,7 @@ def run_ours(model, data: tuple, batch: int, total: int, run: Run, hook: Callabl
 
     train_blocks, val_blocks, _ = data
     cfg = TrainConfig(max_steps=total, max_minutes=None, batch_size=batch, block_size=train_blocks.shape[1],
-                      eval_every=10**9, eval_batches=1, checkpoint_every=10**9, device="cpu", precision="fp32",
+                      eval_every=10**9, eval_batches=1, checkpoint_every=10**9, device=device, precision=precision,
                       compile=compile, cpu_matmul="aten" if plain else "auto", fused_loss=not plain, seed=SEED,
                       num_threads=torch.get_num_threads())
     with tempfile.TemporaryDirectory() as tmp:
@@ -190,7 +191,7 @@ def run_bare(model, data: tuple, batch: int, total: int, run: Run, hook: Callabl
 
 
 def run_trainer(model, data: tuple, batch: int, total: int, run: Run, hook: Callable[[], None],
-                compile: bool = False) -> None:
+                compile: bool = False, device: str = "cpu", precision: str = "fp32") -> None:
     """transformers.Trainer with its defaults; a callback marks the end of every optimizer step."""
     import datasets
     from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -203,8 +204,8 @@ def run_trainer(model, data: tuple, batch: int, total: int, run: Run, hook: Call
     dataset = datasets.Dataset.from_dict({"input_ids": blocks, "labels": blocks}).with_format("torch")
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=tmp, per_device_train_batch_size=batch, max_steps=total, report_to=[],
-                                 save_strategy="no", eval_strategy="no", use_cpu=True, seed=SEED,
-                                 torch_compile=compile, disable_tqdm=True)
+                                 save_strategy="no", eval_strategy="no", use_cpu=device == "cpu", seed=SEED,
+                                 torch_compile=compile, bf16=precision == "bf16", disable_tqdm=True)
         trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[StepClock()])
         run.call_start = time.perf_counter()
         trainer.train()
@@ -215,6 +216,7 @@ RUNNERS = {  # variant: (runner, its keyword arguments)
     "ours": (run_ours, {}), "ours_plain": (run_ours, {"plain": True}), "ours_compile": (run_ours, {"compile": True}),
     "bare": (run_bare, {}), "bare_fused": (run_bare, {"fused": True}),
     "trainer": (run_trainer, {}), "trainer_compile": (run_trainer, {"compile": True}),
+    "ours_bf16": (run_ours, {"precision": "bf16"}), "trainer_bf16": (run_trainer, {"precision": "bf16"}),
 }
 
 
@@ -324,7 +326,8 @@ def phase_breakdown(data: tuple, args, steps: int, ours: bool = False) -> dict[s
 RATIO_PAIRS = [("ours", "bare"), ("ours_plain", "bare"), ("ours", "bare_fused"), ("ours", "trainer"),
                ("ours_plain", "trainer"), ("ours", "ours_plain"), ("trainer", "bare"),
                ("bare_fused", "bare"), ("ours_compile", "bare"), ("ours_compile", "trainer_compile"),
-               ("ours_compile", "trainer"), ("ours_compile", "ours"), ("trainer_compile", "trainer")]
+               ("ours_compile", "trainer"), ("ours_compile", "ours"), ("trainer_compile", "trainer"),
+               ("ours_bf16", "trainer_bf16"), ("ours_bf16", "ours"), ("trainer_bf16", "trainer")]
 
 
 ESTIMATES = {  # how a ratio of tokens/s is estimated, best first
@@ -420,7 +423,7 @@ def markdown(rows: list[dict], ratios: dict, phases: dict, overhead: dict, meta:
         f"load average at start / end {meta['load_start']} / {meta['load_end']}",
         "",
         f"Llama, {meta['parameters']:,} parameters ({meta['model']}), batch {meta['batch']} x {meta['block_size']} "
-        f"tokens, fp32, AdamW, {meta['train_blocks']:,} training blocks. `ours` runs its linear layers on "
+        f"tokens, fp32 (bf16 autocast for the _bf16 variants), AdamW, {meta['train_blocks']:,} training blocks. `ours` runs its linear layers on "
         f"**{meta['ours_linear_kernels']}** here (train.cpu_matmul=auto) and fuses its head and loss, every other "
         "variant computes with torch's default kernels and the model's own loss. "
         f"Each run: {meta['warmup']} warm-up + "

@@ -172,7 +172,7 @@ class TrainConfig(Frozen):
     compile: bool = Field(
         False,
         description="torch.compile the model. Pays off on GPU (fused kernels, fewer launches); on this 2-core CPU "
-        "1.03x for a cold compile of ~25 s per process, so off by default (bench/results/training_throughput_compile.md).",
+        "about 1.1x for a cold compile of ~30 s per process, so off by default (bench/results/training_throughput_compile.md).",
     )
     cpu_matmul: Literal["auto", "aten", "onednn"] = Field(
         "auto",

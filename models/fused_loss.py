@@ -21,6 +21,7 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
+from infra.config import TrainConfig
 from models.batching import IGNORE_INDEX
 from models.finetune import base_model
 from models.kernels import matmul_t
@@ -29,6 +30,16 @@ from models.kernels import matmul_t
 PLAIN_HEAD_MODELS = frozenset({"llama", "mistral", "qwen2", "qwen3", "gpt2", "phi3"})
 _CHUNK_ELEMENTS = 2 ** 21  # rows per chunk * vocab: 8 MB of fp32 logits, which stay in a 32 MB L3
 _TINY = 1e-30  # a target probability below this is recomputed in log space
+
+
+def fuses_loss(cfg: TrainConfig, device: torch.device, precision: str, sharded: bool) -> bool:
+    """Whether train.fused_loss applies: fp32 on CPU, not under FSDP (it swaps the parameters the fused head holds)."""
+    return cfg.fused_loss and device.type == "cpu" and precision == "fp32" and not sharded
+
+
+def chunk_rows(vocab: int) -> int:
+    """Rows of logits computed at a time."""
+    return max(16, _CHUNK_ELEMENTS // vocab)
 
 
 def _matmul_t(a: torch.Tensor, b: torch.Tensor, onednn: bool) -> torch.Tensor:
@@ -45,7 +56,7 @@ class LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, grads: bool, onednn: bool):
-        rows = max(16, _CHUNK_ELEMENTS // weight.shape[0])
+        rows = chunk_rows(weight.shape[0])
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_h = torch.empty_like(hidden) if grads else None
         grad_w_t = torch.zeros(weight.shape[1], weight.shape[0], dtype=weight.dtype, device=weight.device) if grads else None

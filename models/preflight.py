@@ -12,6 +12,7 @@ from infra.config import LoraSettings, TrainConfig
 from infra.markdown import markdown_table
 from models.batching import TokenData, mean_tokens_per_example
 from models.finetune import apply_lora, base_model
+from models.fused_loss import chunk_rows, fusable_head, fuses_loss
 from models.records import PreflightReport
 
 GiB = 2**30
@@ -79,14 +80,15 @@ def available_memory(device: torch.device) -> int:
 
 
 def activation_bytes(config: PretrainedConfig, batch_size: int, seq_len: int, precision: str,
-                     checkpointing: bool) -> int:
+                     checkpointing: bool, fused_loss: bool = False) -> int:
     """Peak activations of one micro-batch, from the shape of the model.
 
     Per layer and token a transformer block keeps about 34·h bytes in 16-bit precision
     (Korthikanti et al. 2022, with memory-efficient attention so no s² term), twice that in fp32;
     with gradient checkpointing only each layer's input (h values) stays, plus one block's full
     set during recomputation. The logits and their gradient (batch·seq·vocab, fp32) come on top
-    and often dominate small models with large vocabularies.
+    and often dominate small models with large vocabularies; the fused loss (models.fused_loss)
+    holds one chunk of them instead, and the gradients of the hidden states and of the head.
     """
     hidden, layers = _width_depth(config)
     width = 2 if precision in ("bf16", "fp16") else 4
@@ -96,7 +98,11 @@ def activation_bytes(config: PretrainedConfig, batch_size: int, seq_len: int, pr
         blocks = layers * hidden * width * tokens + per_layer
     else:
         blocks = layers * per_layer
-    logits = 3 * tokens * config.vocab_size * 4  # logits, log-softmax, gradient
+    vocab = config.vocab_size
+    if fused_loss:  # a chunk's logits and softmax, grad of the hidden states, the head's grad and its transpose
+        logits = (2 * min(tokens, chunk_rows(vocab)) * vocab + tokens * hidden + 2 * vocab * hidden) * 4
+    else:
+        logits = 3 * tokens * vocab * 4  # logits, log-softmax, gradient
     return int(blocks + logits)
 
 
@@ -125,8 +131,9 @@ def preflight(model: torch.nn.Module, cfg: TrainConfig, device: torch.device, pr
     trainable = sum(p.numel() for p in params if p.requires_grad)
     weights = sum(p.numel() * p.element_size() for p in params) // shards
     grads, optimizer = trainable * 4 // shards, trainable * 8 // shards  # fp32 gradients; AdamW's two fp32 moments
+    fused = fuses_loss(cfg, device, precision, shards > 1) and fusable_head(model) is not None
     acts = activation_bytes(base_model(model).config, max(1, cfg.batch_size // ranks), cfg.block_size, precision,
-                            cfg.gradient_checkpointing)
+                            cfg.gradient_checkpointing, fused)
     total = weights + grads + optimizer + acts
     if device.type != "cuda":
         total *= dist.nproc_per_node

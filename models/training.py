@@ -20,7 +20,7 @@ from models.batching import IGNORE_INDEX, Batch, BlockSampler, Sampler, TokenDat
 from models.checkpoint import Checkpointer, TrainerState, TrainingError
 from models.distributed import Parallel
 from models.finetune import base_model
-from models.fused_loss import FusedHead, fused_head
+from models.fused_loss import FusedHead, fused_head, fuses_loss
 from models.kernels import CpuMatmul, linear_kernels, recompute_contexts, use_onednn
 from models.preflight import flops_per_token, measure_step_seconds, peak_flops
 
@@ -69,7 +69,8 @@ def resolve_device(requested: str) -> torch.device:
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
-    """bf16 on CUDA by default; fp32 on CPU (these CPUs lack native bf16: autocast is 2.5x slower)."""
+    """bf16 on CUDA by default; fp32 on CPU, where models.kernels and models.fused_loss make fp32 nearly as fast as
+    bf16 autocast on CPUs with native bf16, and autocast is slower than fp32 on CPUs without it (docs/architecture.md)."""
     if requested == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -90,11 +91,6 @@ class ForwardContext:
 
     def __call__(self) -> ContextManager:
         return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else linear_kernels(self.onednn)
-
-
-def fuses_loss(cfg: TrainConfig, device: torch.device, precision: str, sharded: bool) -> bool:
-    """Whether train.fused_loss applies: fp32 on CPU, not under FSDP (it swaps the parameters the fused head holds)."""
-    return cfg.fused_loss and device.type == "cpu" and precision == "fp32" and not sharded
 
 
 def lr_at(cfg: TrainConfig, step: int, elapsed_s: float) -> float:

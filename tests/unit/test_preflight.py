@@ -210,3 +210,14 @@ def test_warn_mode_trains_anyway_and_says_so(packed_corpus, monkeypatch, mode):
                        run=RUN.model_copy(update={"preflight": ref.preflight}), evaluation=evaluation(), quant=None)
     assert "the run did not fit (train.preflight=warn) in memory" in card
     assert "not measured" in dict(table_rows(section(card, "Training"))[1:])["duration estimated / actual"]
+
+
+def test_the_fused_loss_holds_one_chunk_of_logits_and_the_report_counts_it():
+    wide = build_config("tiny", vocab_size=32768, context_length=BLOCK, bos_token_id=0, eos_token_id=0)
+    fused, plain = (pf.activation_bytes(wide, 8, BLOCK, "fp32", False, fused_loss=f) for f in (True, False))
+    assert plain - fused > 0.9 * 3 * 8 * BLOCK * 32768 * 4 - 2 * 64 * 32768 * 4
+    reports = {f: pf.preflight(pf.skeleton(wide), config(fused_loss=f), CPU, "fp32", patterned_blocks(16))
+               for f in (True, False)}
+    assert reports[False].activations_bytes - reports[True].activations_bytes == plain - fused
+    bf16 = pf.preflight(pf.skeleton(wide), config(fused_loss=True), CPU, "bf16", patterned_blocks(16))
+    assert bf16.activations_bytes == pf.activation_bytes(wide, 8, BLOCK, "bf16", False)  # fp32 on CPU only
