@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 from pathlib import Path
 from typing import ContextManager, Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
-
-log = logging.getLogger("llmops.kernels")
 
 CpuMatmul = Literal["auto", "aten", "onednn"]
 
