@@ -169,8 +169,12 @@ class Checkpointer:
 
     def restore(self, step: int, read_weights: Callable[[str], None], load_optimizer: Callable[[dict], None],
                 scaler: Optional[torch.amp.GradScaler], device: torch.device,
-                files: Optional[dict[str, Path]] = None) -> TrainerState:
-        """:meth:`load` into parts: ``read_weights(path)`` loads model.safetensors, ``load_optimizer`` the optimizer state."""
+                files: Optional[dict[str, Path]] = None, mmap: bool = False) -> TrainerState:
+        """:meth:`load` into parts: ``read_weights(path)`` loads model.safetensors, ``load_optimizer`` the optimizer state.
+
+        ``mmap``: map the optimizer state from the file rather than read it all into memory (a rank
+        that only needs its shard touches little of it); ``load_optimizer`` must copy what it keeps.
+        """
         key = self._dir(step)
         with tempfile.TemporaryDirectory() as tmp:
             local = self.store.download_dir(key, Path(tmp))
@@ -179,9 +183,9 @@ class Checkpointer:
                     Path(dest).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(local / name, dest)
             read_weights(str(local / "model.safetensors"))
-            extra = torch.load(local / "optimizer.pt", map_location=device, weights_only=True)
+            extra = torch.load(local / "optimizer.pt", map_location=device, weights_only=True, mmap=mmap)
             rng = torch.load(local / "rng.pt", weights_only=True)
-        load_optimizer(extra["optimizer"])
+            load_optimizer(extra["optimizer"])
         if scaler is not None and "scaler" in extra:
             scaler.load_state_dict(extra["scaler"])
         state = TrainerState.model_validate(self.store.get_json(f"{key}/trainer_state.json"))

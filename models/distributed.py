@@ -70,20 +70,44 @@ class Parallel:
         return self.world_size > 1 and self.strategy == "fsdp"
 
     def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-        """DDP, or FSDP2 with one shard group per decoder layer plus the root (embeddings, norm, head)."""
+        """DDP, or FSDP2 with one shard group per decoder layer plus the root (embeddings, norm, head).
+
+        Under FSDP only rank 0's weights count: the other ranks may pass the model built on the
+        ``meta`` device (nothing allocated), and every rank ends up with its shard of rank 0's
+        weights, on ``device``. A model already sharded is returned as it is.
+        """
         if self.world_size == 1:
             return model
         if not self.sharded:
             ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
             return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
+        from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, fully_shard
 
-        self.ties = _tie_map(model)
+        if isinstance(model, FSDPModule):
+            return model
+        if self.is_main and _on_meta(model):
+            raise TrainingError("distributed.strategy=fsdp: rank 0 needs the model's real weights, not a meta-device skeleton")
+        # rank 0 alone can see which weights are tied: storage pointers of meta tensors are all 0
+        holder = [_tie_map(model) if self.is_main else None]
+        dist.broadcast_object_list(holder, src=0)
+        self.ties = holder[0]
+        full = model.state_dict() if self.is_main else {}  # rank 0's own tensors, kept from being freed by sharding
         kwargs = {"offload_policy": CPUOffloadPolicy()} if self.cpu_offload else {}
         for layer in _decoder_layers(model):
-            fully_shard(layer, **kwargs)
+            fully_shard(layer, **kwargs)  # moves each layer's shard to the device: one whole layer at a time there
         fully_shard(model, **kwargs)
+        self._from_rank0(model, full, device)
         return model
+
+    def _from_rank0(self, model: torch.nn.Module, full: dict[str, torch.Tensor], device: torch.device) -> None:
+        """Give every rank its shard of rank 0's weights, tensor by tensor (no rank holds more than one whole)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        if _on_meta(model):
+            model.to_empty(device=device)
+        set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        for buffer in model.buffers():  # non-persistent buffers (rotary frequencies) are not in the state dict
+            dist.broadcast(buffer, src=0)
 
     def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
@@ -147,22 +171,25 @@ class Parallel:
 
     def load(self, checkpointer: Checkpointer, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
              scaler, device: torch.device, files) -> TrainerState:
-        """Every rank reads the (full) checkpoint; FSDP keeps its own shard of it."""
+        """Every rank reads the checkpoint; under FSDP rank 0 reads the (full) weights and optimizer
+        state in CPU memory and sends each rank its shard, tensor by tensor."""
         if not self.sharded:
             return checkpointer.load(step, self.unwrap(model), optimizer, scaler, device, files)
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions, set_model_state_dict, set_optimizer_state_dict,
         )
 
-        full = StateDictOptions(full_state_dict=True)
+        from_rank0 = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
 
         def read_weights(path: str) -> None:
-            set_model_state_dict(model, _load_safetensors(path, self.ties), options=full)
+            set_model_state_dict(model, _load_safetensors(path, self.ties) if self.is_main else {}, options=from_rank0)
 
         def load_optimizer(indexed: dict) -> None:
-            set_optimizer_state_dict(model, optimizer, _by_name(indexed, model, optimizer), options=full)
+            state = _by_name(indexed, model, optimizer) if self.is_main else {}
+            set_optimizer_state_dict(model, optimizer, state, options=from_rank0)
 
-        return checkpointer.restore(step, read_weights, load_optimizer, scaler, device, files)
+        # the optimizer state (2x the weights) is mapped from the file in CPU memory, never onto a device whole
+        return checkpointer.restore(step, read_weights, load_optimizer, scaler, torch.device("cpu"), files, mmap=True)
 
     def _full_state(self, model, optimizer) -> tuple[dict, dict]:
         """The gathered model and optimizer state (on rank 0, in CPU memory; empty elsewhere)."""
@@ -174,6 +201,10 @@ class Parallel:
         weights = get_model_state_dict(model, options=options)
         optim = get_optimizer_state_dict(model, optimizer, options=options)
         return weights, (_by_index(optim) if self.is_main else {})
+
+
+def _on_meta(model: torch.nn.Module) -> bool:
+    return any(t.is_meta for t in (*model.parameters(), *model.buffers()))
 
 
 def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:

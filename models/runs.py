@@ -137,9 +137,10 @@ def run_training(store: ArtifactStore, packed: PackedRef, tokenizer_ref: Tokeniz
     precision = resolve_precision(train_cfg.precision, device)
     report = _preflight(store, prefix, model_cfg, train_cfg, config, train_data, device, precision,
                         writes=parallel.is_main)
-    model = build_run_model(model_cfg, train_cfg, config)
-    seconds = warmup_seconds(model, train_data, train_cfg, device, precision,
-                             batch_size=train_cfg.batch_size // parallel.world_size)
+    # under FSDP rank 0 alone builds the weights; the others shard a skeleton and receive theirs
+    model = build_run_model(model_cfg, train_cfg, config) if parallel.is_main or not parallel.sharded \
+        else pf.skeleton(config, model_cfg.attention)
+    seconds = warmup_seconds(model, train_data, train_cfg, device, precision, parallel)
     if seconds is not None:
         report = pf.with_duration(report, train_cfg, seconds)
     if parallel.is_main:

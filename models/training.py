@@ -165,11 +165,19 @@ def enable_checkpointing(model: torch.nn.Module, onednn: bool = False) -> None:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def prepare_model(model: torch.nn.Module, cfg: TrainConfig, device: torch.device, onednn: bool = False) -> None:
-    """Checkpointing as configured, on ``device``, in training mode (idempotent: preflight and the loop both call it)."""
+def prepare_model(model: torch.nn.Module, cfg: TrainConfig, device: torch.device, onednn: bool = False,
+                  parallel: Optional[Parallel] = None) -> None:
+    """Checkpointing as configured, on ``device``, in training mode (idempotent: preflight and the loop both call it).
+
+    Under FSDP (``parallel.sharded``) the model is sharded in place instead of moved: the whole
+    model never goes to one device, and ranks other than 0 may pass a meta-device skeleton.
+    """
     if cfg.gradient_checkpointing:
         enable_checkpointing(model, onednn)
-    model.to(device)
+    if parallel is not None and parallel.sharded:
+        parallel.wrap(model, device)
+    else:
+        model.to(device)
     model.train()
 
 
@@ -217,19 +225,19 @@ def estimate_loss(model: torch.nn.Module, data: TokenData, batch_size: int, batc
 
 
 def warmup_seconds(model: torch.nn.Module, data: TokenData, cfg: TrainConfig, device: torch.device,
-                   precision: str, batch_size: Optional[int] = None) -> Optional[float]:
+                   precision: str, parallel: Optional[Parallel] = None) -> Optional[float]:
     """Time forward + backward of the loop's first-shaped micro-batch (preflight's duration estimate).
 
     The weights are untouched (no optimizer exists yet), gradients are cleared, and the RNG is
-    forked, so a run that measures trains exactly as one that does not. ``batch_size``: a rank's
-    slice of the global batch under train.distributed (default: the whole batch).
+    forked, so a run that measures trains exactly as one that does not. Under train.distributed
+    (``parallel``) a rank times its slice of the global batch, on the sharded model under FSDP.
     """
     if cfg.preflight_steps == 0:
         return None
+    parallel = parallel or Parallel()
     autocast = ForwardContext(device, precision, cfg.cpu_matmul)
-    prepare_model(model, cfg, device, autocast.onednn)
-    batch = next(fixed_batches(data, batch_size or cfg.batch_size, 1)).to(device)
-    sharded = cfg.distributed.enabled and cfg.distributed.strategy == "fsdp"
+    prepare_model(model, cfg, device, autocast.onednn, parallel)
+    batch = next(fixed_batches(data, cfg.batch_size // parallel.world_size, 1)).to(device)
 
     def step() -> None:
         with autocast():
@@ -239,7 +247,7 @@ def warmup_seconds(model: torch.nn.Module, data: TokenData, cfg: TrainConfig, de
 
     cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda), \
-            fused_head(model, fuses_loss(cfg, device, precision, sharded), autocast.onednn) as head:
+            fused_head(model, fuses_loss(cfg, device, precision, parallel.sharded), autocast.onednn) as head:
         return measure_step_seconds(step, device, cfg.preflight_steps)
 
 
@@ -277,8 +285,8 @@ def _train(model, train_data, val_data, cfg, checkpointer, metrics_path, on_metr
     if parallel.sharded and precision == "fp16":
         raise TrainingError("train.precision=fp16 with distributed.strategy=fsdp is not supported: use bf16")
     sampler = make_sampler(train_data, cfg.batching, cfg.batch_size, cfg.seed)
-    prepare_model(model, cfg, device, autocast.onednn)
-    wrapped = parallel.wrap(model, device)
+    prepare_model(model, cfg, device, autocast.onednn, parallel)
+    wrapped = parallel.wrap(model, device)  # DDP; under FSDP the model prepare_model sharded
     optimizer = make_optimizer(wrapped, cfg, device)
     # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")

@@ -21,10 +21,11 @@ from models import preflight as pf
 from models.batching import pad_batch
 from models.checkpoint import Checkpointer
 from models.distributed import Parallel, project_root, torchrun_command
+from models.presets import build_config
 from models.records import DatasetRef, TokenizerRef
 from models.training import TrainingError, read_metrics, train
 from tests.helpers import stdlib_texts, tiny_tokenizer
-from tests.unit.test_training import BLOCK, config, patterned_blocks, tiny_model
+from tests.unit.test_training import BLOCK, VOCAB, config, patterned_blocks, tiny_model
 from tests.unit.test_training_features import patterned_documents
 
 ROOT = project_root()
@@ -71,6 +72,13 @@ def weights(path: Path) -> tuple[dict, dict]:
 # ---------------------------------------------------------------- what each rank runs (under torchrun)
 
 
+def rank_model(parallel: Parallel, seed: int = 0) -> torch.nn.Module:
+    """Under FSDP rank 0 alone builds the weights; rank 1 passes a meta-device skeleton and receives its shard."""
+    if parallel.sharded and not parallel.is_main:
+        return pf.skeleton(build_config("tiny", vocab_size=VOCAB, context_length=BLOCK, bos_token_id=0, eos_token_id=0))
+    return tiny_model(seed)
+
+
 def _rank_main(out: Path) -> None:
     """Every variant on this rank, then a resume of the FSDP run from its step-8 checkpoint."""
     from models.distributed import close_parallel, init_parallel
@@ -81,15 +89,15 @@ def _rank_main(out: Path) -> None:
         parallel = Parallel(first.rank, first.world_size, 0, strategy)
         data, val = variant_data(overrides)
         store = LocalStore(out / name)  # the same paths on both ranks: a write by rank 1 would show
-        train(tiny_model(), data, val, run_config(**overrides), Checkpointer(store, "ck"), out / name / "m.jsonl",
-              parallel=parallel)
+        train(rank_model(parallel), data, val, run_config(**overrides), Checkpointer(store, "ck"),
+              out / name / "m.jsonl", parallel=parallel)
     parallel = Parallel(first.rank, first.world_size, 0, "fsdp")
     resumed = out / "fsdp-resumed"
     if parallel.is_main:  # as if killed between the step-8 and step-12 checkpoints
         shutil.copytree(out / "fsdp", resumed)
         (resumed / "ck" / "step-00000012" / "manifest.json").unlink()
     parallel.barrier()
-    outcome = train(tiny_model(seed=99), *variant_data({}), run_config(), Checkpointer(LocalStore(resumed), "ck"),
+    outcome = train(rank_model(parallel, seed=99), *variant_data({}), run_config(), Checkpointer(LocalStore(resumed), "ck"),
                     resumed / "m.jsonl", parallel=parallel)
     assert outcome.resumed_from_step == 8
     close_parallel()
@@ -172,19 +180,26 @@ def _stored_inputs(store: LocalStore):
     return tok, tok_ref, packed
 
 
-def test_the_launcher_runs_torchrun_and_returns_the_record_of_one_process(tmp_path):
-    """The Prefect task's path: job in the store, torchrun, rank 0 commits the run; streamed progress."""
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_the_launcher_runs_torchrun_and_returns_the_record_of_one_process(tmp_path, strategy):
+    """The Prefect task's path: job in the store, torchrun, rank 0 commits the run; streamed progress.
+
+    Under FSDP rank 1 never builds the weights (a meta-device skeleton) and the preflight's
+    warm-up runs on the sharded model.
+    """
     from models.distributed_worker import launch_run
     from models.runs import run_training
 
     cfg = TrainConfig(max_steps=4, max_minutes=None, batch_size=8, block_size=BLOCK, eval_every=4, eval_batches=1,
-                      checkpoint_every=2, num_threads=1, warmup_steps=1, preflight_steps=0, distributed=two_ranks())
+                      checkpoint_every=2, num_threads=1, warmup_steps=1, preflight_steps=1,
+                      distributed=two_ranks(strategy=strategy))
     store = LocalStore(tmp_path / "dist")
     tok, tok_ref, packed = _stored_inputs(store)
     lines, steps, reports = [], [], []
     ref = launch_run(store, packed, tok_ref, ModelConfig(preset="tiny"), cfg, tmp_path / "cache", on_line=lines.append,
                      on_metrics=steps.append, on_preflight=reports.append)
     assert [m.step for m in steps] == [1, 2, 3, 4] and len(reports) == 1 and lines[0].startswith("launching: ")
+    assert reports[0].measured_step_s > 0 and reports[0].estimated_duration_s > 0
 
     single_store = LocalStore(tmp_path / "single")
     _, single_tok_ref, single_packed = _stored_inputs(single_store)
@@ -251,8 +266,6 @@ def test_ranks_take_equal_slices_of_the_same_global_batch():
 
 
 def test_preflight_counts_one_rank_and_fsdp_shards(tmp_path):
-    from models.presets import build_config
-
     skeleton = pf.skeleton(build_config("mini", vocab_size=4096, context_length=128, bos_token_id=0, eos_token_id=0))
     data = np.zeros((64, 128), dtype=np.uint16)
     base = dict(batch_size=16, block_size=128, device="cuda" if torch.cuda.is_available() else "cpu")
