@@ -169,10 +169,11 @@ class TrainConfig(Frozen):
     seed: int = 1337
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU.")
-    compile: bool = Field(
-        False,
-        description="torch.compile the model. Pays off on GPU (fused kernels, fewer launches); on this 2-core CPU "
-        "about 1.1x for a cold compile of ~30 s per process, so off by default (bench/results/training_throughput_compile.md).",
+    compile: Union[Literal["auto"], bool] = Field(
+        "auto",
+        description="torch.compile the model. auto: on CUDA, where it pays off (fused kernels, fewer launches); off "
+        "on CPU, where it gives about 1.1x for a cold compile of ~30 s per process "
+        "(bench/results/training_throughput_compile.md).",
     )
     cpu_matmul: Literal["auto", "aten", "onednn"] = Field(
         "auto",

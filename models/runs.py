@@ -36,12 +36,15 @@ _EXECUTION_ONLY = {"train": {"num_threads", "fused_adamw", "gradient_checkpointi
 # Fields added after run ids were first issued: left out while at their defaults, so an unchanged
 # configuration keeps its run id (and resumes its run) across the upgrade.
 _ADDED_LATER = {"train": {"batching", "lora"}, "model": {"pretrained"}}
+# Fields found execution-only after run ids were issued with them: hashed at their old default,
+# whatever they are set to, for the same reason.
+_PINNED = {"train": {"compile": False}, "model": {}}
 
 
 def _id_json(cfg: BaseModel, section: str) -> str:
     fields = type(cfg).model_fields
     skip = _EXECUTION_ONLY[section] | {k for k in _ADDED_LATER[section] if getattr(cfg, k) == fields[k].default}
-    return cfg.model_dump_json(exclude=skip)
+    return cfg.model_copy(update=_PINNED[section]).model_dump_json(exclude=skip)
 
 
 def run_id_for(packed: PackedRef, tokenizer: TokenizerRef, model_cfg: ModelConfig, train_cfg: TrainConfig,

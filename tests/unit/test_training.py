@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from infra.config import TrainConfig
 from infra.store import LocalStore
@@ -150,12 +152,18 @@ def test_a_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
 
 
 def test_divergence_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path):
+    """A step whose gradients are inf/NaN (the loss still finite) stops before it reaches the weights."""
     store = LocalStore(tmp_path)
     blocks = patterned_blocks()
-    cfg = config(max_steps=30, lr=1e3, warmup_steps=0, grad_clip=0, checkpoint_every=5)
-    with pytest.raises(TrainingError, match=r"loss became nan at step \d+; the last good checkpoint is step \d+\. Lower train.lr"):
+    cfg = config(max_steps=30, lr=1e3, warmup_steps=0, grad_clip=0, checkpoint_every=1)
+    with pytest.raises(TrainingError, match=r"(loss|the gradient norm) became (nan|inf) at step (\d+); the last good "
+                       r"checkpoint is step (\d+)\. Try: lower train.lr \(now 1000.0\); turn gradient clipping on") as err:
         train(tiny_model(), blocks, blocks[:16], cfg, Checkpointer(store, "ck"), tmp_path / "m.jsonl")
-    assert Checkpointer(store, "ck").latest() is not None
+    assert "fp32" not in str(err.value), "a run in fp32 is not told to use fp32"
+    failed, last = (int(n) for n in re.search(r"at step (\d+); .* step (\d+)\.", str(err.value)).groups())
+    assert last == Checkpointer(store, "ck").latest() == failed - 1
+    saved = load_file(str(tmp_path / "ck" / f"step-{last:08d}" / "model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in saved.values()), "the checkpoint named good holds finite weights"
 
 
 def test_too_little_data_for_a_batch_is_explained():

@@ -14,7 +14,7 @@ from models.records import DatasetRef, PackedRef, TokenizerRef
 from models.runs import run_id_for, run_training
 from models.tokenizer import load_packed, pack_dataset
 from models.training import (
-    TrainingError, _optimizer_step, build_model, make_optimizer, micro_loss, read_metrics, train,
+    TrainingError, _optimizer_step, _unscale_and_clip, build_model, make_optimizer, micro_loss, read_metrics, train,
 )
 from tests.helpers import stdlib_texts, tiny_tokenizer
 from tests.unit.test_training import BLOCK, VOCAB, config, patterned_blocks, tiny_model
@@ -222,11 +222,13 @@ def test_the_loss_scaler_skips_a_step_with_inf_gradients_after_unscaling():
     x = torch.from_numpy(patterned_blocks(2).astype(np.int64))
     scaler.scale(model(input_ids=x, labels=x).loss).backward()
     next(model.parameters()).grad[0, 0] = float("inf")
-    grad_norm, skipped = _optimizer_step(model, optimizer, scaler, config())
+    grad_norm = _unscale_and_clip(model, optimizer, scaler, config())
+    skipped = _optimizer_step(optimizer, scaler)
     assert skipped and not np.isfinite(grad_norm) and scaler.get_scale() == 2.0**15
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     scaler.scale(model(input_ids=x, labels=x).loss).backward()  # a finite step goes through, unscaled first
-    grad_norm, skipped = _optimizer_step(model, optimizer, scaler, config(grad_clip=1.0))
+    grad_norm = _unscale_and_clip(model, optimizer, scaler, config(grad_clip=1.0))
+    skipped = _optimizer_step(optimizer, scaler)
     assert not skipped and np.isfinite(grad_norm) and grad_norm < 1e3  # the true norm, not 2**15 times it
     assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
 
@@ -279,14 +281,25 @@ def test_run_ids_of_unchanged_configs_survive_the_new_fields():
     model_cfg, train_cfg = ModelConfig(preset="tiny"), TrainConfig(num_threads=2)
     v1 = hashlib.sha256("\x00".join([
         "run-v1", packed.sha256, tok.sha256, '{"preset":"tiny","overrides":{}}',
-        train_cfg.model_dump_json(include=set(TrainConfig.model_fields) - {
+        train_cfg.model_copy(update={"compile": False}).model_dump_json(include=set(TrainConfig.model_fields) - {
             "num_threads", "fused_adamw", "gradient_checkpointing", "batching", "lora", "preflight", "preflight_steps",
             "distributed", "peak_tflops", "cpu_matmul", "fused_loss"}),
     ]).encode()).hexdigest()[:16]
     assert run_id_for(packed, tok, model_cfg, train_cfg) == v1
     same = [TrainConfig(gradient_checkpointing=True, fused_adamw=False, preflight_steps=0, peak_tflops=100.0,
                         cpu_matmul="aten", fused_loss=False),
-            TrainConfig(num_threads=2, distributed={"nproc_per_node": 2, "strategy": "fsdp"})]
+            TrainConfig(num_threads=2, distributed={"nproc_per_node": 2, "strategy": "fsdp"}),
+            TrainConfig(compile=True), TrainConfig(compile=False)]
     assert all(run_id_for(packed, tok, model_cfg, t) == v1 for t in same)
     assert run_id_for(packed, tok, model_cfg, TrainConfig(batching="pad")) != v1
     assert run_id_for(packed, tok, ModelConfig(preset="tiny", attention="eager"), train_cfg) == v1
+
+
+@pytest.mark.parametrize("setting, cpu, cuda", [("auto", False, True), (True, True, True), (False, False, False)])
+def test_compile_is_on_by_default_on_cuda_only(setting, cpu, cuda):
+    from infra.config import PipelineConfig
+    from models.training import resolve_compile
+
+    value = PipelineConfig().with_overrides([f"train.compile={str(setting).lower()}"]).train.compile
+    assert value == setting
+    assert (resolve_compile(value, torch.device("cpu")), resolve_compile(value, torch.device("cuda"))) == (cpu, cuda)
