@@ -153,17 +153,20 @@ def run_training(store: ArtifactStore, packed: PackedRef, tokenizer_ref: Tokeniz
             on_preflight(report)
     local = Path(cache_dir) / "runs" / run_id
     checkpointer = Checkpointer(store, f"{prefix}/checkpoints", keep=train_cfg.keep_checkpoints)
-    outcome = train(model, train_data, load_packed(store, packed, "validation", cache_dir), train_cfg,
-                    checkpointer, local / "metrics.jsonl", on_metrics, parallel)
+    title = f"run {run_id} ({model_cfg.pretrained or model_cfg.preset})"
+    try:
+        outcome = train(model, train_data, load_packed(store, packed, "validation", cache_dir), train_cfg,
+                        checkpointer, local / "metrics.jsonl", on_metrics, parallel)
+    except BaseException:
+        if parallel.is_main:  # a diverged or crashed run still shows what it did, up to the failing step
+            _publish_metrics_after_failure(store, prefix, local, title)
+        raise
     if not parallel.is_main:
         return None
     if parallel.sharded:  # the trained weights are spread over the ranks: rebuild them whole from the last checkpoint
         outcome.model = build_run_model(model_cfg, train_cfg, config)
         checkpointer.load_model(outcome.state.step, outcome.model)
-    rows = read_metrics(local / "metrics.jsonl")
-    plot_training(rows, local / "loss.png", title=f"run {run_id} ({model_cfg.pretrained or model_cfg.preset})")
-    store.put_file(f"{prefix}/metrics.jsonl", local / "metrics.jsonl")
-    store.put_file(f"{prefix}/loss.png", local / "loss.png")
+    _publish_metrics(store, prefix, local, title)
     model = merge_for_deployment(outcome.model).cpu()
     _set_generation_config(model, tokenizer, pretrained=bool(model_cfg.pretrained))
     with tempfile.TemporaryDirectory() as tmp:
@@ -191,6 +194,23 @@ def run_training(store: ArtifactStore, packed: PackedRef, tokenizer_ref: Tokeniz
     )
     store.put_json(f"{prefix}/manifest.json", ref.model_dump(mode="json"))
     return ref
+
+
+def _publish_metrics(store: ArtifactStore, prefix: str, local: Path, title: str) -> None:
+    """``runs/<id>/metrics.jsonl`` and its loss/throughput plot ``loss.png``."""
+    plot_training(read_metrics(local / "metrics.jsonl"), local / "loss.png", title=title)
+    store.put_file(f"{prefix}/metrics.jsonl", local / "metrics.jsonl")
+    store.put_file(f"{prefix}/loss.png", local / "loss.png")
+
+
+def _publish_metrics_after_failure(store: ArtifactStore, prefix: str, local: Path, title: str) -> None:
+    if not (local / "metrics.jsonl").exists() or not read_metrics(local / "metrics.jsonl"):
+        return
+    try:
+        _publish_metrics(store, prefix, local, title)
+        log.info("the failed run's metrics and plot are at %s", store.uri_for(f"{prefix}/metrics.jsonl"))
+    except Exception:  # never hide the error that stopped the run
+        log.exception("could not publish the failed run's metrics")
 
 
 def _check_layout(packed: PackedRef, train_cfg: TrainConfig) -> None:

@@ -177,3 +177,25 @@ def test_cuda_requested_without_a_gpu_is_explained(tmp_path):
     blocks = patterned_blocks()
     with pytest.raises(TrainingError, match="train.device=cuda but no CUDA device is visible"):
         train(tiny_model(), blocks, blocks, config(device="cuda"), Checkpointer(LocalStore(tmp_path), "ck"), tmp_path / "m")
+
+
+def test_a_failed_run_still_publishes_its_metrics_and_plot(tmp_path):
+    """The run's store folder shows what a diverged run did, up to the step before it failed."""
+    from infra.config import PipelineConfig
+    from tests.helpers import train_stdlib_run
+
+    cfg = PipelineConfig.from_dict({
+        "tokenizer": {"vocab_size": 300},
+        "model": {"preset": "tiny"},
+        "train": {"max_steps": 30, "max_minutes": None, "batch_size": 8, "block_size": BLOCK, "lr": 1e3,
+                  "warmup_steps": 0, "grad_clip": 0, "eval_every": 30, "checkpoint_every": 2, "num_threads": 1,
+                  "preflight_steps": 0},
+    })
+    with pytest.raises(TrainingError, match="became (nan|inf) at step"):
+        train_stdlib_run(tmp_path, cfg)
+    store = LocalStore(tmp_path / "store")
+    [metrics] = [k for k in store.list("runs") if k.endswith("/metrics.jsonl") and "/checkpoints/" not in k]
+    rows = [json.loads(line) for line in store.local_path(metrics).read_text().splitlines()]
+    assert rows and [r["step"] for r in rows] == list(range(1, len(rows) + 1))
+    assert store.exists(metrics.replace("metrics.jsonl", "loss.png"))
+    assert not store.exists(metrics.replace("metrics.jsonl", "manifest.json")), "a failed run commits no record"
