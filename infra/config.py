@@ -65,11 +65,16 @@ class TokenizerConfig(Frozen):
         return self
 
 
+# The names of models.presets.PRESETS (a test keeps the two equal): checked when the config loads,
+# not after ingest and tokenization have run.
+PresetName = Literal["tiny", "mini", "small", "gpt2-124m", "gpt2", "llama-1b"]
+
+
 class ModelConfig(Frozen):
-    preset: str = Field(
+    preset: PresetName = Field(
         "mini",
-        description="A preset name from models/presets.py (tiny, mini, small, gpt2-124m, gpt2, llama-1b); "
-        "ignored when `pretrained` is set.",
+        description="A preset from models/presets.py: tiny (tests), mini and small (CPU), gpt2-124m and gpt2 "
+        "(GPT-2-124M class), llama-1b; ignored when `pretrained` is set.",
     )
     overrides: dict[str, Union[int, float, str, bool]] = Field(
         default_factory=dict, description="Fields of the transformers config to override, e.g. {num_hidden_layers: 2}."

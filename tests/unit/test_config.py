@@ -24,6 +24,14 @@ def test_every_shipped_config_validates_and_names_a_known_preset(path):
     assert config.model.preset in PRESETS
 
 
+def test_the_config_knows_exactly_the_presets_models_defines():
+    from typing import get_args
+
+    from infra.config import PresetName
+
+    assert set(get_args(PresetName)) == set(PRESETS)
+
+
 def test_overrides_parse_values_as_yaml():
     config = PipelineConfig().with_overrides(["train.max_steps=7", "data.sources=[a.txt, b.jsonl]", "promote=false"])
     assert config.train.max_steps == 7 and config.data.sources == ["a.txt", "b.jsonl"] and config.promote is False
@@ -32,6 +40,7 @@ def test_overrides_parse_values_as_yaml():
 @pytest.mark.parametrize("overrides, message", [
     (["train.max_steps=0"], r"train\.max_steps: Input should be greater than or equal to 1"),
     (["train.nonsense=1"], r"train\.nonsense: Extra inputs are not permitted"),
+    (["model.preset=gpt2-125m"], r"model\.preset: Input should be 'tiny', 'mini', .* or 'llama-1b'"),
     (["train.precision=fp8"], r"train\.precision: Input should be 'auto', 'fp32', 'bf16' or 'fp16'"),
     (["data.min_chars=100", "data.max_chars=10"], "min_chars \\(100\\) exceeds max_chars \\(10\\)"),
     (["data.sources=[]"], "sources is empty"),
