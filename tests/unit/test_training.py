@@ -46,8 +46,9 @@ def tiny_model(seed: int = 0):
 
 
 def config(**overrides) -> TrainConfig:
-    base = dict(max_steps=40, batch_size=8, block_size=BLOCK, lr=3e-3, warmup_steps=5, eval_every=10,
-                eval_batches=2, checkpoint_every=10, num_threads=1)
+    # no wall-clock budget: the schedule then follows steps alone, so resumed runs reproduce exactly
+    base = dict(max_steps=40, max_minutes=None, batch_size=8, block_size=BLOCK, lr=3e-3, warmup_steps=5,
+                eval_every=10, eval_batches=2, checkpoint_every=10, num_threads=1)
     return TrainConfig(**{**base, **overrides})
 
 
