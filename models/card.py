@@ -1,9 +1,11 @@
 """The model card: a Hugging Face README.md (YAML metadata + markdown) recording lineage, training, evaluation, gate."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import yaml
+from huggingface_hub import metadata_load
 
 from infra.config import PipelineConfig
 from infra.markdown import markdown_table
@@ -11,16 +13,21 @@ from models.records import DatasetRef, EvalReport, QuantReport, TokenizerRef, Tr
 
 _ORIGIN = {"scratch": "trained from scratch", "full": "fine-tuned (every weight)",
            "lora": "fine-tuned with LoRA (adapters merged)"}
+_METHOD_TAGS = {"full": ["fine-tuned"], "lora": ["fine-tuned", "lora"]}
 
 
 def render_card(*, name: str, version: int, config: PipelineConfig, dataset: DatasetRef, tokenizer: TokenizerRef,
                 run: TrainRef, evaluation: EvalReport, quant: Optional[QuantReport]) -> str:
     test = evaluation.splits.get("test")
+    # the run record names the base actually trained from (a local folder resolved): "<path or id>@<hash>"
+    base = None if run.method == "scratch" else (
+        run.base_model.rpartition("@")[0] if run.base_model else config.model.pretrained)
     metadata = {
-        "license": "mit",
+        **_license(run.method, base),
         "library_name": "transformers",
         "pipeline_tag": "text-generation",
-        "tags": ["llmops", "causal-lm", config.model.preset],
+        **({"base_model": base} if base else {}),
+        "tags": ["llmops", "causal-lm", *_METHOD_TAGS.get(run.method, [config.model.preset])],
         "datasets": [f"{dataset.name}@{dataset.sha256[:16]}"],
         "model-index": [{
             "name": f"{name}-v{version}",
@@ -84,9 +91,28 @@ def render_card(*, name: str, version: int, config: PipelineConfig, dataset: Dat
     parts += [
         "## Intended use and limitations",
         "A small model trained on the sources above, for the text they contain. It has not been "
-        "evaluated for safety or factuality and should not be used to make decisions about people.",
+        "evaluated for safety or factuality and should not be used to make decisions about people."
+        + (f" Fine-tuned from `{base}`: that model's license and limitations apply too." if base else ""),
     ]
     return "\n\n".join(parts) + "\n"
+
+
+def _license(method: str, base: Optional[str]) -> dict:
+    """The license keys of the front matter: for a fine-tune, its base model's, from a local base folder's README.md."""
+    if method == "scratch":
+        # Trained from scratch, the weights come only from this project's code (MIT) and the user's own data, so
+        # no upstream model's terms apply; the config has no field for the data owner to choose another license.
+        return {"license": "mit"}
+    readme = Path(base).expanduser() / "README.md" if base else None
+    try:
+        meta = (metadata_load(readme) if readme and readme.is_file() else None) or {}
+    except (OSError, ValueError, yaml.YAMLError):
+        meta = {}
+    if not isinstance(meta.get("license"), str):
+        return {}  # a hub id, or no readable license: omitted (unknown) rather than guessed
+    # a relative license_link names a file in the base's folder, not in this card's
+    return {k: meta[k] for k in ("license", "license_name", "license_link")
+            if k in meta and (k != "license_link" or "://" in str(meta[k]))}
 
 
 def _preflight_section(run: TrainRef) -> list[str]:

@@ -88,7 +88,7 @@ def test_front_matter_is_hugging_face_metadata_with_the_test_metrics():
     meta = front_matter(text)
     assert meta["license"] == "mit" and meta["library_name"] == "transformers"
     assert meta["pipeline_tag"] == "text-generation"
-    assert meta["tags"] == ["llmops", "causal-lm", "tiny"]
+    assert meta["tags"] == ["llmops", "causal-lm", "tiny"] and "base_model" not in meta
     assert meta["datasets"] == ["corpus@" + DATA_SHA[:16]]
     (entry,) = meta["model-index"]
     assert entry["name"] == "card-lm-v3"
@@ -168,3 +168,43 @@ def test_without_a_test_split_the_model_index_is_empty_but_the_card_renders():
     text = card(with_test=False)
     assert front_matter(text)["model-index"] == []
     assert [r[0] for r in table_rows(section(text, "Evaluation"))[1:]] == ["validation"]
+
+
+def fine_tune_card(base: str, method: str = "lora") -> str:
+    config = PipelineConfig.from_dict({"model_name": "card-lm", "model": {"preset": "tiny", "pretrained": base}})
+    run = RUN.model_copy(update={"method": method, "base_model": f"{base}@0123456789abcdef"})
+    return render_card(name="card-lm", version=1, config=config, dataset=DATASET, tokenizer=TOKENIZER, run=run,
+                       evaluation=evaluation(), quant=None)
+
+
+@pytest.mark.parametrize("method, tags", [("full", ["fine-tuned"]), ("lora", ["fine-tuned", "lora"])])
+def test_a_fine_tune_names_its_base_takes_its_license_and_drops_the_ignored_preset(tmp_path, method, tags):
+    (tmp_path / "README.md").write_text("---\nlicense: apache-2.0\ntags: [base]\n---\n# Base\n", encoding="utf-8")
+    text = fine_tune_card(str(tmp_path), method)
+    meta = front_matter(text)
+    assert meta["license"] == "apache-2.0" and meta["base_model"] == str(tmp_path)
+    assert meta["tags"] == ["llmops", "causal-lm", *tags]
+    parsed = ModelCard(text, ignore_metadata_errors=False).data
+    assert (parsed.license, parsed.base_model) == ("apache-2.0", str(tmp_path))
+    # the hash stays in the body's lineage; the limitations point at the base
+    assert dict(table_rows(section(text, "Data lineage"))[1:])["base model"] == f"`{tmp_path}@0123456789abcdef`"
+    assert f"Fine-tuned from `{tmp_path}`: that model's license" in section(text, "Intended use and limitations")
+
+
+def test_a_base_with_another_license_keeps_its_name_and_only_a_link_that_resolves_here(tmp_path):
+    (tmp_path / "README.md").write_text("---\nlicense: other\nlicense_name: base-license\nlicense_link: LICENSE\n---\n")
+    assert {k: v for k, v in front_matter(fine_tune_card(str(tmp_path))).items() if k.startswith("license")} == {
+        "license": "other", "license_name": "base-license"}
+    (tmp_path / "README.md").write_text("---\nlicense: other\nlicense_link: https://example.com/terms\n---\n")
+    assert front_matter(fine_tune_card(str(tmp_path)))["license_link"] == "https://example.com/terms"
+
+
+@pytest.mark.parametrize("readme", [None, "# no front matter\n", "---\ntags: [x]\n---\n", "---\nlicense: [\n---\n"])
+def test_a_fine_tune_whose_base_license_cannot_be_read_here_states_none(tmp_path, readme):
+    if readme is not None:
+        (tmp_path / "README.md").write_text(readme)
+    for base in (str(tmp_path), "some-org/some-model"):  # a local folder, and a hub id
+        text = fine_tune_card(base)
+        meta = front_matter(text)
+        assert "license" not in meta and meta["base_model"] == base and "tiny" not in meta["tags"]
+        ModelCard(text, ignore_metadata_errors=False)
