@@ -92,7 +92,8 @@ class Parallel:
         dist.broadcast_object_list(holder, src=0)
         self.ties = holder[0]
         full = model.state_dict() if self.is_main else {}  # rank 0's own tensors, kept from being freed by sharding
-        kwargs = {"offload_policy": CPUOffloadPolicy()} if self.cpu_offload else {}
+        # pinned host memory needs an accelerator; on CPU the shards are in host memory anyway
+        kwargs = {"offload_policy": CPUOffloadPolicy(pin_memory=device.type == "cuda")} if self.cpu_offload else {}
         for layer in _decoder_layers(model):
             fully_shard(layer, **kwargs)  # moves each layer's shard to the device: one whole layer at a time there
         fully_shard(model, **kwargs)

@@ -31,7 +31,7 @@ from tests.unit.test_training_features import patterned_documents
 ROOT = project_root()
 STEPS = 12
 # (name, strategy, overrides): each trains the same run as one process does with the whole batch
-VARIANTS = [("ddp", "ddp", {}), ("fsdp", "fsdp", {}), ("ddp-pad", "ddp", {"batching": "pad"})]
+VARIANTS = [("ddp", "ddp", {}), ("fsdp", "fsdp", {}), ("fsdp-offload", "fsdp", {}), ("ddp-pad", "ddp", {"batching": "pad"})]
 
 
 def run_config(**overrides) -> TrainConfig:
@@ -86,7 +86,7 @@ def _rank_main(out: Path) -> None:
     torch.set_num_threads(1)
     first, _ = init_parallel(DistributedSettings(nproc_per_node=2), "cpu")
     for name, strategy, overrides in VARIANTS:
-        parallel = Parallel(first.rank, first.world_size, 0, strategy)
+        parallel = Parallel(first.rank, first.world_size, 0, strategy, cpu_offload=name.endswith("offload"))
         data, val = variant_data(overrides)
         store = LocalStore(out / name)  # the same paths on both ranks: a write by rank 1 would show
         train(rank_model(parallel), data, val, run_config(**overrides), Checkpointer(store, "ck"),
@@ -123,7 +123,7 @@ def single_runs(tmp_path_factory) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     for name, _, overrides in VARIANTS:
-        if name == "fsdp":
+        if name.startswith("fsdp"):
             continue  # the same single-process run as ddp's
         data, val = variant_data(overrides)
         train(tiny_model(), data, val, run_config(**overrides), Checkpointer(LocalStore(out / name), "ck"),
@@ -135,7 +135,7 @@ def single_runs(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("name", [v[0] for v in VARIANTS])
 def test_two_ranks_train_what_one_process_trains(distributed_runs, single_runs, name):
     """2 ranks x 4 rows == 1 process x 8 rows: losses per step, validation losses and final weights."""
-    single = single_runs / ("ddp" if name == "fsdp" else name)
+    single = single_runs / ("ddp" if name.startswith("fsdp") else name)
     got, want = read_metrics(distributed_runs / name / "m.jsonl"), read_metrics(single / "m.jsonl")
     assert [r["step"] for r in got] == list(range(1, STEPS + 1)), "rank 0 alone writes metrics: one line per step"
     assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in want], rel=1e-4)
