@@ -202,7 +202,8 @@ class TrainConfig(Frozen):
         "pack",
         description="pack: documents concatenated with eos and cut into full blocks (pretraining). pad: each "
         "document one example truncated to block_size, batches of similar length padded to their longest "
-        "(fine-tuning on variable-length examples).",
+        "(fine-tuning on variable-length examples). pack stays the default for fine-tuning too: pad drops "
+        "what runs past block_size, which loses most of a corpus of long documents.",
     )
     lora: Optional[LoraSettings] = Field(
         None, description="Train low-rank adapters instead of every weight (fine-tuning); merged into the saved model."
