@@ -1,7 +1,9 @@
 """Preflight: will this run fit, how much compute is it, and how long will it take — before training starts."""
 from __future__ import annotations
 
+import functools
 import time
+from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
@@ -20,6 +22,7 @@ RULE_HOLD_BYTES = 4  # bytes/parameter to hold fp32 weights
 RULE_TRAIN_EXTRA_BYTES = 20  # the rule of thumb's extra bytes/parameter to train with Adam in fp32
 CHINCHILLA_TOKENS_PER_PARAM = 20
 USABLE_FRACTION = 0.9  # headroom for the allocator's fragmentation, the CUDA context, the data
+MAX_FSDP_RANKS = 1024  # sharding advice looks no further: past this, only a smaller model is advised
 
 __all__ = ["PreflightError", "PreflightReport", "preflight", "with_duration", "check", "skeleton",
            "measure_step_seconds", "summary", "markdown", "peak_flops", "flops_per_token", "PEAK_TFLOPS"]
@@ -107,7 +110,7 @@ def activation_bytes(config: PretrainedConfig, batch_size: int, seq_len: int, pr
 
 
 def preflight(model: torch.nn.Module, cfg: TrainConfig, device: torch.device, precision: str,
-              train_data: TokenData, step_seconds: Optional[float] = None) -> PreflightReport:
+              train_data: TokenData, step_seconds: Optional[float] = None, pretrained: bool = False) -> PreflightReport:
     """Memory, compute and data arithmetic for this run; ``fits`` is False with advice when it cannot run.
 
     Args:
@@ -118,25 +121,32 @@ def preflight(model: torch.nn.Module, cfg: TrainConfig, device: torch.device, pr
             weights, gradients and AdamW's two moments stay fp32 (4 + 4 + 8 bytes per trainable parameter).
         train_data: The training split (blocks or ragged documents): tokens available, tokens per step.
         step_seconds: A measured forward+backward of one micro-batch, for the duration estimate.
+        pretrained: The weights start from a pretrained model (model.pretrained): only then is LoRA advised.
 
     Under ``train.distributed`` the memory is one rank's: activations of its slice of the global
     batch, and with FSDP its shard of the weights, gradients and optimizer states (the full weights
-    of one layer are gathered at a time on top, left out). The processes of a CPU node share its RAM,
+    of one layer are gathered at a time on top, left out); with ``fsdp_cpu_offload`` on a GPU the
+    shards are in host RAM and the device total is the activations. The processes of a CPU node share its RAM,
     so there the estimate is multiplied by ``nproc_per_node``. Tokens per step stay global.
     """
     dist, ranks = cfg.distributed, cfg.distributed.world_size
-    shards = ranks if dist.strategy == "fsdp" and ranks > 1 else 1
     params = list(model.parameters())  # unique tensors: tied embeddings count once
     n = sum(p.numel() for p in params)
     trainable = sum(p.numel() for p in params if p.requires_grad)
-    weights = sum(p.numel() * p.element_size() for p in params) // shards
-    grads, optimizer = trainable * 4 // shards, trainable * 8 // shards  # fp32 gradients; AdamW's two fp32 moments
-    fused = fuses_loss(cfg, device, precision, shards > 1) and fusable_head(model) is not None
-    acts = activation_bytes(base_model(model).config, max(1, cfg.batch_size // ranks), cfg.block_size, precision,
-                            cfg.gradient_checkpointing, fused)
-    total = weights + grads + optimizer + acts
-    if device.type != "cuda":
-        total *= dist.nproc_per_node
+    weight_bytes = sum(p.numel() * p.element_size() for p in params)
+    config, fusable = base_model(model).config, fusable_head(model) is not None
+
+    def per_rank(world: int, fsdp: bool, precision: str = precision) -> tuple[int, int, int, int]:
+        """One rank's weights, fp32 gradients, AdamW's two fp32 moments and activations over ``world`` ranks."""
+        shards = world if fsdp and world > 1 else 1
+        acts = activation_bytes(config, max(1, -(-cfg.batch_size // world)), cfg.block_size, precision,
+                                cfg.gradient_checkpointing, fusable and fuses_loss(cfg, device, precision, shards > 1))
+        return weight_bytes // shards, trainable * 4 // shards, trainable * 8 // shards, acts
+
+    weights, grads, optimizer, acts = per_rank(ranks, dist.strategy == "fsdp")
+    per_node = dist.nproc_per_node if device.type != "cuda" else 1
+    # offloaded FSDP shards (and the optimizer step) live in host RAM: the GPU holds the activations
+    total = acts if _offloaded(cfg, device) else (weights + grads + optimizer + acts) * per_node
     available = available_memory(device)
     tokens_per_step = int(round(cfg.batch_size * cfg.grad_accum_steps * mean_tokens_per_example(train_data)))
     fits = total <= USABLE_FRACTION * available
@@ -147,7 +157,8 @@ def preflight(model: torch.nn.Module, cfg: TrainConfig, device: torch.device, pr
         rule_of_thumb_train_bytes=(RULE_HOLD_BYTES + RULE_TRAIN_EXTRA_BYTES) * n, tokens_per_step=tokens_per_step,
         planned_tokens=tokens_per_step * cfg.max_steps, available_tokens=int(train_data.size),
         chinchilla_tokens=CHINCHILLA_TOKENS_PER_PARAM * n, training_flops=6.0 * n * tokens_per_step * cfg.max_steps,
-        fits=fits, advice=[] if fits else _advice(cfg, precision, device, weights, acts, total, available),
+        fits=fits,
+        advice=[] if fits else _advice(cfg, device, precision, pretrained, per_rank, per_node, total, available),
     )
     return with_duration(report, cfg, step_seconds) if step_seconds is not None else report
 
@@ -165,23 +176,73 @@ def with_duration(report: PreflightReport, cfg: TrainConfig, step_seconds: float
     })
 
 
-def _advice(cfg: TrainConfig, precision: str, device: torch.device, weights: int, acts: int, total: int,
-            available: int) -> list[str]:
+def _advice(cfg: TrainConfig, device: torch.device, precision: str, pretrained: bool,
+            per_rank: Callable[..., tuple[int, int, int, int]], per_node: int, total: int, available: int) -> list[str]:
+    """What to change; ``per_rank(world, fsdp[, precision])`` gives one rank's bytes as :func:`preflight` counts them."""
+    dist, ranks, usable = cfg.distributed, cfg.distributed.world_size, USABLE_FRACTION * available
+    fsdp = dist.strategy == "fsdp"
+    weights, grads, optimizer, acts = per_rank(ranks, fsdp)
     tips = []
-    if cfg.batch_size > 1:
-        smaller = max(1, cfg.batch_size // 2)
-        tips.append(f"halve train.batch_size to {smaller} and double train.grad_accum_steps to "
-                    f"{cfg.grad_accum_steps * 2} (same effective batch, about {acts / 2 / GiB:.2f} GiB less activation memory)")
+    per_rank_batch = cfg.batch_size // ranks
+    if per_rank_batch > 1:  # the smallest factor that keeps the global batch a multiple of the ranks
+        factor = next(f for f in range(2, per_rank_batch + 1) if per_rank_batch % f == 0)
+        tips.append(f"set train.batch_size to {cfg.batch_size // factor} and train.grad_accum_steps to "
+                    f"{cfg.grad_accum_steps * factor} (same effective batch, about "
+                    f"{acts * (1 - 1 / factor) * per_node / GiB:.2f} GiB less activation memory)")
     if not cfg.gradient_checkpointing:
         tips.append("set train.gradient_checkpointing=true (recompute activations in the backward pass)")
-    if device.type == "cuda" and precision == "fp32":
-        tips.append("set train.precision=bf16 (halves activation memory)")
-    if cfg.lora is None:
-        tips.append("fine-tune with LoRA (train.lora) so gradients and optimizer states cover only the adapters")
-    if weights > USABLE_FRACTION * available:
-        tips.append(f"the weights alone take {weights / GiB:.2f} GiB: only a smaller model fits")
+    if precision == "fp32":
+        saved = (acts - per_rank(ranks, fsdp, "bf16")[3]) * per_node  # more, not less, where it loses the fused loss
+        if saved > 0 and saved >= 0.1 * (total - usable):  # worth it when it covers a tenth of what is missing
+            tips.append(f"set train.precision=bf16 (about {saved / GiB:.2f} GiB less activation memory"
+                        f"{_cpu_bf16_caveat() if device.type == 'cpu' else ''})")
+    if pretrained and cfg.lora is None:  # from scratch, LoRA would train only adapters on random weights
+        tips.append(f"fine-tune with LoRA (train.lora{', with train.distributed.strategy=ddp' if fsdp else ''}) "
+                    "so gradients and optimizer states cover only the adapters")
+    state = (weights + grads + optimizer) * per_node
+    if state > usable and not _offloaded(cfg, device):  # offloaded, the state is in host RAM already
+        # one rank per GPU, or per CPU node (a node's processes share its RAM); fsdp does not take train.lora
+        world = None if cfg.lora else next(
+            (w for w in range(2, MAX_FSDP_RANKS + 1) if sum(per_rank(w, True)) <= usable), None)
+        if world is None:
+            tips.append(f"the weights, gradients and optimizer states alone take {state / GiB:.2f} GiB: "
+                        "only a smaller model fits")
+        else:
+            batch = f", train.batch_size={-(-cfg.batch_size // world) * world}" if cfg.batch_size % world else ""
+            where = (f"{world} GPUs (train.distributed.nproc_per_node * train.distributed.nnodes = {world}{batch})"
+                     if device.type == "cuda" else
+                     f"{world} nodes (train.distributed.nnodes={world}, train.distributed.nproc_per_node=1{batch})")
+            offload = ("; on fewer GPUs add train.distributed.fsdp_cpu_offload=true (shards in CPU RAM, slower)"
+                       if device.type == "cuda" and not dist.fsdp_cpu_offload else "")
+            tips.append(f"shard the weights, gradients and optimizer states ({state / GiB:.2f} GiB) with "
+                        f"train.distributed.strategy=fsdp over {where}{offload}")
     tips.append(f"or use a smaller model.preset: this one needs {total / GiB:.2f} GiB, {available / GiB:.2f} GiB is available")
     return tips
+
+
+def _offloaded(cfg: TrainConfig, device: torch.device) -> bool:
+    dist = cfg.distributed
+    return device.type == "cuda" and dist.strategy == "fsdp" and dist.world_size > 1 and dist.fsdp_cpu_offload
+
+
+@functools.lru_cache(maxsize=1)
+def _native_cpu_bf16() -> Optional[bool]:
+    """Whether the CPU has bf16 instructions (AVX512-BF16, AMX, Arm BF16), from /proc/cpuinfo; None if unknown."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    flags = {f for line in lines if line.startswith(("flags", "Features")) for f in line.split(":", 1)[-1].split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"}) if flags else None
+
+
+def _cpu_bf16_caveat() -> str:
+    native = _native_cpu_bf16()
+    if native:
+        return ""
+    if native is None:
+        return "; slower than fp32 on CPUs without native bf16 (AVX512-BF16, AMX)"
+    return "; slower than fp32 on this CPU, which lacks native bf16"
 
 
 def check(report: PreflightReport) -> None:

@@ -103,7 +103,7 @@ def _preflight(store: ArtifactStore, prefix: str, model_cfg: ModelConfig, train_
                writes: bool = True) -> PreflightReport:
     """Estimate on a meta-device skeleton (nothing allocated); refuse a run that cannot fit, before building it."""
     report = pf.preflight(pf.skeleton(config, model_cfg.attention, train_cfg.lora), train_cfg, device, precision,
-                          train_data)
+                          train_data, pretrained=bool(model_cfg.pretrained))
     if not report.fits:
         if writes:
             store.put_json(f"{prefix}/preflight.json", report.model_dump(mode="json"))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from infra.config import DataConfig, LoraSettings, ModelConfig, PipelineConfig, TrainConfig
+from infra.config import DataConfig, DistributedSettings, LoraSettings, ModelConfig, PipelineConfig, TrainConfig
 from infra.store import LocalStore
 from models import preflight as pf
 from models.card import render_card
@@ -161,8 +161,9 @@ def test_a_run_that_cannot_fit_fails_before_building_the_model(packed_corpus, mo
     message = str(info.value)
     assert "GiB is available" in message and "weights" in message and "activations" in message
     for change in ("train.batch_size to 2048", "train.grad_accum_steps to 2", "train.gradient_checkpointing=true",
-                   "LoRA (train.lora)", "smaller model.preset"):
+                   "smaller model.preset"):
         assert change in message
+    assert "LoRA" not in message, "trained from scratch: LoRA would train only adapters on random weights"
     run_id = runs.run_id_for(packed, tok_ref, ModelConfig(preset="llama-1b"), cfg)
     saved = PreflightReport.model_validate(store.get_json(f"runs/{run_id}/preflight.json"))
     assert not saved.fits and saved.parameters > 9e8
@@ -221,3 +222,104 @@ def test_the_fused_loss_holds_one_chunk_of_logits_and_the_report_counts_it():
     assert reports[False].activations_bytes - reports[True].activations_bytes == plain - fused
     bf16 = pf.preflight(pf.skeleton(wide), config(fused_loss=True), CPU, "bf16", patterned_blocks(16))
     assert bf16.activations_bytes == pf.activation_bytes(wide, 8, BLOCK, "bf16", False)  # fp32 on CPU only
+
+
+def refused(monkeypatch, cfg, available, device=CPU, precision="fp32", model=None, **kwargs) -> PreflightReport:
+    """The report of a run refused on a device with ``available`` bytes free."""
+    monkeypatch.setattr(pf, "available_memory", lambda device: available)
+    report = pf.preflight(model or pf.skeleton(tiny_config()), cfg, device, precision, patterned_blocks(16), **kwargs)
+    assert not report.fits
+    return report
+
+
+def test_lora_is_advised_only_when_fine_tuning_a_pretrained_model(monkeypatch):
+    lora = lambda **kw: [t for t in refused(monkeypatch, **kw).advice if "LoRA" in t]  # noqa: E731
+    assert lora(cfg=config(), available=1000) == []
+    assert lora(cfg=config(), available=1000, pretrained=True) == [
+        "fine-tune with LoRA (train.lora) so gradients and optimizer states cover only the adapters"]
+    fsdp = config(distributed=DistributedSettings(nproc_per_node=2, strategy="fsdp"))
+    assert "LoRA (train.lora, with train.distributed.strategy=ddp)" in lora(cfg=fsdp, available=1000,
+                                                                             pretrained=True)[0]
+    with_lora = config(lora=LoraSettings(r=4))
+    model = pf.skeleton(tiny_config(), lora=with_lora.lora)
+    assert lora(cfg=with_lora, available=1000, model=model, pretrained=True) == []
+
+
+def _rank_bytes(world: int, checkpointing: bool = False) -> int:
+    """One FSDP rank of the tiny model (global batch 2) in bf16: its shard of 16 B/parameter, its slice's activations."""
+    acts = pf.activation_bytes(tiny_config(), -(-2 // world), BLOCK, "bf16", checkpointing)
+    return 16 * tiny_parameters() // world + acts
+
+
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_weights_that_do_not_fit_are_advised_to_shard_over_the_fewest_ranks_that_fit(monkeypatch, device):
+    available = int(_rank_bytes(3) / pf.USABLE_FRACTION) + 2
+    usable = pf.USABLE_FRACTION * available
+    assert _rank_bytes(2) > usable >= _rank_bytes(3) and 16 * tiny_parameters() > usable  # 2 ranks too few, 3 fit
+    tips = [t for t in refused(monkeypatch, config(batch_size=2), available, torch.device(device), "bf16").advice
+            if "fsdp" in t]
+    state = f"({16 * tiny_parameters() / pf.GiB:.2f} GiB) with train.distributed.strategy=fsdp over "
+    assert tips == [f"shard the weights, gradients and optimizer states {state}" + (
+        "3 GPUs (train.distributed.nproc_per_node * train.distributed.nnodes = 3, train.batch_size=3); on fewer GPUs "
+        "add train.distributed.fsdp_cpu_offload=true (shards in CPU RAM, slower)" if device == "cuda" else
+        "3 nodes (train.distributed.nnodes=3, train.distributed.nproc_per_node=1, train.batch_size=3)")]
+
+
+def test_sharding_advice_goes_beyond_the_ranks_already_sharding_and_knows_its_limits(monkeypatch):
+    available = int(_rank_bytes(4, checkpointing=True) / pf.USABLE_FRACTION) + 2
+    assert _rank_bytes(3, checkpointing=True) > pf.USABLE_FRACTION * available
+    fsdp = config(batch_size=2, gradient_checkpointing=True, distributed=DistributedSettings(
+        nproc_per_node=2, strategy="fsdp"))
+    tips = refused(monkeypatch, fsdp, available, torch.device("cuda"), "bf16").advice
+    assert [t[t.index("over"):] for t in tips if "fsdp" in t] == [
+        "over 4 GPUs (train.distributed.nproc_per_node * train.distributed.nnodes = 4, train.batch_size=4); "
+        "on fewer GPUs add train.distributed.fsdp_cpu_offload=true (shards in CPU RAM, slower)"]
+    offloaded = fsdp.model_copy(update={"distributed": fsdp.distributed.model_copy(update={"fsdp_cpu_offload": True})})
+    report = pf.preflight(pf.skeleton(tiny_config()), offloaded, torch.device("cuda"), "bf16", patterned_blocks(16))
+    assert report.total_bytes == report.activations_bytes, "offloaded shards are in host RAM, not on the GPU"
+    nowhere = refused(monkeypatch, config(), 1000).advice  # not even one example per rank fits
+    assert not any("fsdp" in t for t in nowhere) and any("only a smaller model fits" in t for t in nowhere)
+    with_lora = config(lora=LoraSettings(r=4))  # fsdp does not take LoRA
+    lora_tips = refused(monkeypatch, with_lora, available, model=pf.skeleton(tiny_config(), lora=with_lora.lora)).advice
+    assert not any("fsdp" in t for t in lora_tips) and any("only a smaller model fits" in t for t in lora_tips)
+
+
+@pytest.mark.parametrize("native, caveat", [(True, ""), (False, "; slower than fp32 on this CPU, which lacks native bf16"),
+                                            (None, "; slower than fp32 on CPUs without native bf16 (AVX512-BF16, AMX)")])
+def test_bf16_is_advised_on_a_cpu_too_with_the_caveat_that_applies(monkeypatch, native, caveat):
+    monkeypatch.setattr(pf, "_native_cpu_bf16", lambda: native)
+    cfg = config(fused_loss=False)
+    saved = (pf.activation_bytes(tiny_config(), 8, BLOCK, "fp32", False)
+             - pf.activation_bytes(tiny_config(), 8, BLOCK, "bf16", False))
+    tip = f"set train.precision=bf16 (about {saved / pf.GiB:.2f} GiB less activation memory{caveat})"
+    assert tip in refused(monkeypatch, cfg, 1000).advice
+    assert f"set train.precision=bf16 (about {saved / pf.GiB:.2f} GiB less activation memory)" in refused(
+        monkeypatch, cfg, 1000, torch.device("cuda")).advice
+    assert not any("bf16" in t for t in refused(monkeypatch, cfg, 1000, precision="bf16").advice)
+
+
+def test_bf16_is_not_advised_where_it_would_save_too_little(monkeypatch):
+    wide = pf.skeleton(build_config("tiny", vocab_size=32768, context_length=BLOCK, bos_token_id=0, eos_token_id=0))
+    # on a CPU bf16 gives up the fused loss: the full logits cost more than the 16-bit blocks save
+    assert not any("bf16" in t for t in refused(monkeypatch, config(), 1000, model=wide).advice)
+    # the weights dominate what is missing: halving the activations of one example would not matter
+    gpt2 = pf.skeleton(build_config("gpt2", vocab_size=50257, context_length=1024, bos_token_id=0, eos_token_id=0))
+    tips = refused(monkeypatch, config(batch_size=1, fused_loss=False), 1000, torch.device("cuda"), model=gpt2).advice
+    assert not any("bf16" in t for t in tips)
+
+
+def test_native_cpu_bf16_reads_the_cpu_flags(monkeypatch):
+    detect = pf._native_cpu_bf16.__wrapped__
+    for text, native in [("flags\t: fpu avx512f avx512_bf16\n", True), ("flags\t: fpu amx_bf16\n", True),
+                         ("Features\t: fp asimd bf16\n", True), ("flags\t: fpu avx2 avx512f\n", False), ("", None)]:
+        monkeypatch.setattr(pf.Path, "read_text", lambda self, text=text: text)
+        assert detect() is native
+
+
+@pytest.mark.parametrize("batch, ranks, advised", [(8, 1, (4, 2)), (7, 1, (1, 7)), (12, 4, (4, 3)), (16, 4, (8, 2)),
+                                                   (4, 4, None), (1, 1, None)])
+def test_a_smaller_batch_is_advised_only_as_a_multiple_of_the_ranks(monkeypatch, batch, ranks, advised):
+    cfg = config(batch_size=batch, distributed=DistributedSettings(nproc_per_node=ranks))
+    tips = [t for t in refused(monkeypatch, cfg, 1000).advice if "train.batch_size to" in t]
+    assert [t.split(" (")[0] for t in tips] == (
+        [f"set train.batch_size to {advised[0]} and train.grad_accum_steps to {advised[1]}"] if advised else [])
