@@ -9,7 +9,7 @@ from huggingface_hub import metadata_load
 
 from infra.config import PipelineConfig
 from infra.markdown import markdown_table
-from models.records import DatasetRef, EvalReport, QuantReport, TokenizerRef, TrainRef
+from models.records import DatasetRef, EvalReport, QuantReport, SampleParams, TokenizerRef, TrainRef
 
 _ORIGIN = {"scratch": "trained from scratch", "full": "fine-tuned (every weight)",
            "lora": "fine-tuned with LoRA (adapters merged)"}
@@ -78,8 +78,8 @@ def render_card(*, name: str, version: int, config: PipelineConfig, dataset: Dat
         "## Gate decision",
         f"**{'promoted' if gate.promote else 'not promoted'}** — {gate.reason}",
         "## Samples",
-        markdown_table(["setting", "prompt", "completion"], [
-            [s.setting, s.prompt, s.completion]
+        markdown_table(["setting", "knobs", "prompt", "completion"], [
+            [s.setting, _knobs(s.params), s.prompt, s.completion]
             for s in evaluation.samples
         ]),
     ]
@@ -95,6 +95,22 @@ def render_card(*, name: str, version: int, config: PipelineConfig, dataset: Dat
         + (f" Fine-tuned from `{base}`: that model's license and limitations apply too." if base else ""),
     ]
     return "\n\n".join(parts) + "\n"
+
+
+def _knobs(params: Optional[SampleParams]) -> str:
+    """A sample's generation settings in a few words ("-" for reports that predate recording them)."""
+    if params is None:
+        return "-"
+    parts = [f"{params.max_new_tokens} tokens"]
+    if not params.do_sample:
+        parts.append("greedy")
+    else:
+        parts.append(f"temperature {params.temperature:g}")
+        parts += [f"top-k {params.top_k}"] if params.top_k else []
+        parts += [f"top-p {params.top_p:g}"] if params.top_p is not None and params.top_p < 1 else []
+    parts += [f"repetition penalty {params.repetition_penalty:g}"] if params.repetition_penalty != 1 else []
+    parts += [f"seed {params.seed}"] if params.seed is not None else []
+    return ", ".join(parts)
 
 
 def _license(method: str, base: Optional[str]) -> dict:

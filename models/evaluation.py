@@ -14,7 +14,7 @@ from infra.store import ArtifactStore
 from models.generation import SamplingParams, complete, context_length
 from models.ingest import read_split
 from models.kernels import linear_kernels, use_onednn
-from models.records import DatasetRef, DocScores, EvalReport, GateDecision, Sample, SplitEval, TrainRef
+from models.records import DatasetRef, DocScores, EvalReport, GateDecision, Sample, SampleParams, SplitEval, TrainRef
 from models.registry import Registry
 from models.runs import download_run_model
 
@@ -24,14 +24,16 @@ LN2 = math.log(2)
 def _windows(seq: list[int], ctx: int, stride: int) -> list[tuple[list[int], int]]:
     """(window, number of targets scored at its end) covering every target of ``seq[1:]`` once.
 
-    Each window after the first overlaps the previous by ``ctx - stride`` tokens, so every
+    Each window after the first overlaps the previous by at least ``ctx - stride`` tokens, so every
     scored token sees at least that much context (the sliding-window evaluation of the
-    transformers perplexity guide).
+    transformers perplexity guide). Unlike the guide's, the last window also spans a full context
+    (when ``seq`` has one), rather than starting ``stride`` after the previous and scoring its
+    targets with less context than the model could use.
     """
     out, prev_end, begin = [], 1, 0
     while True:
         end = min(begin + ctx, len(seq))
-        out.append((seq[begin:end], end - prev_end))
+        out.append((seq[max(0, end - ctx):end], end - prev_end))
         if end == len(seq):
             return out
         prev_end, begin = end, begin + stride
@@ -91,15 +93,19 @@ def bits_per_byte(scores: DocScores) -> float:
 
 
 def generate_samples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: EvalConfig) -> list[Sample]:
-    """One completion per prompt and generation setting (greedy, temperature, top-k, top-p...)."""
+    """One completion per prompt and generation setting (greedy, temperature, top-k, top-p...), with its knobs.
+
+    The prompts of one setting are generated as one batch, so a seeded sample is drawn again by
+    generating all of ``cfg.sample_prompts`` with its ``params``.
+    """
     samples = []
     for setting in cfg.generations:
-        params = SamplingParams(
+        params = SampleParams(
             max_new_tokens=cfg.max_new_tokens, do_sample=setting.do_sample, temperature=setting.temperature,
             top_k=setting.top_k, top_p=setting.top_p, repetition_penalty=setting.repetition_penalty, seed=setting.seed,
         )
-        outputs = complete(model, tokenizer, cfg.sample_prompts, params)
-        samples += [Sample(setting=setting.name, prompt=p, completion=o[0].text)
+        outputs = complete(model, tokenizer, cfg.sample_prompts, SamplingParams(**params.model_dump()))
+        samples += [Sample(setting=setting.name, params=params, prompt=p, completion=o[0].text)
                     for p, o in zip(cfg.sample_prompts, outputs)]
     return samples
 
@@ -147,15 +153,16 @@ def gate(candidate: DocScores, production: Optional[DocScores], cfg: GateConfig,
 
 def evaluate_run(store: ArtifactStore, run: TrainRef, dataset: DatasetRef, eval_cfg: EvalConfig,
                  gate_cfg: GateConfig, model_name: str, cache_dir: Path,
-                 candidate_version: Optional[int] = None) -> EvalReport:
+                 candidate_version: Optional[int] = None, attention: str = "sdpa") -> EvalReport:
     """Score the run's model on validation and test, sample from it, and gate it (as ``candidate_version``)
     against production.
 
     Production is scored on the candidate's own test documents, so both numbers describe the
-    same text (bits per byte stay comparable across tokenizers). Writes ``runs/<id>/eval.json``.
+    same text (bits per byte stay comparable across tokenizers). ``attention`` is the candidate's
+    attention kernel (``model.attention``). Writes ``runs/<id>/eval.json``.
     """
     local = download_run_model(store, run, cache_dir)
-    model = AutoModelForCausalLM.from_pretrained(local, attn_implementation="sdpa").eval()
+    model = AutoModelForCausalLM.from_pretrained(local, attn_implementation=attention).eval()
     tokenizer = AutoTokenizer.from_pretrained(local)
     texts = {s: read_split(store, dataset, s)[:eval_cfg.max_docs] for s in ("validation", "test")}
     scores = {s: score_documents(model, tokenizer, t, eval_cfg.stride, eval_cfg.batch_size) for s, t in texts.items()}

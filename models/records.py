@@ -124,8 +124,21 @@ class SplitEval(Record):
     bits_per_byte: float
 
 
+class SampleParams(Record):
+    """The generation knobs a sample was drawn with (``models.generation.SamplingParams`` less stop strings)."""
+
+    max_new_tokens: int
+    do_sample: bool = Field(description="False: greedy decoding (temperature, top_k and top_p unused)")
+    temperature: float
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    repetition_penalty: float
+    seed: Optional[int] = None
+
+
 class Sample(Record):
     setting: str
+    params: Optional[SampleParams] = Field(None, description="None in reports written before samples recorded them")
     prompt: str
     completion: str
 

@@ -15,8 +15,9 @@ from tasks.common import artifact_key, cache_dir, store
 
 @task(name="evaluate-model")
 def evaluate_model(run: TrainRef, dataset: DatasetRef, eval_cfg: EvalConfig, gate_cfg: GateConfig,
-                   model_name: str, candidate_version: Optional[int] = None) -> EvalReport:
-    report = evaluate_run(store(), run, dataset, eval_cfg, gate_cfg, model_name, cache_dir(), candidate_version)
+                   model_name: str, candidate_version: Optional[int] = None, attention: str = "sdpa") -> EvalReport:
+    report = evaluate_run(store(), run, dataset, eval_cfg, gate_cfg, model_name, cache_dir(), candidate_version,
+                          attention)
     table = markdown_table(
         ["split", "documents", "perplexity", "bits/byte"],
         [[s.split, s.documents, f"{s.perplexity:.2f}", f"{s.bits_per_byte:.4f}"] for s in report.splits.values()],

@@ -11,7 +11,7 @@ from huggingface_hub import ModelCard
 from infra.config import PipelineConfig
 from models.card import render_card
 from models.records import (
-    DatasetRef, EvalReport, GateDecision, QuantReport, Sample, SplitEval, SplitRef, TokenizerRef, TrainRef,
+    DatasetRef, EvalReport, GateDecision, QuantReport, Sample, SampleParams, SplitEval, SplitRef, TokenizerRef, TrainRef,
 )
 
 DATA_SHA = "d" * 64
@@ -44,7 +44,9 @@ def evaluation(promote: bool = True, with_test: bool = True) -> EvalReport:
     return EvalReport(
         uri="/store/runs/0123456789abcdef/eval.json", sha256="e" * 64, splits=splits,
         samples=[Sample(setting="greedy", prompt="Return the", completion=" value | or\nNone"),
-                 Sample(setting="top-k-40", prompt="If the", completion=" file is closed")],
+                 Sample(setting="top-k-40", prompt="If the", completion=" file is closed",
+                        params=SampleParams(max_new_tokens=24, do_sample=True, temperature=0.8, top_k=40, top_p=1.0,
+                                            repetition_penalty=1.1, seed=7))],
         gate=GateDecision(promote=promote, reason="candidate 1.5432 vs production v1 1.6000 bits/byte: better",
                           candidate_bits_per_byte=1.5432189, production_bits_per_byte=1.6, production_version=1,
                           difference=-0.0568, ci_low=-0.08, ci_high=-0.03, threshold=0.0, documents=48),
@@ -142,8 +144,9 @@ def test_gate_decision_states_the_outcome_and_reason(promote, verdict):
 
 def test_sample_text_with_pipes_and_newlines_stays_in_its_cell():
     rows = table_rows(section(card(), "Samples"))
-    assert rows == [["setting", "prompt", "completion"], ["greedy", "Return the", r"value \| or None"],
-                    ["top-k-40", "If the", "file is closed"]]
+    assert rows == [["setting", "knobs", "prompt", "completion"], ["greedy", "-", "Return the", r"value \| or None"],
+                    ["top-k-40", "24 tokens, temperature 0.8, top-k 40, repetition penalty 1.1, seed 7", "If the",
+                     "file is closed"]]
 
 
 def test_compression_section_only_with_a_quant_report():

@@ -7,12 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from infra.config import EvalConfig, GateConfig, GenerationSettings
-from models.evaluation import _windows, bits_per_byte, gate, generate_samples, score_documents, summarize
+from transformers import AutoModelForCausalLM
+
+from infra.config import EvalConfig, GateConfig, GenerationSettings, PipelineConfig
+from models.evaluation import _windows, bits_per_byte, evaluate_run, gate, generate_samples, score_documents, summarize
+from models.generation import SamplingParams, complete
 from models.presets import build_config
-from models.records import DocScores
+from models.records import DocScores, Sample
 from models.tokenizer import train_bpe
 from models.training import build_model
+from tests.helpers import train_stdlib_run
 
 TEXTS = [
     "Return the number of items in the container, or raise an error when it is closed.",
@@ -37,7 +41,7 @@ def model(tok):
 def test_windows_score_every_target_exactly_once(length, ctx, stride):
     seq = list(range(length))
     windows = _windows(seq, ctx, stride)
-    assert all(len(w) <= ctx for w, _ in windows)
+    assert all(len(w) == min(ctx, length) for w, _ in windows), "every window uses the whole context it can"
     assert sum(t for _, t in windows) == length - 1
     scored = [tok for w, t in windows for tok in w[len(w) - t:]]
     assert scored == seq[1:]
@@ -69,6 +73,43 @@ def test_long_documents_are_scored_with_a_sliding_window(model, tok):
     split = summarize("test", scores)
     assert split.perplexity == pytest.approx(math.exp(split.loss))
     assert split.bits_per_byte == pytest.approx(scores.nll_nats[0] / math.log(2) / len(long.encode()))
+
+
+def reference_nll(model, ids, ctx, stride):
+    """Summed NLL of ``ids[1:]`` by the transformers perplexity guide's loop, one window at a time,
+    except that the last window reaches back a full context (the guide's starts ``stride`` after the
+    previous one, so its tokens get less context than the model allows)."""
+    total, scored, prev_end = 0.0, 0, 1
+    for begin in range(0, len(ids), stride):
+        end = min(begin + ctx, len(ids))
+        x = torch.tensor([ids[max(0, end - ctx):end]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=x).logits[0, :-1].double(), -1)
+        nll = -logp.gather(-1, x[0, 1:, None])[:, 0]  # nll[j]: -log p(x[j+1] | x[:j+1])
+        targets = end - prev_end  # the tokens no earlier window scored
+        total += nll[-targets:].sum().item()
+        scored += targets
+        prev_end = end
+        if end == len(ids):
+            break
+    return total, scored
+
+
+@pytest.mark.parametrize("stride", [8, 5, 15, 1])
+def test_sliding_window_scores_match_a_window_by_window_reference(model, tok, stride):
+    texts = [" ".join(TEXTS), TEXTS[2][:28], TEXTS[1][:25]]  # long, a little over the context, short
+    ids = [[tok.eos_token_id, *tok(t, add_special_tokens=False)["input_ids"]] for t in texts]
+    assert len(ids[0]) > 16 * 4 and 16 < len(ids[1]) < 24 and len(ids[2]) <= 16
+    # batch_size 2: windows of different documents and lengths share batches
+    scores = score_documents(model, tok, texts, stride=stride, batch_size=2)
+    for doc, seq in enumerate(ids):
+        expected, scored = reference_nll(model, seq, 16, stride)
+        assert scores.tokens[doc] == scored == len(seq) - 1
+        assert scores.nll_nats[doc] == pytest.approx(expected, rel=1e-5), texts[doc]
+    x = torch.tensor([ids[2]])
+    with torch.no_grad():
+        plain = model(input_ids=x, labels=x).loss.item() * (len(ids[2]) - 1)
+    assert scores.nll_nats[2] == pytest.approx(plain, rel=1e-5), "a short document is one full-context pass"
 
 
 def docs(nll, nbytes=100):
@@ -119,3 +160,41 @@ def test_samples_cover_every_prompt_and_setting(model, tok):
         ("greedy", "Return the"), ("greedy", "Open"), ("top-k", "Return the"), ("top-k", "Open")]
     again = generate_samples(model, tok, cfg)
     assert [s.completion for s in samples] == [s.completion for s in again], "seeded sampling is reproducible"
+
+
+def test_samples_record_the_knobs_that_draw_them_again(model, tok):
+    cfg = EvalConfig(sample_prompts=["Return the", "Open"], max_new_tokens=5, generations=[
+        GenerationSettings(name="greedy", repetition_penalty=1.3),
+        GenerationSettings(name="hot", do_sample=True, temperature=1.7, top_k=20, top_p=0.9, seed=7)])
+    samples = generate_samples(model, tok, cfg)
+    greedy, hot = samples[0].params, samples[2].params
+    assert greedy.model_dump() == dict(max_new_tokens=5, do_sample=False, temperature=1.0, top_k=None, top_p=None,
+                                       repetition_penalty=1.3, seed=0)
+    assert hot.model_dump() == dict(max_new_tokens=5, do_sample=True, temperature=1.7, top_k=20, top_p=0.9,
+                                    repetition_penalty=1.0, seed=7)
+    # the report alone redraws them: each setting's prompts, generated together with its params
+    for params, group in ((greedy, samples[:2]), (hot, samples[2:])):
+        redrawn = complete(model, tok, [s.prompt for s in group], SamplingParams(**params.model_dump()))
+        assert [o[0].text for o in redrawn] == [s.completion for s in group]
+    assert [Sample.model_validate_json(s.model_dump_json()) for s in samples] == samples
+    old = Sample.model_validate({"setting": "greedy", "prompt": "Return the", "completion": " x"})
+    assert old.params is None, "reports written before samples carried their params still read back"
+
+
+def test_evaluation_loads_the_candidate_with_the_configured_attention(tmp_path, monkeypatch):
+    config = PipelineConfig.from_dict({
+        "model_name": "attn-lm", "data": {"max_chars": 600}, "tokenizer": {"vocab_size": 300},
+        "model": {"preset": "tiny", "attention": "eager"},
+        "train": {"max_steps": 2, "max_minutes": None, "batch_size": 4, "block_size": 32, "warmup_steps": 1,
+                  "eval_every": 2, "eval_batches": 1, "checkpoint_every": 2, "num_threads": 1},
+        "eval": {"max_docs": 2, "max_new_tokens": 2, "sample_prompts": ["Return the"],
+                 "generations": [{"name": "greedy"}]},
+        "gate": {"max_bits_per_byte": 50.0},
+    })
+    done = train_stdlib_run(tmp_path, config, config.model_name)
+    loaded, load = [], AutoModelForCausalLM.from_pretrained  # record what transformers really loads
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **kw: loaded.append(load(*a, **kw)) or loaded[-1])
+    evaluate_run(done.store, done.run, done.dataset, config.eval, config.gate, config.model_name, done.cache,
+                 attention=config.model.attention)
+    assert [m.config._attn_implementation for m in loaded] == ["eager"]
