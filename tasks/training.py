@@ -10,7 +10,7 @@ from infra.config import ModelConfig, TrainConfig
 from models import preflight as pf
 from models.distributed_worker import launch_run
 from models.records import PackedRef, PreflightReport, TokenizerRef, TrainRef
-from models.runs import run_training
+from models.runs import run_identity, run_training
 from models.tokenizer import load_tokenizer
 from models.training import StepMetrics
 from tasks.common import artifact_key, cache_dir, link, store
@@ -26,7 +26,10 @@ def train_model(packed: PackedRef, tokenizer_ref: TokenizerRef, model_cfg: Model
     logger = get_run_logger()
     st = store()
     name = model_cfg.pretrained or model_cfg.preset
-    progress_id = create_progress_artifact(0.0, description=f"training {name}")
+    # keyed like the loss curve: a resumed run adds a version to its own key, distinct runs never share one
+    run_id, _ = run_identity(packed, tokenizer_ref, model_cfg, train_cfg)
+    progress_id = create_progress_artifact(0.0, key=artifact_key("train-progress", run_id),
+                                           description=f"training run {run_id} ({name})")
     every = max(1, train_cfg.max_steps // 50)
 
     def report(m: StepMetrics) -> None:
