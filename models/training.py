@@ -313,7 +313,7 @@ def _train(model, train_data, val_data, cfg, checkpointer, metrics_path, on_metr
         torch.manual_seed(cfg.seed)
     last_saved = resumed or 0  # decided from state, not the store: every rank must agree on when to save
     peak = peak_flops(device, precision, cfg.peak_tflops)
-    # unique parameters of the whole model: FSDP shards are counted before wrapping
+    # unique parameters of the whole model (FSDP's DTensor parameters report their global size), per device
     model_flops = flops_per_token(model, cfg.block_size) / parallel.world_size if peak else 0.0
     step_model = torch.compile(wrapped) if resolve_compile(cfg.compile, device) else wrapped
     if parallel.is_main:
