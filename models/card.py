@@ -109,7 +109,7 @@ def _knobs(params: Optional[SampleParams]) -> str:
         parts += [f"top-k {params.top_k}"] if params.top_k else []
         parts += [f"top-p {params.top_p:g}"] if params.top_p is not None and params.top_p < 1 else []
     parts += [f"repetition penalty {params.repetition_penalty:g}"] if params.repetition_penalty != 1 else []
-    parts += [f"seed {params.seed}"] if params.seed is not None else []
+    parts += [f"seed {params.seed}"] if params.do_sample and params.seed is not None else []  # greedy draws nothing
     return ", ".join(parts)
 
 
