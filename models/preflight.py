@@ -67,8 +67,8 @@ class PreflightError(RuntimeError):
 
 def skeleton(config: PretrainedConfig, attention: str = "sdpa", lora: Optional[LoraSettings] = None) -> torch.nn.Module:
     """The model on the ``meta`` device: shapes and dtypes without memory, for counting a 1B model in a second."""
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, attn_implementation=attention, dtype=torch.float32)  # as load_pretrained: fp32 master weights
+    with torch.device("meta"):  # fp32 whatever config.dtype says, as load_pretrained: fp32 master weights
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=attention, dtype=torch.float32)
     return apply_lora(model, lora) if lora else model
 
 

@@ -323,3 +323,10 @@ def test_a_smaller_batch_is_advised_only_as_a_multiple_of_the_ranks(monkeypatch,
     tips = [t for t in refused(monkeypatch, cfg, 1000).advice if "train.batch_size to" in t]
     assert [t.split(" (")[0] for t in tips] == (
         [f"set train.batch_size to {advised[0]} and train.grad_accum_steps to {advised[1]}"] if advised else [])
+
+
+def test_the_skeleton_is_fp32_like_the_weights_that_train_even_for_a_bf16_checkpoint_config():
+    """A hub config saying bfloat16 must not halve the count, nor give FSDP's skeleton ranks other dtypes than rank 0."""
+    config = tiny_config()
+    config.dtype = torch.bfloat16
+    assert {p.dtype for p in pf.skeleton(config).parameters()} == {torch.float32}
