@@ -204,12 +204,11 @@ def _publish_metrics(store: ArtifactStore, prefix: str, local: Path, title: str)
 
 
 def _publish_metrics_after_failure(store: ArtifactStore, prefix: str, local: Path, title: str) -> None:
-    if not (local / "metrics.jsonl").exists() or not read_metrics(local / "metrics.jsonl"):
-        return
-    try:
-        _publish_metrics(store, prefix, local, title)
-        log.info("the failed run's metrics and plot are at %s", store.uri_for(f"{prefix}/metrics.jsonl"))
-    except Exception:  # never hide the error that stopped the run
+    try:  # reading the metrics too: never hide the error that stopped the run
+        if (local / "metrics.jsonl").exists() and read_metrics(local / "metrics.jsonl"):
+            _publish_metrics(store, prefix, local, title)
+            log.info("the failed run's metrics and plot are at %s", store.uri_for(f"{prefix}/metrics.jsonl"))
+    except Exception:
         log.exception("could not publish the failed run's metrics")
 
 
