@@ -129,7 +129,8 @@ class DistributedSettings(Frozen):
         description="ddp: every rank holds the whole model and gradients are averaged. fsdp: FSDP2 shards parameters, "
         "gradients and optimizer states over the ranks, per decoder layer (models that do not fit one device).",
     )
-    fsdp_cpu_offload: bool = Field(False, description="fsdp: keep sharded parameters and optimizer states in CPU memory (slow; CUDA only).")
+    fsdp_cpu_offload: bool = Field(False, description="fsdp: keep sharded parameters and optimizer states in CPU memory (slow; on a CPU-only host "
+                                   "a no-op, the shards are in host memory already).")
     max_restarts: int = Field(
         0, ge=0, description="torchrun restarts of the whole worker group after a failure; each restart resumes from the last checkpoint."
     )
