@@ -33,7 +33,7 @@ MIX_LEVELS = (0.0, 0.10, 0.25, 0.50)
 
 def load_texts(max_chars: int) -> tuple[list[str], list[str], str]:
     """(docstrings, shift passages, name of the shift corpus): shuffled, deterministic."""
-    from models.corpus import stdlib_code, stdlib_docstrings
+    from llmops.models.data.corpus import stdlib_code, stdlib_docstrings
 
     docs = [d.text.strip() for d in stdlib_docstrings()]
     docs = [d for d in dict.fromkeys(docs) if d and len(d) <= max_chars]  # unique: no document in two windows
@@ -50,12 +50,14 @@ def load_texts(max_chars: int) -> tuple[list[str], list[str], str]:
 
 def train_model(texts: list[str], seconds: float, out: Path):
     """Train a ``mini`` model with the project's tokenizer, packing and training loop; save it to ``out``."""
-    from infra.config import TokenizerConfig, TrainConfig
-    from infra.store import LocalStore
-    from models.checkpoint import Checkpointer
-    from models.presets import build_config
-    from models.tokenizer import pack_split, train_bpe
-    from models.training import build_model, train
+    from llmops.infra.config import TokenizerConfig, TrainConfig
+    from llmops.infra.store import LocalStore
+    from llmops.models.data.packing import pack_split
+    from llmops.models.data.tokenizer import train_bpe
+    from llmops.models.model.presets import build_config
+    from llmops.models.training.checkpoint import Checkpointer
+    from llmops.models.training.loop import train
+    from llmops.models.training.setup import build_model
 
     cfg = TrainConfig(max_minutes=seconds / 60, max_steps=100_000, device="cpu", eval_every=200, checkpoint_every=10_000,
                       num_threads=1)
@@ -81,9 +83,9 @@ def score(model, tokenizer, texts: list[str], cache: Path | None) -> list[dict]:
     """Traffic records of ``texts`` from the served model's own code, as a server with default params captures them."""
     import torch
 
-    from models.profiling import reference_records
-    from tasks.drift import serving_params
-    from infra.config import PipelineConfig
+    from llmops.infra.config import PipelineConfig
+    from llmops.models.model.reference import reference_records
+    from llmops.tasks.monitoring import serving_params
 
     digest = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
     path = cache / f"records-{digest}.jsonl" if cache is not None else None
@@ -189,10 +191,10 @@ def main() -> None:
     # One thread: on a shared 2-vCPU machine torch's two-thread barriers made scoring 15x slower (measured).
     torch.set_num_threads(1)
 
-    from infra.config import MonitorConfig, PipelineConfig
-    from monitoring.drift import check_window
-    from monitoring.profile import build_profile
-    from tasks.drift import tokenize_with
+    from llmops.infra.config import MonitorConfig, PipelineConfig
+    from llmops.monitoring.drift import check_window
+    from llmops.monitoring.profile import build_profile
+    from llmops.tasks.monitoring import tokenize_with
 
     cfg = MonitorConfig(evidently_report=False)  # the default policy; Evidently's companion report is not a verdict
     docs, shift, shift_name = load_texts(PipelineConfig().serve.max_prompt_chars)

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import RESULTS, ROOT, max_rss_mb, run_meta, write_results
 
 THRESHOLDS = {"psi": 0.1, "kl": 0.1}  # drift when value >= threshold; ks: drift when p < 0.05 (Evidently's defaults)
@@ -65,9 +64,9 @@ def make_data(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def run_ours(ref: np.ndarray, cur: np.ndarray, method: str) -> tuple[dict, float, float]:
     """Our statistic per column: profile (once per model, timed apart) then the window check."""
-    from infra.config import MonitorConfig
-    from monitoring import stats
-    from monitoring.profile import continuous_profile, quantile_edges
+    from llmops.infra.config import MonitorConfig
+    from llmops.monitoring import stats
+    from llmops.monitoring.profile import continuous_profile, quantile_edges
 
     cfg = MonitorConfig()
     t0 = time.perf_counter()
@@ -119,7 +118,7 @@ def worker(tool: str, method: str, n: int) -> dict:
     if tool == "evidently":
         import evidently  # noqa: F401
     else:
-        import monitoring.profile  # noqa: F401
+        import llmops.monitoring.profile  # noqa: F401
     ref, cur = make_data(n)
     baseline = max_rss_mb()
     values, profile_s, check_s = (run_ours if tool == "ours" else run_evidently)(ref, cur, method)

@@ -44,11 +44,11 @@ MODEL = "bench-lm"
 
 def prepare(root: Path, n: int, reference: int) -> Path:
     """Write the reference profile and ``n`` window records into ``root``; reuse them if already there."""
-    from infra.config import MonitorConfig
-    from infra.store import LocalStore
-    from infra.traffic import write_records
-    from monitoring.profile import build_profile
-    from monitoring.synthetic import TrafficShape, synthetic_records
+    from llmops.infra.config import MonitorConfig
+    from llmops.infra.store import LocalStore
+    from llmops.infra.traffic.log import write_records
+    from llmops.monitoring.profile import build_profile
+    from llmops.monitoring.synthetic import TrafficShape, synthetic_records
 
     folder = root / f"n{n}"
     if (folder / "done").is_file():
@@ -69,8 +69,8 @@ def prepare(root: Path, n: int, reference: int) -> Path:
 
 def run_compact(folder: Path) -> dict:
     """Compact the copy of the JSONL store (every hour of the window is closed)."""
-    from infra.store import LocalStore
-    from infra.traffic_compact import compact
+    from llmops.infra.store import LocalStore
+    from llmops.infra.traffic.compaction import compact
 
     store = LocalStore(folder / "compacted")
     jsonl_mb = sum(p.stat().st_size for p in store.root.rglob("*.jsonl")) / 1e6
@@ -85,13 +85,13 @@ def run_compact(folder: Path) -> dict:
 
 
 def run_ours(folder: Path, source: str) -> dict:
-    from infra.config import MonitorConfig
-    from infra.store import LocalStore
-    from monitoring import report
-    from monitoring.accumulate import WindowAccumulator
-    from monitoring.drift import finish_window, judge, measure
-    from monitoring.profile import ReferenceProfile
-    from monitoring.window import stream_window
+    from llmops.infra.config import MonitorConfig
+    from llmops.infra.store import LocalStore
+    from llmops.monitoring import report
+    from llmops.monitoring.accumulate import WindowAccumulator
+    from llmops.monitoring.drift import finish_window, judge, measure
+    from llmops.monitoring.records import ReferenceProfile
+    from llmops.monitoring.window import stream_window
 
     profile, cfg = ReferenceProfile.from_json((folder / "profile.json").read_text()), MonitorConfig(evidently_report=False)
     store = LocalStore(folder / source)
@@ -131,10 +131,10 @@ def _warm_up(store, profile) -> None:
     """Parse and accumulate a few records once: Arrow and numpy initialise lazily on first use, like imports."""
     import numpy as np
 
-    from infra.traffic import window_files
-    from infra.traffic_parquet import open_parquet
-    from monitoring import columnar
-    from monitoring.accumulate import WindowAccumulator
+    from llmops.infra.traffic.log import window_files
+    from llmops.infra.traffic.parquet import open_parquet
+    from llmops.monitoring import columnar
+    from llmops.monitoring.accumulate import WindowAccumulator
 
     key = window_files(store, MODEL, T0, T0 + timedelta(hours=HOURS))[0]
     if key.endswith(".parquet"):
@@ -154,7 +154,7 @@ def _frame(batch, profile):
     import numpy as np
     import pandas as pd
 
-    from monitoring.tokens import rare_token_share
+    from llmops.monitoring.tokens import rare_token_share
 
     columns = dict(batch.numbers)
     columns["rare_token_share"] = rare_token_share(batch.token_ids, batch.token_lengths, np.array(profile.common_tokens))
@@ -168,9 +168,9 @@ def run_evidently(folder: Path) -> dict:
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
-    from infra.store import LocalStore
-    from monitoring.profile import ReferenceProfile
-    from monitoring.signals import rows_batch
+    from llmops.infra.store import LocalStore
+    from llmops.monitoring.records import ReferenceProfile
+    from llmops.monitoring.signals import rows_batch
 
     profile, store = ReferenceProfile.from_json((folder / "profile.json").read_text()), LocalStore(folder / "compacted")
     reference = _frame(rows_batch([json.loads(line) for line in (folder / "reference.jsonl").open()], None), profile)
@@ -194,9 +194,9 @@ def run_evidently(folder: Path) -> dict:
 
 def _parquet_batches(store):
     """The window's records as Batches, one per Parquet row group of the compacted store (all synthetic records fit)."""
-    from infra.traffic import window_files
-    from infra.traffic_parquet import open_parquet
-    from monitoring import columnar
+    from llmops.infra.traffic.log import window_files
+    from llmops.infra.traffic.parquet import open_parquet
+    from llmops.monitoring import columnar
 
     for key in window_files(store, MODEL, T0, T0 + timedelta(hours=HOURS)):
         with open_parquet(store, key) as parquet:
@@ -208,10 +208,10 @@ def run_parsers(folder: Path) -> dict:
     """Records/s of four ways to turn the window's records into columns (no statistics)."""
     import json as stdlib_json
 
-    from infra import traffic
-    from infra.store import LocalStore
-    from monitoring import columnar
-    from monitoring.signals import rows_batch
+    from llmops.infra.store import LocalStore
+    from llmops.infra.traffic import log as traffic
+    from llmops.monitoring import columnar
+    from llmops.monitoring.signals import rows_batch
 
     store = LocalStore(folder / "store")
     keys = traffic.window_files(store, MODEL, T0, T0 + timedelta(hours=HOURS))
@@ -240,7 +240,8 @@ def worker(kind: str, folder: Path) -> dict:
     # imported before the baseline on both sides: import time and memory are not the check's
     import evidently  # noqa: F401
     import matplotlib.figure  # noqa: F401  (the check's histograms)
-    import monitoring.window  # noqa: F401
+
+    import llmops.monitoring.window  # noqa: F401
 
     workers = {"ours-jsonl": lambda f: run_ours(f, "store"), "ours-parquet": lambda f: run_ours(f, "compacted"),
                "compact": run_compact, "evidently": run_evidently, "parsers": run_parsers}

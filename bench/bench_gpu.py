@@ -29,11 +29,10 @@ import argparse
 import gc
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
-
 from bench_training import SEED, Run, run_ours, run_trainer
 from common import RESULTS, markdown_table, median, run_meta, write_results
 
@@ -45,8 +44,8 @@ def make_blocks(n: int, block: int, vocab: int) -> np.ndarray:
 
 
 def make_model(preset: str, vocab: int, block: int):
-    from models.presets import build_config
-    from models.training import build_model
+    from llmops.models.model.presets import build_config
+    from llmops.models.training.setup import build_model
 
     return build_model(build_config(preset, vocab_size=vocab, context_length=block, bos_token_id=0, eos_token_id=0), SEED)
 
@@ -66,7 +65,7 @@ def synced_hook(run: Run, device: str) -> Callable[[], None]:
 def measure(variant: str, args, data: tuple) -> dict:
     import torch
 
-    from models.preflight import flops_per_token, peak_flops
+    from llmops.models.training.preflight import flops_per_token, peak_flops
 
     model = make_model(args.preset, args.vocab, args.block_size)
     fpt = flops_per_token(model, args.block_size)
@@ -160,7 +159,7 @@ def main() -> None:
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     print(f"{args.preset}: {params:,} parameters on {device_name}", flush=True)
     rows = [measure(v, args, data) for v in args.variants]
-    from models.preflight import peak_flops
+    from llmops.models.training.preflight import peak_flops
 
     peak = peak_flops(torch.device(args.device), args.precision, args.peak_tflops)
     meta = run_meta(torch=torch.__version__, transformers=transformers.__version__, device_name=device_name,

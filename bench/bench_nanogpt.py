@@ -40,13 +40,15 @@ def run_ours(text: str, budget_s: float, args: argparse.Namespace) -> dict:
     """Our pipeline's core functions on the same split, everything inside ``budget_s`` of wall-clock."""
     import torch
 
-    from infra.config import TrainConfig
-    from infra.store import LocalStore
-    from models.checkpoint import Checkpointer
-    from models.evaluation import score_documents
-    from models.presets import build_config
-    from models.tokenizer import pack_split, train_bpe
-    from models.training import build_model, read_metrics, train
+    from llmops.infra.config import TrainConfig
+    from llmops.infra.store import LocalStore
+    from llmops.models.data.packing import pack_split
+    from llmops.models.data.tokenizer import train_bpe
+    from llmops.models.evaluation.scoring import score_documents
+    from llmops.models.model.presets import build_config
+    from llmops.models.training.checkpoint import Checkpointer
+    from llmops.models.training.loop import read_metrics, train
+    from llmops.models.training.setup import build_model
 
     t0 = time.perf_counter()
     cut = int(len(text) * 0.9)

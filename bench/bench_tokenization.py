@@ -22,9 +22,17 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-
-from common import (RESULTS, bench_corpus, load_average, markdown_table, max_rss_mb, median, run_meta, timed,
-                    write_results)
+from common import (
+    RESULTS,
+    bench_corpus,
+    load_average,
+    markdown_table,
+    max_rss_mb,
+    median,
+    run_meta,
+    timed,
+    write_results,
+)
 
 MAP_BATCH = 1000  # pack_split's datasets.map batch_size; the raw baseline uses the same batches
 
@@ -47,7 +55,7 @@ def hf_call(tokenizer, texts: list[str], batch: int) -> list[int]:
 
 def blocks_loop(tokenizer, texts: list[str], block_size: int) -> np.ndarray:
     """pack_split's map body over the same batches, without datasets (isolates the datasets overhead)."""
-    from models.tokenizer import _blocks
+    from llmops.models.data.packing import _blocks
 
     out = [_blocks({"text": texts[i:i + MAP_BATCH]}, tokenizer, block_size)["input_ids"]
            for i in range(0, len(texts), MAP_BATCH)]
@@ -79,7 +87,7 @@ def first_batch_matches(tokenizer, texts: list[str], packed: np.ndarray, block_s
 
 
 def run_variant(name: str, tokenizer, texts: list[str], block_size: int) -> tuple[object, float]:
-    from models.tokenizer import pack_split
+    from llmops.models.data.packing import pack_split
 
     if name == "raw":
         return timed(raw_encode, tokenizer, texts, MAP_BATCH)
@@ -188,7 +196,7 @@ def main() -> None:
     import tokenizers
     import transformers
 
-    from models.tokenizer import train_bpe
+    from llmops.models.data.tokenizer import train_bpe
 
     datasets.disable_progress_bars()
     load_start = load_average()

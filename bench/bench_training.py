@@ -43,14 +43,23 @@ import argparse
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
-
-from common import (RESULTS, bench_corpus, load_average, markdown_table, max_rss_mb, median, run_meta, timed,
-                    write_results)
+from common import (
+    RESULTS,
+    bench_corpus,
+    load_average,
+    markdown_table,
+    max_rss_mb,
+    median,
+    run_meta,
+    timed,
+    write_results,
+)
 
 SEED = 1337
 MODEL_OVERRIDES = {"num_hidden_layers": 4, "tie_word_embeddings": False}  # `small` at 7.36 M parameters
@@ -90,7 +99,8 @@ class Run:
 
 def make_blocks(vocab: int, block_size: int) -> tuple[np.ndarray, np.ndarray, object]:
     """Train and validation blocks packed by our tokenizer path, and the tokenizer."""
-    from models.tokenizer import pack_split, train_bpe
+    from llmops.models.data.packing import pack_split
+    from llmops.models.data.tokenizer import train_bpe
 
     texts, _ = bench_corpus()
     tokenizer = train_bpe(texts, vocab)
@@ -101,8 +111,8 @@ def make_blocks(vocab: int, block_size: int) -> tuple[np.ndarray, np.ndarray, ob
 
 def make_model(tokenizer, block_size: int, preset: str = "small"):
     """The benchmark's 7.36 M Llama (``small`` with MODEL_OVERRIDES), or another preset as it stands."""
-    from models.presets import build_config
-    from models.training import build_model
+    from llmops.models.model.presets import build_config
+    from llmops.models.training.setup import build_model
 
     config = build_config(preset, vocab_size=len(tokenizer), context_length=block_size,
                           bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -119,8 +129,8 @@ class BareLoop:
     def __init__(self, model, blocks: np.ndarray, batch: int, fused: bool):
         import torch
 
-        from models.checkpoint import TrainerState
-        from models.training import BlockSampler
+        from llmops.models.training.checkpoint import TrainerState
+        from llmops.models.training.loop import BlockSampler
 
         self.model, self.optimizer = model, torch.optim.AdamW(model.parameters(), lr=3e-4, fused=fused)
         self.sampler, self.state = BlockSampler(blocks, batch, SEED), TrainerState()
@@ -154,10 +164,10 @@ def run_ours(model, data: tuple, batch: int, total: int, run: Run, hook: Callabl
     """
     import torch
 
-    from infra.config import TrainConfig
-    from infra.store import LocalStore
-    from models.checkpoint import Checkpointer
-    from models.training import read_metrics, train
+    from llmops.infra.config import TrainConfig
+    from llmops.infra.store import LocalStore
+    from llmops.models.training.checkpoint import Checkpointer
+    from llmops.models.training.loop import read_metrics, train
 
     class TimedCheckpointer(Checkpointer):
         def save(self, *args, **kwargs):
@@ -289,8 +299,8 @@ def phase_breakdown(data: tuple, args, steps: int, ours: bool = False) -> dict[s
     """
     import torch
 
-    from models.fused_loss import fused_head
-    from models.kernels import linear_kernels, use_onednn
+    from llmops.models.model.kernels import linear_kernels, use_onednn
+    from llmops.models.training.fused_loss import fused_head
 
     train_blocks, _, tokenizer = data
     model = make_model(tokenizer, args.block_size)
@@ -479,7 +489,7 @@ def main() -> None:
     import torch
     import transformers
 
-    from models.kernels import use_onednn
+    from llmops.models.model.kernels import use_onednn
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_warning()

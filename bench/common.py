@@ -10,10 +10,9 @@ import shlex
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
-
-from infra.markdown import markdown_table  # noqa: F401  (the scripts import it from here)
+from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -73,8 +72,8 @@ def bench_corpus(target_bytes: Optional[int] = None, chunk_chars: int = 2000) ->
     and a description of where they came from (sizes before repetition, copies).
     The first ``unique_docs`` documents are one copy of the unique text.
     """
-    from models.corpus import stdlib_docstrings
-    from models.ingest_formats import text_records
+    from llmops.models.data.corpus import stdlib_docstrings
+    from llmops.models.data.formats import text_records
 
     unique = [d.text for d in stdlib_docstrings()]
     sources = {"stdlib_docstrings": len(unique)}

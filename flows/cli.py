@@ -11,7 +11,7 @@ from typing import Optional
 
 def _environment_defaults() -> None:
     """Before anything imports Prefect: our loggers in Prefect run logs, telemetry off, patient start-up."""
-    from flows.local_server import quiet_prefect_env
+    from llmops.flows.local.server import quiet_prefect_env
 
     for key, value in {**quiet_prefect_env(), "TOKENIZERS_PARALLELISM": "false"}.items():
         os.environ.setdefault(key, value)
@@ -19,7 +19,7 @@ def _environment_defaults() -> None:
 
 def load_config(args: argparse.Namespace):
     """The pipeline config from ``--config FILE`` (or defaults) with every ``--set a.b=value`` applied."""
-    from infra.config import PipelineConfig
+    from llmops.infra.config import PipelineConfig
 
     overrides = list(getattr(args, "set", None) or [])
     if getattr(args, "config", None):
@@ -43,13 +43,13 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args) -> int:
-    from flows.demo import run_demo
+    from llmops.flows.demo import run_demo
 
     return run_demo(load_config(args), keep_running=args.keep_running)
 
 
 def cmd_train(args) -> int:
-    from flows.training_pipeline import training_pipeline
+    from llmops.flows.training_pipeline import training_pipeline
 
     config = load_config(args)
     if args.data:
@@ -62,9 +62,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from infra.settings import get_settings
-    from infra.store import open_store
-    from models.serving import serve
+    from llmops.infra.settings import get_settings
+    from llmops.infra.store import open_store
+    from llmops.models.serving.app import serve
 
     config = load_config(args)
     serve_cfg = config.serve.model_copy(update={k: v for k, v in {
@@ -74,7 +74,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_monitor(args) -> int:
-    from flows.offline_monitor import backfill, monitor_files
+    from llmops.flows.offline_monitor import backfill, monitor_files
 
     config = load_config(args)
     if args.backfill:
@@ -92,8 +92,8 @@ def cmd_monitor(args) -> int:
 def cmd_compact(args) -> int:
     from datetime import datetime, timedelta, timezone
 
-    from infra.store import open_store
-    from infra.traffic_compact import closed_before, compact
+    from llmops.infra.store import open_store
+    from llmops.infra.traffic.compaction import closed_before, compact
 
     config = load_config(args)
     name = args.model or config.model_name
@@ -113,8 +113,8 @@ def cmd_compact(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    from infra.store import open_store
-    from models.registry import Registry
+    from llmops.infra.store import open_store
+    from llmops.models.release.registry import Registry
 
     name = args.model or load_config(args).model_name
     old, new = Registry(open_store(), name).rollback(args.alias, reason=args.reason)
@@ -123,8 +123,8 @@ def cmd_rollback(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from infra.store import open_store
-    from models.registry import ALIASES, Registry
+    from llmops.infra.store import open_store
+    from llmops.models.release.registry import ALIASES, Registry
 
     name = args.model or load_config(args).model_name
     registry = Registry(open_store(), name)
@@ -142,14 +142,14 @@ def cmd_models(args) -> int:
 
 
 def cmd_deploy(args) -> int:
-    from flows.deployments import serve_deployments
+    from llmops.flows.deployments import serve_deployments
 
     serve_deployments(load_config(args))
     return 0
 
 
 def cmd_up(args) -> int:
-    from flows.up import run_up
+    from llmops.flows.local.up import run_up
 
     return run_up(load_config(args), host=args.host, port=args.port, config_path=args.config)
 
@@ -231,12 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     _environment_defaults()
-    from infra.config import ConfigError
-    from infra.store import StoreError
-    from models.ingest import IngestError
-    from models.registry import RegistryError
-    from models.tokenizer import TokenizerError
-    from models.training import TrainingError
+    from llmops.infra.config import ConfigError
+    from llmops.infra.store import StoreError
+    from llmops.models.data.formats import IngestError
+    from llmops.models.data.tokenizer import TokenizerError
+    from llmops.models.release.registry import RegistryError
+    from llmops.models.training.checkpoint import TrainingError
 
     args = build_parser().parse_args(argv)
     try:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from flows.local_server import LocalPrefectServer, deployment_runner
-from infra.config import PipelineConfig
-from infra.settings import get_settings
-from infra.store import open_store
+from llmops.flows.local.server import LocalPrefectServer, deployment_runner
+from llmops.infra.config import PipelineConfig
+from llmops.infra.settings import get_settings
+from llmops.infra.store import open_store
 
 console = Console(soft_wrap=True)
 TRAFFIC_PER_PHASE = 150
@@ -45,12 +45,12 @@ def run_demo(config: PipelineConfig, keep_running: bool = False) -> int:
     import httpx
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.monitor_drift import monitor_drift
-    from flows.training_pipeline import training_pipeline
-    from flows.triggered import latest_gate, wait_for_final, wait_for_triggered_run
-    from models.corpus import stdlib_code
-    from models.ingest import read_split
-    from models.serving import start_server
+    from llmops.flows.monitor_drift import monitor_drift
+    from llmops.flows.training_pipeline import training_pipeline
+    from llmops.flows.triggered import latest_gate, wait_for_final, wait_for_triggered_run
+    from llmops.models.data.corpus import stdlib_code
+    from llmops.models.data.snapshot import read_split
+    from llmops.models.serving.app import start_server
 
     settings = get_settings()
     store, cache = open_store(), Path(settings.cache_dir).resolve()

@@ -8,11 +8,11 @@ from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLi
 from prefect.events import DeploymentEventTrigger
 from prefect.schedules import Cron, Interval
 
-from flows.monitor_drift import monitor_drift
-from flows.retrain import retrain
-from flows.training_pipeline import training_pipeline
-from infra.config import ConfigError, PipelineConfig
-from tasks.drift import DRIFT_EVENT
+from llmops.flows.monitor_drift import monitor_drift
+from llmops.flows.retrain import retrain
+from llmops.flows.training_pipeline import training_pipeline
+from llmops.infra.config import ConfigError, PipelineConfig
+from llmops.tasks.monitoring import DRIFT_EVENT
 
 
 def drift_trigger(config: PipelineConfig) -> DeploymentEventTrigger:

@@ -6,9 +6,9 @@ from typing import Optional
 
 from prefect import flow
 
-from infra.config import PipelineConfig
-from monitoring.results import DriftOutcome
-from tasks.drift import check_drift, compact_traffic, decide_drift_event
+from llmops.infra.config import PipelineConfig
+from llmops.monitoring.records import DriftOutcome
+from llmops.tasks.monitoring import check_drift, compact_traffic, decide_drift_event
 
 
 @flow(name="monitor-drift", log_prints=True)

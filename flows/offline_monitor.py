@@ -7,15 +7,15 @@ from typing import Optional
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from infra.config import PipelineConfig
-from infra.settings import get_settings
-from infra.store import open_store
-from infra.traffic import parse_ts, window_partitions
-from models.ingest_formats import IngestError, read_file
-from models.profiling import reference_records
-from models.registry import Registry
-from monitoring.drift import compare_records
-from monitoring.results import DriftReport
+from llmops.infra.config import PipelineConfig
+from llmops.infra.settings import get_settings
+from llmops.infra.store import open_store
+from llmops.infra.traffic.log import parse_ts, window_partitions
+from llmops.models.data.formats import IngestError, read_file
+from llmops.models.model.reference import reference_records
+from llmops.models.release.registry import Registry
+from llmops.monitoring.drift import compare_records
+from llmops.monitoring.records import DriftReport
 
 
 def read_texts(path: Path, config: PipelineConfig) -> list[str]:
@@ -53,7 +53,7 @@ def print_report(report: DriftReport) -> None:
 def monitor_files(config: PipelineConfig, reference: Path, current: Path, out: Path, *, model_ref: str = "production",
                   model_path: Optional[Path] = None, fail_on_alert: bool = False) -> int:
     """Score both files with the model as if they were served, profile the reference, check the current."""
-    from tasks.drift import serving_params, tokenize_with
+    from llmops.tasks.monitoring import serving_params, tokenize_with
 
     files = {"reference": Path(reference), "current": Path(current)}
     texts = {role: read_texts(path, config) for role, path in files.items()}  # a bad file fails before the model loads
@@ -72,8 +72,8 @@ def monitor_files(config: PipelineConfig, reference: Path, current: Path, out: P
 def backfill(config: PipelineConfig, out: Optional[Path] = None, *, start: Optional[str] = None,
              end: Optional[str] = None) -> int:
     """Replay stored traffic through the drift check, window by window (no events are emitted)."""
-    from monitoring.trend import trend
-    from tasks.drift import run_drift_check, store_window_id
+    from llmops.monitoring.trend import trend
+    from llmops.tasks.monitoring import run_drift_check, store_window_id
 
     store = open_store()
     stop = parse_ts(end) if end else datetime.now(timezone.utc)

@@ -5,9 +5,9 @@ from typing import Optional
 
 from prefect import flow, get_run_logger
 
-from flows.training_pipeline import training_pipeline
-from infra.config import PipelineConfig
-from models.records import PipelineReport
+from llmops.flows.training_pipeline import training_pipeline
+from llmops.infra.config import PipelineConfig
+from llmops.models.records import PipelineReport
 
 
 @flow(name="retrain", log_prints=True)

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 from prefect import flow
 
-from infra.config import PipelineConfig
-from models.records import PipelineReport
-from tasks.compression import quantize_model
-from tasks.drift import build_reference_profile
-from tasks.evaluation import evaluate_model
-from tasks.ingestion import ingest_data
-from tasks.registration import promote_model, register_model, reserve_version
-from tasks.tokenization import build_tokenizer_task, pack_data
-from tasks.training import train_model
+from llmops.infra.config import PipelineConfig
+from llmops.models.records import PipelineReport
+from llmops.tasks.compression import quantize_model
+from llmops.tasks.evaluation import evaluate_model
+from llmops.tasks.ingestion import ingest_data
+from llmops.tasks.monitoring import build_reference_profile
+from llmops.tasks.registration import promote_model, register_model, reserve_version
+from llmops.tasks.tokenization import build_tokenizer_task, pack_data
+from llmops.tasks.training import train_model
 
 
 @flow(name="training-pipeline", log_prints=True)

@@ -16,8 +16,8 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun
 
-from infra.store import ArtifactStore
-from models.registry import Registry
+from llmops.infra.store import ArtifactStore
+from llmops.models.release.registry import Registry
 
 
 def triggered_runs(deployment: str, since: datetime) -> list[FlowRun]:

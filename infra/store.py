@@ -8,10 +8,11 @@ import shutil
 import tempfile
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
-from infra.settings import Settings, get_settings
+from llmops.infra.settings import Settings, get_settings
 
 _CHUNK = 1 << 20
 
@@ -26,6 +27,11 @@ class StoreError(RuntimeError):
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def content_key(*parts: str) -> str:
+    """The content address of a stage's output: sha256 (hex) of its input parts joined by NUL."""
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -6,10 +6,10 @@ from typing import Optional
 
 import numpy as np
 
-from monitoring.batch import Batch
-from monitoring.profile import ReferenceProfile
-from monitoring.stats import bin_counts
-from monitoring.tokens import IdLookup, rare_token_share
+from llmops.monitoring.batch import Batch
+from llmops.monitoring.records import ReferenceProfile
+from llmops.monitoring.stats import bin_counts
+from llmops.monitoring.tokens import IdLookup, rare_token_share
 
 SAMPLE_SEED = 0  # sampling keys are drawn from this seed in stream order: the same window gives the same sample
 

@@ -17,9 +17,9 @@ import pyarrow.compute as pc
 import pyarrow.json as paj
 import pyarrow.parquet as pq
 
-from infra.traffic_parquet import FEATURE_COLUMNS
-from monitoring.batch import Batch
-from monitoring.signals import FALLBACK_FEATURES, FEATURES
+from llmops.infra.traffic.parquet import FEATURE_COLUMNS
+from llmops.monitoring.batch import Batch
+from llmops.monitoring.signals import FALLBACK_FEATURES, FEATURES
 
 _F = pa.float64()
 TRAFFIC_SCHEMA = pa.schema([

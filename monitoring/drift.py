@@ -2,20 +2,29 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
-from infra.config import MonitorConfig
-from infra.traffic import read_jsonl_file, window_id as make_window_id
-from monitoring import policy, report, stats
-from monitoring.accumulate import SignalSummary, WindowAccumulator, sampling_keys
-from monitoring.batch import Tokenize
-from monitoring.profile import CategoricalProfile, ContinuousProfile, ReferenceProfile, build_profile
-from monitoring.results import DriftReport, SignalResult, SignalStats
-from monitoring.signals import SIGNALS, rows_batch, skip_reason
+from llmops.infra.config import MonitorConfig
+from llmops.infra.traffic.log import read_jsonl_file
+from llmops.infra.traffic.log import window_id as make_window_id
+from llmops.monitoring import policy, report, stats
+from llmops.monitoring.accumulate import SignalSummary, WindowAccumulator, sampling_keys
+from llmops.monitoring.batch import Tokenize
+from llmops.monitoring.profile import build_profile
+from llmops.monitoring.records import (
+    CategoricalProfile,
+    ContinuousProfile,
+    DriftReport,
+    ReferenceProfile,
+    SignalResult,
+    SignalStats,
+)
+from llmops.monitoring.signals import SIGNALS, rows_batch, skip_reason
 
 
 def _interval_labels(edges: list[float]) -> list[str]:

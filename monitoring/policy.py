@@ -1,14 +1,15 @@
 """The alert policy as pure functions: per-signal status, multiple-testing correction, window verdict, debounce."""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Mapping, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
-from infra.config import MonitorConfig
-from monitoring.results import Severity, SignalResult, Status, Verdict
+from llmops.infra.config import MonitorConfig
+from llmops.monitoring.records import Severity, SignalResult, Status, Verdict
 
 
 @dataclass(frozen=True)

@@ -2,107 +2,26 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import Literal, Optional, Sequence
+from typing import Optional
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from infra.config import MonitorConfig
-from monitoring.batch import Batch, Tokenize, take
-from monitoring.signals import OPTIONAL_SIGNALS, OTHER, SIGNALS, rows_batch, skip_reason
-from monitoring.stats import bin_counts, category_counts
-from monitoring.tokens import IdLookup, common_token_ids, design_effect, rare_token_share, top_k_ids
+from llmops.infra.config import MonitorConfig
+from llmops.monitoring.batch import Batch, Tokenize, take
+from llmops.monitoring.records import (
+    SEMANTIC_SIGNAL,
+    CategoricalProfile,
+    ContinuousProfile,
+    ReferenceProfile,
+    SummaryStats,
+)
+from llmops.monitoring.signals import OPTIONAL_SIGNALS, OTHER, SIGNALS, rows_batch, skip_reason
+from llmops.monitoring.stats import bin_counts, category_counts
+from llmops.monitoring.tokens import IdLookup, common_token_ids, design_effect, rare_token_share, top_k_ids
 
 _SAMPLE_SEED = 0  # fixed so the same reference records always give the same profile
-SCHEMA_VERSION = 2
-SEMANTIC_SIGNAL = "semantic_distance"
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class SummaryStats(_Frozen):
-    n: int
-    mean: float
-    std: float
-    min: float
-    p05: float
-    p50: float
-    p95: float
-    max: float
-
-
-class ContinuousProfile(_Frozen):
-    """Reference bins of a continuous signal: right-closed, open-ended at both ends.
-
-    Bin 0 is ``(-inf, edges[0]]``, bin i is ``(edges[i-1], edges[i]]``, the last ``(edges[-1], inf)``.
-    """
-
-    edges: list[float] = Field(description="Inner bin edges: deduplicated quantiles of the fitting half, increasing")
-    counts: list[int] = Field(description="Values of the counting half per bin (len(edges) + 1)")
-    sample: list[float] = Field(description="Sorted deterministic subsample of the counting half, for KS")
-    stats: SummaryStats
-
-
-class CategoricalProfile(_Frozen):
-    """Reference categories of a categorical signal; the last one is the catch-all '__other__'."""
-
-    categories: list[str]
-    counts: list[int]
-    design_effect: float = Field(1.0, description="Variance inflation of the shares over a multinomial sample (token_frequency: tokens cluster in prompts)")
-
-
-class SemanticProfile(_Frozen):
-    """What a window's prompts are embedded with and scored against (``semantic_distance``)."""
-
-    model: str = Field(description="Local path or hub id of the sentence encoder (AutoModel + AutoTokenizer)")
-    max_length: int = Field(description="Tokens per prompt the encoder read; longer prompts were truncated")
-    centroid: list[float] = Field(description="Unit mean direction of the fitting half's embeddings")
-
-
-class ReferenceProfile(_Frozen):
-    """What a window is compared against; monitoring a window costs O(window), never O(reference).
-
-    Schema 2 fits bins, top-K tokens and the common-token set on one half of the reference records
-    and counts the other half (``fit_records`` / ``count_records``). Schema 1 profiles (fitted and
-    counted on the same records) are still read; a check with one notes the upward PSI bias.
-    """
-
-    schema_version: Literal[1, 2] = SCHEMA_VERSION
-    model_name: str
-    model_version: int
-    created_at: datetime
-    n_records: int
-    n_bins: int
-    tail_quantile: float = 0.0
-    top_k_tokens: int
-    fit_records: int = Field(0, description="Records the bins, top-K and common tokens were fitted on (0: schema 1, no split)")
-    count_records: int = Field(0, description="Records counted into the bins, categories and KS samples")
-    common_token_coverage: Optional[float] = None
-    common_tokens: list[int] = Field(default_factory=list, description="Sorted ids of the common-token set (rare_token_share)")
-    continuous: dict[str, ContinuousProfile]
-    categorical: dict[str, CategoricalProfile]
-    skipped: dict[str, str] = Field(default_factory=dict, description="Signals with no reference values, and why")
-    semantic: Optional[SemanticProfile] = Field(None, description="The encoder and centroid of semantic_distance (None: off)")
-
-    @property
-    def signals(self) -> list[str]:
-        """Profiled signal names, in registry order."""
-        return [n for n in SIGNALS if n in self.continuous or n in self.categorical]
-
-    def to_json(self) -> str:
-        return self.model_dump_json(indent=2)
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> "ReferenceProfile":
-        """Parse a profile; a clear ValueError when the text is not one."""
-        try:
-            return cls.model_validate_json(text)
-        except ValidationError as exc:
-            raise ValueError(f"not a valid reference profile: {exc.error_count()} error(s); first: "
-                             f"{'.'.join(map(str, exc.errors()[0]['loc']))}: {exc.errors()[0]['msg']}") from None
 
 
 def quantile_edges(values: np.ndarray, n_bins: int, tail: float = 0.0) -> np.ndarray:
@@ -256,7 +175,7 @@ def build_profile(records: Sequence[dict], tokenize: Optional[Tokenize], cfg: Mo
 def with_semantic(profile: ReferenceProfile, records: Sequence[dict], fit_rows: np.ndarray, count_rows: np.ndarray,
                   embedder, cfg: MonitorConfig) -> ReferenceProfile:
     """``profile`` plus ``semantic_distance``: the centroid fitted on the fitting half, the counted half scored."""
-    from monitoring.semantic import reference_distances  # torch and transformers only when asked for
+    from llmops.monitoring.semantic import reference_distances
 
     fitting, counted, semantic = reference_distances([records[i]["prompt"] for i in fit_rows],
                                                      [records[i]["prompt"] for i in count_rows], embedder)

@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Optional
 
 import numpy as np
 
-from monitoring.accumulate import SignalSummary
-from monitoring.profile import ReferenceProfile
-from monitoring.results import DriftReport, SignalResult
-from monitoring.signals import OTHER, SIGNALS
+from llmops.monitoring.accumulate import SignalSummary
+from llmops.monitoring.records import DriftReport, ReferenceProfile, SignalResult
+from llmops.monitoring.signals import OTHER, SIGNALS
 
 EVIDENTLY_SAMPLE = 5000  # rows per side handed to Evidently: a visual companion, drift.json is authoritative
 EVIDENTLY_METHOD = {"continuous": "psi", "categorical": "chisquare"}

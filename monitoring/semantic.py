@@ -5,19 +5,22 @@ built: with ``monitor.semantic_model`` unset nothing here loads.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
-from infra.config import MonitorConfig
-from infra.store import ArtifactStore
-from infra.traffic import partition_records, window_id as make_window_id, window_partitions
-from monitoring.accumulate import Reservoir, WindowAccumulator, sampling_keys
-from monitoring.batch import Batch, Tokenize
-from monitoring.profile import SEMANTIC_SIGNAL as SIGNAL, ReferenceProfile, SemanticProfile
-from monitoring.results import DriftReport
+from llmops.infra.config import MonitorConfig
+from llmops.infra.store import ArtifactStore
+from llmops.infra.traffic.log import partition_records, window_partitions
+from llmops.infra.traffic.log import window_id as make_window_id
+from llmops.monitoring.accumulate import Reservoir, WindowAccumulator, sampling_keys
+from llmops.monitoring.batch import Batch, Tokenize
+from llmops.monitoring.records import SEMANTIC_SIGNAL as SIGNAL
+from llmops.monitoring.records import DriftReport, ReferenceProfile, SemanticProfile
+
 
 class SentenceEmbedder:
     """Mean-pooled, L2-normalised sentence embeddings from any transformers encoder, in batches.
@@ -156,8 +159,8 @@ def check_store_window_semantic(store: ArtifactStore, model: str, start: datetim
                                 embedder: SentenceEmbedder, *, version: Optional[int] = None,
                                 window_id: Optional[str] = None) -> DriftReport:
     """:func:`monitoring.window.check_store_window` with ``semantic_distance``: one more pass reading the prompts."""
-    from monitoring.drift import finish_window, validate_config
-    from monitoring.window import stream_window
+    from llmops.monitoring.drift import finish_window, validate_config
+    from llmops.monitoring.window import stream_window
 
     validate_config(cfg)
     version = profile.model_version if version is None else version

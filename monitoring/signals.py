@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Literal, Optional, Sequence
+from typing import Any, Literal, Optional
 
 import numpy as np
 
-from monitoring.batch import Batch, Tokenize, tokens_from_lists
-from monitoring.tokens import rare_token_share
+from llmops.monitoring.batch import Batch, Tokenize, tokens_from_lists
+from llmops.monitoring.tokens import rare_token_share
 
 Kind = Literal["continuous", "categorical"]
 OTHER = "__other__"  # the catch-all category; dunder so it cannot collide with a real stop reason

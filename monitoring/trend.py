@@ -2,38 +2,14 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from infra.store import ArtifactStore, StoreError
-from monitoring.results import DriftReport, Verdict
-from monitoring.signals import SIGNALS
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class TrendPoint(_Frozen):
-    window_id: str
-    created_at: datetime
-    end: Optional[datetime] = None
-    verdict: Verdict
-    n_samples: int
-    psi: dict[str, float] = Field(description="PSI per tested signal of that window")
-
-
-class Trend(_Frozen):
-    """PSI per signal over a model's checked windows, oldest first."""
-
-    model: str
-    points: list[TrendPoint]
-    signals: list[str]
-    unreadable: list[str] = Field(default_factory=list, description="drift.json keys that could not be parsed")
-    files: dict[str, str] = Field(default_factory=dict, description="Role -> file name in the output folder")
+from llmops.infra.store import ArtifactStore, StoreError
+from llmops.monitoring.records import DriftReport, Trend, TrendPoint
+from llmops.monitoring.signals import SIGNALS
 
 
 def trend(store: ArtifactStore, model: str, out_dir: Optional[Path] = None, *, last: Optional[int] = None) -> Trend:

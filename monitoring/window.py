@@ -2,26 +2,35 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
 
-from infra.config import MonitorConfig
-from infra.store import ArtifactStore
-from infra.traffic import (MalformedLog, Partition, in_window, iter_chunks, malformed_lines,
-                           window_id as make_window_id, window_partitions)
-from infra.traffic_parquet import open_parquet, table_records
-from monitoring import columnar
-from monitoring.accumulate import WindowAccumulator, sampling_keys
-from monitoring.batch import Tokenize
-from monitoring.drift import finish_window, validate_config
-from monitoring.profile import ReferenceProfile
-from monitoring.results import DriftReport
-from monitoring.signals import RecordError, record_id, record_row, rows_batch
+from llmops.infra.config import MonitorConfig
+from llmops.infra.store import ArtifactStore
+from llmops.infra.traffic.log import (
+    MalformedLog,
+    Partition,
+    in_window,
+    iter_chunks,
+    malformed_lines,
+    window_partitions,
+)
+from llmops.infra.traffic.log import (
+    window_id as make_window_id,
+)
+from llmops.infra.traffic.parquet import open_parquet, table_records
+from llmops.monitoring import columnar
+from llmops.monitoring.accumulate import WindowAccumulator, sampling_keys
+from llmops.monitoring.batch import Tokenize
+from llmops.monitoring.drift import finish_window, validate_config
+from llmops.monitoring.records import DriftReport, ReferenceProfile
+from llmops.monitoring.signals import RecordError, record_id, record_row, rows_batch
 
 CHUNK_BYTES = 8 << 20  # bytes parsed at once: bounds memory whatever the size of a partition file (measured: as fast as 32 MB)
 FullRows = Callable[[np.ndarray], list[tuple[str, int, dict]]]  # row indices -> (location, line, record) of each

@@ -6,11 +6,11 @@ from typing import Optional
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from infra.config import CompressConfig, EvalConfig
-from models.ingest import read_split
-from models.quantization import compress_run
-from models.records import DatasetRef, QuantReport, TrainRef
-from tasks.common import artifact_key, cache_dir, store
+from llmops.infra.config import CompressConfig, EvalConfig
+from llmops.models.compression.compress import compress_run
+from llmops.models.data.snapshot import read_split
+from llmops.models.records import DatasetRef, QuantReport, TrainRef
+from llmops.tasks.core.context import artifact_key, cache_dir, store
 
 
 @task(name="quantize-model")

@@ -6,11 +6,11 @@ from typing import Optional
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from infra.config import EvalConfig, GateConfig
-from infra.markdown import markdown_table
-from models.evaluation import evaluate_run
-from models.records import DatasetRef, EvalReport, TrainRef
-from tasks.common import artifact_key, cache_dir, store
+from llmops.infra.config import EvalConfig, GateConfig
+from llmops.infra.markdown import markdown_table
+from llmops.models.evaluation.stage import evaluate_run
+from llmops.models.records import DatasetRef, EvalReport, TrainRef
+from llmops.tasks.core.context import artifact_key, cache_dir, store
 
 
 @task(name="evaluate-model")

@@ -4,10 +4,10 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from infra.config import DataConfig
-from models.ingest import ingest
-from models.records import DatasetRef
-from tasks.common import artifact_key, cache_dir, store
+from llmops.infra.config import DataConfig
+from llmops.models.data.ingest import ingest
+from llmops.models.records import DatasetRef
+from llmops.tasks.core.context import artifact_key, cache_dir, store
 
 
 @task(name="ingest-data", retries=2, retry_delay_seconds=5)

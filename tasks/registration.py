@@ -7,11 +7,11 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact
 from prefect.events import emit_event
 
-from infra.config import PipelineConfig
-from models.registry import Registry
-from models.records import DatasetRef, EvalReport, ModelVersionRef, QuantReport, TokenizerRef, TrainRef
-from models.release import register_candidate, release, smoke_test
-from tasks.common import artifact_key, cache_dir, link, store
+from llmops.infra.config import PipelineConfig
+from llmops.models.records import DatasetRef, EvalReport, ModelVersionRef, QuantReport, TokenizerRef, TrainRef
+from llmops.models.release.registry import Registry
+from llmops.models.release.stage import register_candidate, release, smoke_test
+from llmops.tasks.core.context import artifact_key, cache_dir, link, store
 
 
 @task(name="reserve-version")

@@ -3,17 +3,21 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 from prefect.artifacts import (
-    create_link_artifact, create_markdown_artifact, create_progress_artifact, update_progress_artifact,
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
 )
 
-from infra.config import ModelConfig, TrainConfig
-from models import preflight as pf
-from models.distributed_worker import launch_run
-from models.records import PackedRef, PreflightReport, TokenizerRef, TrainRef
-from models.runs import run_identity, run_training
-from models.tokenizer import load_tokenizer
-from models.training import StepMetrics
-from tasks.common import artifact_key, cache_dir, link, store
+from llmops.infra.config import ModelConfig, TrainConfig
+from llmops.models.data.tokenizer import load_tokenizer
+from llmops.models.records import PackedRef, PreflightReport, TokenizerRef, TrainRef
+from llmops.models.training import preflight as pf
+from llmops.models.training.loop import StepMetrics
+from llmops.models.training.run import run_training
+from llmops.models.training.run_id import run_identity
+from llmops.models.training.worker import launch_run
+from llmops.tasks.core.context import artifact_key, cache_dir, link, store
 
 
 @task(name="train-model")

@@ -22,7 +22,7 @@ os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 @pytest.fixture(autouse=True)
 def _isolated_settings(tmp_path, monkeypatch):
     """A fresh local store and cache per test, so tests never see each other's artifacts."""
-    from infra.settings import get_settings
+    from llmops.infra.settings import get_settings
 
     monkeypatch.setenv("LLMOPS_STORE_URI", str(tmp_path / "store"))
     monkeypatch.setenv("LLMOPS_CACHE_DIR", str(tmp_path / "cache"))

@@ -11,15 +11,17 @@ from typing import Optional
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
-from infra.config import PipelineConfig
-from infra.store import ArtifactStore, LocalStore
-from models.ingest import ingest, read_split
-from models.presets import build_config
-from models.quantization import quantize_int8, save_int8
-from models.records import DatasetRef, ModelVersionRef, TokenizerRef, TrainRef
-from models.registry import Registry
-from models.runs import run_training
-from models.tokenizer import build_tokenizer, load_tokenizer, pack_dataset, train_bpe
+from llmops.infra.config import PipelineConfig
+from llmops.infra.store import ArtifactStore, LocalStore
+from llmops.models.data.ingest import ingest
+from llmops.models.data.snapshot import read_split
+from llmops.models.data.packing import pack_dataset
+from llmops.models.data.tokenizer import build_tokenizer, load_tokenizer, train_bpe
+from llmops.models.model.presets import build_config
+from llmops.models.model.variants import quantize_int8, save_int8
+from llmops.models.records import DatasetRef, ModelVersionRef, TokenizerRef, TrainRef
+from llmops.models.release.registry import Registry
+from llmops.models.training.run import run_training
 
 _CORPUS_MODULES = ("os", "json", "re", "pathlib", "collections", "typing", "functools", "itertools")
 

@@ -5,7 +5,7 @@ import hashlib
 
 import pytest
 
-from infra.store import ArtifactNotFound, ArtifactStore
+from llmops.infra.store import ArtifactNotFound, ArtifactStore
 
 
 def check_store_contract(store: ArtifactStore, tmp_path) -> None:

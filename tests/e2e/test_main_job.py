@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from monitoring.results import DriftReport
+from llmops.monitoring.records import DriftReport
 
 ROOT = Path(__file__).parents[2]
 
@@ -21,8 +21,8 @@ def test_llmops_run_closes_the_loop(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMOPS_", "PREFECT_API_URL"))}
     env.pop("PREFECT_HOME", None)
     done = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "run", "--config", str(ROOT / "configs" / "tiny.yaml")],
-        cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=900,
+        [sys.executable, "-m", "llmops.flows.cli", "run", "--config", str(ROOT / "configs" / "tiny.yaml")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
     )
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]

@@ -8,21 +8,28 @@ test only writes the traffic and watches through the Prefect client; nothing cal
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterCreatedBy,
-                                            LogFilter, LogFilterFlowRunId)
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterCreatedBy,
+    LogFilter,
+    LogFilterFlowRunId,
+)
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows.local_server import LocalPrefectServer, deployment_runner
-from infra.config import PipelineConfig
-from infra.settings import get_settings
-from infra.store import open_store
-from infra.traffic import write_records
+from llmops.flows.local.server import LocalPrefectServer, deployment_runner
+from llmops.infra.config import PipelineConfig
+from llmops.infra.settings import get_settings
+from llmops.infra.store import open_store
+from llmops.infra.traffic.log import write_records
 from tests.helpers import drain_prefect_workers
 
 ROOT = Path(__file__).parents[2]
@@ -66,10 +73,10 @@ def log_text(client, run: FlowRun) -> str:
 
 def drifted_traffic(config: PipelineConfig, n: int = 80) -> list[dict]:
     """Python source prompts (the model was trained on docstrings), captured as the server captures them."""
-    from models.corpus import stdlib_code
-    from models.profiling import reference_records
-    from models.registry import Registry
-    from tasks.drift import serving_params
+    from llmops.models.data.corpus import stdlib_code
+    from llmops.models.model.reference import reference_records
+    from llmops.models.release.registry import Registry
+    from llmops.tasks.monitoring import serving_params
 
     loaded = Registry(open_store(), config.model_name).load("production", cache_dir=get_settings().cache_dir)
     code = [d.text for d in stdlib_code(max_bytes=400_000) if 40 <= len(d.text) <= 1500][:n]
@@ -78,8 +85,8 @@ def drifted_traffic(config: PipelineConfig, n: int = 80) -> list[dict]:
 
 
 def test_the_scheduled_monitor_alerts_once_triggers_one_retrain_and_the_gate_decides(tmp_path):
-    from flows.training_pipeline import training_pipeline
-    from flows.triggered import latest_gate
+    from llmops.flows.training_pipeline import training_pipeline
+    from llmops.flows.triggered import latest_gate
 
     config = PipelineConfig.from_yaml(ROOT / "configs" / "tiny.yaml", OVERRIDES)
     server = LocalPrefectServer(tmp_path / "prefect", env=FAST_SERVER).start()

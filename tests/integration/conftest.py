@@ -22,7 +22,7 @@ def s3_bucket(moto_endpoint, monkeypatch):
     """A fresh bucket; the llmops settings and boto3 point at moto with dummy credentials."""
     import boto3
 
-    from infra.settings import get_settings
+    from llmops.infra.settings import get_settings
 
     for key, value in {"LLMOPS_S3_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing",
                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():

@@ -8,11 +8,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from infra.config import PipelineConfig
-from infra.store import open_store
-from infra.traffic import write_records
-from monitoring.profile import build_profile
-from monitoring.synthetic import TrafficShape, synthetic_records
+from llmops.infra.config import PipelineConfig
+from llmops.infra.store import open_store
+from llmops.infra.traffic.log import write_records
+from llmops.monitoring.profile import build_profile
+from llmops.monitoring.synthetic import TrafficShape, synthetic_records
 from tests.helpers import make_registered_model, tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -37,7 +37,7 @@ def drift_setup(name: str) -> tuple[PipelineConfig, datetime, datetime]:
 
 
 def wait_for_runs(deployment: str, since: datetime, count: int, timeout: float = 90.0):
-    from flows.triggered import triggered_runs
+    from llmops.flows.triggered import triggered_runs
 
     deadline = time.monotonic() + timeout
     while True:
@@ -48,8 +48,8 @@ def wait_for_runs(deployment: str, since: datetime, count: int, timeout: float =
 
 
 def test_drift_event_triggers_exactly_one_retrain_and_the_cooldown_holds_the_second(tmp_path):
-    from flows.deployments import build_deployments
-    from flows.monitor_drift import monitor_drift
+    from llmops.flows.deployments import build_deployments
+    from llmops.flows.monitor_drift import monitor_drift
 
     name = f"drift-{uuid.uuid4().hex[:8]}"
     config, start, end = drift_setup(name)
@@ -74,7 +74,7 @@ def test_drift_event_triggers_exactly_one_retrain_and_the_cooldown_holds_the_sec
 
 
 def test_familiar_traffic_does_not_alert():
-    from flows.monitor_drift import monitor_drift
+    from llmops.flows.monitor_drift import monitor_drift
 
     name = f"quiet-{uuid.uuid4().hex[:8]}"
     config, _, end = drift_setup(name)
@@ -88,8 +88,8 @@ def test_familiar_traffic_does_not_alert():
 def test_training_pipeline_flow_trains_gates_registers_and_reuses_unchanged_stages():
     from prefect.client.orchestration import get_client
 
-    from flows.training_pipeline import training_pipeline
-    from models.registry import Registry
+    from llmops.flows.training_pipeline import training_pipeline
+    from llmops.models.release.registry import Registry
 
     config = PipelineConfig.from_yaml("configs/tiny.yaml").with_overrides([f"model_name=pipe-{uuid.uuid4().hex[:8]}"])
     report = training_pipeline(config)

@@ -21,8 +21,8 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.events import emit_event
 from prefect.states import Completed, Pending, Running
 
-from infra.config import PipelineConfig
-from tasks.drift import DRIFT_EVENT
+from llmops.infra.config import PipelineConfig
+from llmops.tasks.monitoring import DRIFT_EVENT
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -50,7 +50,7 @@ def triggered(client, deployment_id: UUID, name: str, count: int, timeout: float
 
 
 def test_a_burst_of_drift_events_runs_one_retrain_and_cancels_the_others():
-    from flows.deployments import build_deployments
+    from llmops.flows.deployments import build_deployments
 
     name = f"burst-{uuid.uuid4().hex[:8]}"
     config = PipelineConfig(model_name=name)

@@ -13,12 +13,12 @@ import openai
 import pytest
 from openai import OpenAI
 
-from infra.config import ServeConfig
-from infra.store import LocalStore, StoreError
-from models.registry import Registry
-from models.serving import start_server
-from models.serving_api import ApiError, CompletionRequest, Served, parse_completion
-from monitoring.signals import extract
+from llmops.infra.config import ServeConfig
+from llmops.infra.store import LocalStore, StoreError
+from llmops.models.release.registry import Registry
+from llmops.models.serving.api import ApiError, CompletionRequest, Served, parse_completion
+from llmops.models.serving.app import start_server
+from llmops.monitoring.signals import extract
 from tests.helpers import make_registered_model, tiny_tokenizer
 
 MODEL = "lm"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from infra.store import S3Store, StoreError, open_store
+from llmops.infra.store import S3Store, StoreError, open_store
 from tests.store_contract import check_store_contract
 
 

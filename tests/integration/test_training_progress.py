@@ -9,14 +9,21 @@ import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
-    ArtifactCollectionFilter, ArtifactCollectionFilterKey, ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType,
-    FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName,
+    ArtifactCollectionFilter,
+    ArtifactCollectionFilterKey,
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterType,
+    FlowRunFilter,
+    FlowRunFilterId,
+    TaskRunFilter,
+    TaskRunFilterName,
 )
 
-from infra.config import PipelineConfig
-from tasks.ingestion import ingest_data
-from tasks.tokenization import build_tokenizer_task, pack_data
-from tasks.training import train_model
+from llmops.infra.config import PipelineConfig
+from llmops.tasks.ingestion import ingest_data
+from llmops.tasks.tokenization import build_tokenizer_task, pack_data
+from llmops.tasks.training import train_model
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "one_torch_thread")
 

@@ -7,13 +7,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from flows.offline_monitor import backfill
-from infra.config import PipelineConfig
-from infra.store import open_store
-from infra.traffic import write_records
-from monitoring.drift import load_report
-from monitoring.profile import build_profile
-from monitoring.synthetic import TrafficShape, synthetic_records
+from llmops.flows.offline_monitor import backfill
+from llmops.infra.config import PipelineConfig
+from llmops.infra.store import open_store
+from llmops.infra.traffic.log import write_records
+from llmops.monitoring.drift import load_report
+from llmops.monitoring.profile import build_profile
+from llmops.monitoring.synthetic import TrafficShape, synthetic_records
 from tests.helpers import make_registered_model, tiny_tokenizer
 
 NAME = "backfilled"

@@ -8,11 +8,20 @@ import pytest
 import yaml
 from huggingface_hub import ModelCard
 
-from infra.config import PipelineConfig
-from models.card import render_card
-from models.records import (
-    DatasetRef, EvalReport, GateDecision, QuantReport, Sample, SampleParams, SplitEval, SplitRef, TokenizerRef, TrainRef,
+from llmops.infra.config import PipelineConfig
+from llmops.models.records import (
+    DatasetRef,
+    EvalReport,
+    GateDecision,
+    QuantReport,
+    Sample,
+    SampleParams,
+    SplitEval,
+    SplitRef,
+    TokenizerRef,
+    TrainRef,
 )
+from llmops.models.release.card import render_card
 
 DATA_SHA = "d" * 64
 CONFIG = PipelineConfig.from_dict({"model_name": "card-lm", "model": {"preset": "tiny"},

@@ -7,11 +7,11 @@ import os
 import pytest
 import yaml
 
-from flows.cli import main, with_sources
-from flows.local_server import quiet_prefect_env
-from infra.config import PipelineConfig
-from infra.store import open_store
-from models.registry import Registry
+from llmops.flows.cli import main, with_sources
+from llmops.flows.local.server import quiet_prefect_env
+from llmops.infra.config import PipelineConfig
+from llmops.infra.store import open_store
+from llmops.models.release.registry import Registry
 from tests.helpers import make_registered_model, tiny_model, tiny_tokenizer
 
 

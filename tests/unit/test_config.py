@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.config import ConfigError, PipelineConfig
-from models.presets import PRESETS
+from llmops.infra.config import ConfigError, PipelineConfig
+from llmops.models.model.presets import PRESETS
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
 
@@ -27,7 +27,7 @@ def test_every_shipped_config_validates_and_names_a_known_preset(path):
 def test_the_config_knows_exactly_the_presets_models_defines():
     from typing import get_args
 
-    from infra.config import PresetName
+    from llmops.infra.config import PresetName
 
     assert set(get_args(PresetName)) == set(PRESETS)
 

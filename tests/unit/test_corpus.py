@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from models import corpus
-from models.corpus import Doc, stdlib_code, stdlib_docstrings
+from llmops.models.data import corpus
+from llmops.models.data.corpus import Doc, stdlib_code, stdlib_docstrings
 
 MODULE_A = '''\
 """Module a: tools for testing."""

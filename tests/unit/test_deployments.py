@@ -10,11 +10,11 @@ import pytest
 from prefect.client.schemas.objects import ConcurrencyLimitStrategy
 from prefect.events import DeploymentEventTrigger
 
-from flows.cli import main
-from flows.deployments import build_deployments
-from flows.local_server import quiet_prefect_env
-from flows.retrain import retrain as retrain_flow
-from infra.config import ConfigError, PipelineConfig
+from llmops.flows.cli import main
+from llmops.flows.deployments import build_deployments
+from llmops.flows.local.server import quiet_prefect_env
+from llmops.flows.retrain import retrain as retrain_flow
+from llmops.infra.config import ConfigError, PipelineConfig
 
 CONFIG = PipelineConfig.from_dict({
     "model_name": "deploy-lm",

@@ -15,20 +15,21 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from infra.config import ConfigError, DistributedSettings, ModelConfig, PipelineConfig, TrainConfig
-from infra.store import LocalStore
-from models import preflight as pf
-from models.batching import pad_batch
-from models.checkpoint import Checkpointer
-from models.distributed import Parallel, project_root, torchrun_command
-from models.presets import build_config
-from models.records import DatasetRef, TokenizerRef
-from models.training import TrainingError, read_metrics, train
+from llmops.infra.config import ConfigError, DistributedSettings, ModelConfig, PipelineConfig, TrainConfig
+from llmops.infra.store import LocalStore
+from llmops.models.model.presets import build_config
+from llmops.models.records import DatasetRef, TokenizerRef
+from llmops.models.training import preflight as pf
+from llmops.models.training.batching import pad_batch
+from llmops.models.training.checkpoint import Checkpointer
+from llmops.models.training.distributed import Parallel, torchrun_command
+from llmops.models.training.checkpoint import TrainingError
+from llmops.models.training.loop import read_metrics, train
 from tests.helpers import stdlib_texts, tiny_tokenizer
 from tests.unit.test_training import BLOCK, VOCAB, config, patterned_blocks, tiny_model
 from tests.unit.test_training_features import patterned_documents
 
-ROOT = project_root()
+ROOT = Path(__file__).parents[2]  # torchrun's workers import this module as tests.unit.test_distributed
 STEPS = 12
 # (name, strategy, overrides): each trains the same run as one process does with the whole batch
 VARIANTS = [("ddp", "ddp", {}), ("fsdp", "fsdp", {}), ("fsdp-offload", "fsdp", {}), ("ddp-pad", "ddp", {"batching": "pad"})]
@@ -81,7 +82,7 @@ def rank_model(parallel: Parallel, seed: int = 0) -> torch.nn.Module:
 
 def _rank_main(out: Path) -> None:
     """Every variant on this rank, then a resume of the FSDP run from its step-8 checkpoint."""
-    from models.distributed import close_parallel, init_parallel
+    from llmops.models.training.distributed import close_parallel, init_parallel
 
     torch.set_num_threads(1)
     first, _ = init_parallel(DistributedSettings(nproc_per_node=2), "cpu")
@@ -166,7 +167,7 @@ def test_a_sharded_run_resumes_from_its_checkpoint_exactly(distributed_runs):
 
 
 def _stored_inputs(store: LocalStore):
-    from models.tokenizer import pack_dataset
+    from llmops.models.data.packing import pack_dataset
 
     tok = tiny_tokenizer()
     with tempfile.TemporaryDirectory() as tmp:
@@ -187,8 +188,8 @@ def test_the_launcher_runs_torchrun_and_returns_the_record_of_one_process(tmp_pa
     Under FSDP rank 1 never builds the weights (a meta-device skeleton) and the preflight's
     warm-up runs on the sharded model.
     """
-    from models.distributed_worker import launch_run
-    from models.runs import run_training
+    from llmops.models.training.run import run_training
+    from llmops.models.training.worker import launch_run
 
     cfg = TrainConfig(max_steps=4, max_minutes=None, batch_size=8, block_size=BLOCK, eval_every=4, eval_batches=1,
                       checkpoint_every=2, num_threads=1, warmup_steps=1, preflight_steps=1,
@@ -220,7 +221,7 @@ def test_the_launcher_runs_torchrun_and_returns_the_record_of_one_process(tmp_pa
 
 
 def test_a_failing_worker_raises_with_the_tail_of_its_output(tmp_path, monkeypatch):
-    import models.distributed_worker as worker
+    import llmops.models.training.worker as worker
 
     script = "import sys; print('rank 0 starting'); print('ValueError: something broke', file=sys.stderr); sys.exit(3)"
     monkeypatch.setattr(worker, "torchrun_command", lambda *a, **k: [sys.executable, "-c", script])
@@ -234,7 +235,7 @@ def test_a_failing_worker_raises_with_the_tail_of_its_output(tmp_path, monkeypat
 def test_the_torchrun_command_follows_the_settings():
     one_node = torchrun_command(DistributedSettings(nproc_per_node=4), "abc", ["--job", "j"])
     assert one_node[1:3] == ["-m", "torch.distributed.run"] and "--standalone" in one_node
-    assert "--nproc-per-node=4" in one_node and one_node[-4:] == ["-m", "models.distributed_worker", "--job", "j"]
+    assert "--nproc-per-node=4" in one_node and one_node[-4:] == ["-m", "llmops.models.training.worker", "--job", "j"]
     nodes = torchrun_command(DistributedSettings(nproc_per_node=8, nnodes=2, node_rank=1, rdzv_endpoint="10.0.0.1:29500"), "abc")
     assert {"--nnodes=2", "--rdzv-backend=c10d", "--rdzv-endpoint=10.0.0.1:29500", "--rdzv-id=llmops-abc",
             "--node-rank=1"} <= set(nodes) and "--standalone" not in nodes

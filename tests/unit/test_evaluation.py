@@ -6,16 +6,17 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from transformers import AutoModelForCausalLM
 
-from infra.config import EvalConfig, GateConfig, GenerationSettings, PipelineConfig
-from models.evaluation import _windows, bits_per_byte, evaluate_run, gate, generate_samples, score_documents, summarize
-from models.generation import SamplingParams, complete
-from models.presets import build_config
-from models.records import DocScores, Sample
-from models.tokenizer import train_bpe
-from models.training import build_model
+from llmops.infra.config import EvalConfig, GateConfig, GenerationSettings, PipelineConfig
+from llmops.models.data.tokenizer import train_bpe
+from llmops.models.evaluation.gate import gate
+from llmops.models.evaluation.scoring import _windows, bits_per_byte, score_documents, summarize
+from llmops.models.evaluation.stage import evaluate_run, generate_samples
+from llmops.models.model.generation import SamplingParams, complete
+from llmops.models.model.presets import build_config
+from llmops.models.records import DocScores, Sample
+from llmops.models.training.setup import build_model
 from tests.helpers import train_stdlib_run
 
 TEXTS = [

@@ -11,16 +11,18 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from infra.config import DataConfig, LoraSettings, ModelConfig, TokenizerConfig, TrainConfig
-from infra.store import LocalStore
-from models.checkpoint import Checkpointer
-from models.finetune import (
-    apply_lora, load_pretrained, merge_for_deployment, pretrained_identity, tokenizer_config_for,
-)
-from models.ingest import ingest, read_split
-from models.runs import model_config_for, run_training
-from models.tokenizer import build_tokenizer, load_tokenizer, pack_split, pack_dataset
-from models.training import TrainingError, read_metrics, train
+from llmops.infra.config import DataConfig, LoraSettings, ModelConfig, TokenizerConfig, TrainConfig
+from llmops.infra.store import LocalStore
+from llmops.models.data.ingest import ingest
+from llmops.models.data.snapshot import read_split
+from llmops.models.data.packing import pack_dataset, pack_split
+from llmops.models.data.tokenizer import build_tokenizer, load_tokenizer
+from llmops.models.model.lora import apply_lora, merge_for_deployment
+from llmops.models.model.pretrained import load_pretrained, pretrained_identity, tokenizer_config_for
+from llmops.models.training.checkpoint import Checkpointer
+from llmops.models.training.checkpoint import TrainingError
+from llmops.models.training.loop import read_metrics, train
+from llmops.models.training.run import model_config_for, run_training
 from tests.helpers import stdlib_texts, tiny_model, tiny_tokenizer
 from tests.unit.test_training import config
 from tests.unit.test_training_features import CrashAt, crash_at, losses_after
@@ -157,7 +159,7 @@ def test_a_pretrained_model_brings_its_tokenizer_unless_one_is_named():
 
 
 def test_a_block_longer_than_the_pretrained_context_is_refused(base, tmp_path):
-    from models.records import TokenizerRef
+    from llmops.models.records import TokenizerRef
 
     ref = TokenizerRef(uri="/t", sha256="t" * 64, kind="pretrained", vocab_size=400, eos_token_id=0)
     with pytest.raises(TrainingError, match=f"exceeds the context of .* \\({CONTEXT} tokens\\)"):
@@ -211,7 +213,7 @@ def test_the_pipeline_fine_tunes_every_weight_without_lora(base, corpus):
 
 
 def test_the_card_names_the_base_model_and_the_method():
-    from models.card import render_card
+    from llmops.models.release.card import render_card
     from tests.unit.test_card import CONFIG, DATASET, RUN, TOKENIZER, evaluation, section, table_rows
 
     run = RUN.model_copy(update={"method": "lora", "base_model": "/models/base@0123456789abcdef"})

@@ -6,14 +6,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from infra.config import TrainConfig
-from infra.store import LocalStore
-from models.batching import IGNORE_INDEX
-from models.checkpoint import Checkpointer
-from models.fused_loss import HiddenStatesHead, LinearCrossEntropy, fusable_head, fused_head
-from models.kernels import onednn_available
-from models.presets import build_config
-from models.training import build_model, read_metrics, train
+from llmops.infra.config import TrainConfig
+from llmops.infra.store import LocalStore
+from llmops.models.model.kernels import onednn_available
+from llmops.models.model.presets import build_config
+from llmops.models.training.batching import IGNORE_INDEX
+from llmops.models.training.checkpoint import Checkpointer
+from llmops.models.training.fused_loss import HiddenStatesHead, LinearCrossEntropy, fusable_head, fused_head
+from llmops.models.training.loop import read_metrics, train
+from llmops.models.training.setup import build_model
 from tests.unit.test_training import BLOCK, VOCAB, patterned_blocks, tiny_model
 from tests.unit.test_training_features import patterned_documents
 

@@ -10,12 +10,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from infra.config import DataConfig
-from infra.store import ArtifactStore, LocalStore
-from models.ingest import IngestError, assign_splits, ingest, load_ref, read_split
-from models.ingest_formats import text_records
-from models.ingest_snapshot import Kept
-from models.records import DatasetRef
+from llmops.infra.config import DataConfig
+from llmops.infra.store import ArtifactStore, LocalStore
+from llmops.models.data.formats import text_records
+from llmops.models.data.formats import IngestError
+from llmops.models.data.ingest import assign_splits, ingest
+from llmops.models.data.snapshot import load_ref, read_split
+from llmops.models.data.snapshot import Kept
+from llmops.models.records import DatasetRef
 
 
 def doc(i: int, topic: str = "document") -> str:
@@ -347,7 +349,7 @@ def test_no_traffic_yet_is_fine_beside_other_sources(tmp_path, store):
 def s3_endpoint(monkeypatch):
     from moto.server import ThreadedMotoServer
 
-    from infra.settings import get_settings
+    from llmops.infra.settings import get_settings
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()

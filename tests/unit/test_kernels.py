@@ -6,11 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from infra.config import TrainConfig
-from infra.store import LocalStore
-from models.checkpoint import Checkpointer
-from models.kernels import OneDNNLinear, linear_kernels, mkl_slow_here, onednn_available, use_onednn
-from models.training import ForwardContext, read_metrics, train
+from llmops.infra.config import TrainConfig
+from llmops.infra.store import LocalStore
+from llmops.models.model.kernels import linear_kernels, mkl_slow_here, onednn_available, use_onednn
+from llmops.models.training.checkpoint import Checkpointer
+from llmops.models.training.loop import read_metrics, train
+from llmops.models.training.precision import ForwardContext
 from tests.unit.test_training import patterned_blocks, tiny_model
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"),

@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from infra.config import MonitorConfig
-from monitoring.drift import check_files, check_window, compare_records, load_report
-from monitoring.profile import build_profile
-from monitoring.synthetic import TrafficShape, synthetic_records, toy_tokenize
+from llmops.infra.config import MonitorConfig
+from llmops.monitoring.drift import check_files, check_window, compare_records, load_report
+from llmops.monitoring.profile import build_profile
+from llmops.monitoring.synthetic import TrafficShape, synthetic_records, toy_tokenize
 
 CFG = MonitorConfig(evidently_report=False)  # Evidently's report is tested once, in test_monitoring_evidently
 
@@ -102,7 +102,7 @@ def test_check_files_bad_inputs(tmp_path):
 
 
 def test_debiased_psi_keeps_small_undrifted_windows_from_warning(profile, tmp_path, monkeypatch):
-    monkeypatch.setattr("monitoring.report.write_histograms", lambda results, out_dir: {})  # verdicts only: no PNGs
+    monkeypatch.setattr("llmops.monitoring.report.write_histograms", lambda results, out_dir: {})  # verdicts only: no PNGs
     raw_cfg = CFG.model_copy(update={"psi_debias": False})
     debiased, raw = [], []
     for seed in range(100, 106):
@@ -117,7 +117,7 @@ def test_a_failing_evidently_report_costs_a_note_not_the_verdict(profile, tmp_pa
     def broken(*args, **kwargs):
         raise RuntimeError("evidently changed its API again")
 
-    monkeypatch.setattr("monitoring.report.write_evidently_report", broken)
+    monkeypatch.setattr("llmops.monitoring.report.write_evidently_report", broken)
     cfg = CFG.model_copy(update={"evidently_report": True})
     report = check_window(profile, synthetic_records(200, TrafficShape(words_mean=40), seed=11), toy_tokenize, cfg, tmp_path)
     assert report.verdict == "alert" and "report_html" not in report.files

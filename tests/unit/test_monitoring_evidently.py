@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from infra.config import MonitorConfig
-from monitoring import stats
-from monitoring.drift import check_window
-from monitoring.profile import build_profile
-from monitoring.synthetic import TrafficShape, synthetic_records, toy_tokenize
+from llmops.infra.config import MonitorConfig
+from llmops.monitoring import stats
+from llmops.monitoring.drift import check_window
+from llmops.monitoring.profile import build_profile
+from llmops.monitoring.synthetic import TrafficShape, synthetic_records, toy_tokenize
 
 
 def _evidently(reference: np.ndarray, current: np.ndarray, method: str) -> float:

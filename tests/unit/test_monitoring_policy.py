@@ -6,10 +6,10 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from infra.config import MonitorConfig, SignalThresholds
-from monitoring import policy
-from monitoring.drift import judge, validate_config
-from monitoring.results import SignalStats
+from llmops.infra.config import MonitorConfig, SignalThresholds
+from llmops.monitoring import policy
+from llmops.monitoring.drift import judge, validate_config
+from llmops.monitoring.records import SignalStats
 
 NOW = datetime(2026, 11, 23, 15, tzinfo=timezone.utc)
 
@@ -42,7 +42,7 @@ def test_signal_status_needs_effect_size_and_significance_to_alert(psi, p_adj, s
 
 
 def test_small_effect_with_a_huge_sample_does_not_alert():
-    from monitoring import stats
+    from llmops.monitoring import stats
 
     rng = np.random.default_rng(0)
     ref, cur = rng.normal(size=200_000), rng.normal(0.03, size=200_000)  # a shift of 0.03 sd
@@ -113,8 +113,8 @@ def test_psi_effect_subtracts_the_noise_floor_only_when_debiasing():
 def test_emission_decision_explains_itself():
     from datetime import datetime, timedelta, timezone
 
-    from infra.config import MonitorConfig
-    from monitoring.policy import emission_decision
+    from llmops.infra.config import MonitorConfig
+    from llmops.monitoring.policy import emission_decision
 
     now = datetime(2026, 11, 23, 12, tzinfo=timezone.utc)
     cfg = MonitorConfig(consecutive_windows=2, cooldown_minutes=30)

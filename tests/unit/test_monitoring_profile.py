@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from infra.config import MonitorConfig
-from monitoring.profile import (ReferenceProfile, build_profile, categorical_profile, continuous_profile,
-                                quantile_edges)
-from monitoring.signals import OTHER
-from monitoring.synthetic import synthetic_records, toy_tokenize
+from llmops.infra.config import MonitorConfig
+from llmops.monitoring.profile import build_profile, categorical_profile, continuous_profile, quantile_edges
+from llmops.monitoring.records import ReferenceProfile
+from llmops.monitoring.signals import OTHER
+from llmops.monitoring.synthetic import synthetic_records, toy_tokenize
 
 
 def test_quantile_edges_split_continuous_values_into_equal_bins():
@@ -20,7 +20,7 @@ def test_quantile_edges_split_continuous_values_into_equal_bins():
 
 
 def test_tail_edges_make_mass_moving_far_out_visible():
-    from monitoring import stats
+    from llmops.monitoring import stats
 
     rng = np.random.default_rng(4)
     ref, cur = rng.normal(size=20_000), rng.normal(size=20_000)

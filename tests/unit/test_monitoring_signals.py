@@ -6,8 +6,8 @@ import copy
 import numpy as np
 import pytest
 
-from monitoring.signals import OPTIONAL_SIGNALS, SIGNALS, RecordError, extract
-from monitoring.synthetic import synthetic_records, toy_tokenize
+from llmops.monitoring.signals import OPTIONAL_SIGNALS, SIGNALS, RecordError, extract
+from llmops.monitoring.synthetic import synthetic_records, toy_tokenize
 
 
 @pytest.fixture

@@ -6,13 +6,14 @@ import json
 import numpy as np
 import pytest
 
-from infra.config import MonitorConfig
-from monitoring.accumulate import WindowAccumulator, sampling_keys
-from monitoring.batch import take
-from monitoring.drift import check_window, measure
-from monitoring.profile import ReferenceProfile, build_profile, profile_from_halves, split_halves
-from monitoring.signals import rows_batch
-from monitoring.synthetic import synthetic_records
+from llmops.infra.config import MonitorConfig
+from llmops.monitoring.accumulate import WindowAccumulator, sampling_keys
+from llmops.monitoring.batch import take
+from llmops.monitoring.drift import check_window, measure
+from llmops.monitoring.profile import build_profile, profile_from_halves, split_halves
+from llmops.monitoring.records import ReferenceProfile
+from llmops.monitoring.signals import rows_batch
+from llmops.monitoring.synthetic import synthetic_records
 
 CFG = MonitorConfig(evidently_report=False)
 

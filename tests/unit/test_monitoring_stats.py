@@ -8,8 +8,8 @@ import pytest
 from scipy import stats as sps
 from scipy.spatial.distance import jensenshannon
 
-from monitoring import stats
-from monitoring.signals import OTHER
+from llmops.monitoring import stats
+from llmops.monitoring.signals import OTHER
 
 
 def test_psi_kl_js_match_hand_computed_values():

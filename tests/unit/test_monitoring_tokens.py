@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from infra.config import MonitorConfig
-from monitoring import stats
-from monitoring.signals import extract
-from monitoring.synthetic import synthetic_records, toy_tokenize
-from monitoring.tokens import IdLookup, common_token_ids, design_effect, rare_token_share, top_k_ids
+from llmops.infra.config import MonitorConfig
+from llmops.monitoring import stats
+from llmops.monitoring.signals import extract
+from llmops.monitoring.synthetic import synthetic_records, toy_tokenize
+from llmops.monitoring.tokens import IdLookup, common_token_ids, design_effect, rare_token_share, top_k_ids
 
 
 def test_common_set_is_the_fewest_ids_reaching_the_coverage():
@@ -48,9 +48,9 @@ def test_token_signals_use_the_records_ids_and_fall_back_to_the_tokenizer():
 
 
 def test_unfamiliar_vocabulary_raises_rare_token_share_at_the_same_length(tmp_path):
-    from monitoring.drift import check_window
-    from monitoring.profile import build_profile
-    from monitoring.synthetic import TrafficShape
+    from llmops.monitoring.drift import check_window
+    from llmops.monitoring.profile import build_profile
+    from llmops.monitoring.synthetic import TrafficShape
 
     cfg = MonitorConfig(evidently_report=False)
     profile = build_profile(synthetic_records(1000, seed=1), None, cfg, model_name="lm", model_version=1)

@@ -5,10 +5,16 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from infra.store import LocalStore
-from monitoring.synthetic import synthetic_records
-from infra.traffic import (partition_prefix, read_jsonl_file, read_window, window_hours, window_id,
-                                write_records)
+from llmops.infra.store import LocalStore
+from llmops.infra.traffic.log import (
+    partition_prefix,
+    read_jsonl_file,
+    read_window,
+    window_hours,
+    window_id,
+    write_records,
+)
+from llmops.monitoring.synthetic import synthetic_records
 
 T0 = datetime(2026, 11, 23, 14, tzinfo=timezone.utc)
 

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from infra.config import MonitorConfig
-from infra.store import LocalStore
-from monitoring.drift import check_window
-from monitoring.profile import build_profile
-from monitoring.synthetic import TrafficShape, synthetic_records, toy_tokenize
-from monitoring.trend import render_trend, trend
+from llmops.infra.config import MonitorConfig
+from llmops.infra.store import LocalStore
+from llmops.monitoring.drift import check_window
+from llmops.monitoring.profile import build_profile
+from llmops.monitoring.synthetic import TrafficShape, synthetic_records, toy_tokenize
+from llmops.monitoring.trend import render_trend, trend
 
 T0 = datetime(2026, 11, 23, 14, tzinfo=timezone.utc)
 

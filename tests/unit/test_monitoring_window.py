@@ -7,16 +7,16 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from infra.config import MonitorConfig
-from infra.store import LocalStore
-from infra.traffic import iter_chunks, read_window, write_records
-from monitoring.accumulate import Reservoir, WindowAccumulator, sampling_keys
-from monitoring.drift import check_window, load_report
-from monitoring.profile import build_profile
-from monitoring.signals import rows_batch
-from monitoring.stats import ks_test
-from monitoring.synthetic import TrafficShape, synthetic_records, toy_tokenize
-from monitoring.window import check_store_window
+from llmops.infra.config import MonitorConfig
+from llmops.infra.store import LocalStore
+from llmops.infra.traffic.log import iter_chunks, read_window, write_records
+from llmops.monitoring.accumulate import Reservoir, WindowAccumulator, sampling_keys
+from llmops.monitoring.drift import check_window, load_report
+from llmops.monitoring.profile import build_profile
+from llmops.monitoring.signals import rows_batch
+from llmops.monitoring.stats import ks_test
+from llmops.monitoring.synthetic import TrafficShape, synthetic_records, toy_tokenize
+from llmops.monitoring.window import check_store_window
 
 T0 = datetime(2026, 11, 23, 14, tzinfo=timezone.utc)
 CFG = MonitorConfig(evidently_report=False)

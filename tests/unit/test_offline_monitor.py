@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from flows.cli import main
-from flows.local_server import quiet_prefect_env
-from flows.offline_monitor import monitor_files, read_texts
-from infra.config import PipelineConfig
-from models.corpus import stdlib_code, stdlib_docstrings
-from models.ingest_formats import IngestError
-from monitoring.drift import load_report
-from monitoring.results import DriftReport
+from llmops.flows.cli import main
+from llmops.flows.local.server import quiet_prefect_env
+from llmops.flows.offline_monitor import monitor_files, read_texts
+from llmops.infra.config import PipelineConfig
+from llmops.models.data.corpus import stdlib_code, stdlib_docstrings
+from llmops.models.data.formats import IngestError
+from llmops.monitoring.drift import load_report
+from llmops.monitoring.records import DriftReport
 from tests.helpers import tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

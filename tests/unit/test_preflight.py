@@ -8,16 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from infra.config import DataConfig, DistributedSettings, LoraSettings, ModelConfig, PipelineConfig, TrainConfig
-from infra.store import LocalStore
-from models import preflight as pf
-from models.card import render_card
-from models.checkpoint import Checkpointer
-from models.ingest import ingest, read_split
-from models.presets import build_config
-from models.records import PreflightReport
-from models.tokenizer import build_tokenizer, load_tokenizer, pack_dataset
-from models.training import read_metrics, train, warmup_seconds
+from llmops.infra.config import DataConfig, DistributedSettings, LoraSettings, ModelConfig, PipelineConfig, TrainConfig
+from llmops.infra.store import LocalStore
+from llmops.models.data.ingest import ingest
+from llmops.models.data.snapshot import read_split
+from llmops.models.data.packing import pack_dataset
+from llmops.models.data.tokenizer import build_tokenizer, load_tokenizer
+from llmops.models.model.presets import build_config
+from llmops.models.records import PreflightReport
+from llmops.models.release.card import render_card
+from llmops.models.training import preflight as pf
+from llmops.models.training.checkpoint import Checkpointer
+from llmops.models.training.loop import read_metrics, train, warmup_seconds
 from tests.helpers import stdlib_texts
 from tests.unit.test_card import DATASET, QUANT, RUN, TOKENIZER, evaluation, section, table_rows
 from tests.unit.test_training import BLOCK, VOCAB, config, patterned_blocks, tiny_model
@@ -149,29 +151,28 @@ def packed_corpus(tmp_path_factory):
 
 
 def test_a_run_that_cannot_fit_fails_before_building_the_model(packed_corpus, monkeypatch):
-    from models import runs
+    from llmops.models.training import run as runs
+    from llmops.models.training.run_id import run_id_for
 
     store, cache, tok_ref, tokenizer, packed = packed_corpus
     monkeypatch.setattr(runs, "build_run_model", lambda *a, **k: pytest.fail("the model was materialised"))
     cfg = TrainConfig(batch_size=4096, block_size=BLOCK, max_steps=10, device="cpu", num_threads=1)
-    t0 = time.perf_counter()
-    with pytest.raises(pf.PreflightError) as info:
+    with pytest.raises(pf.PreflightError) as info:  # before build_run_model: nothing was allocated
         runs.run_training(store, packed, tok_ref, tokenizer, ModelConfig(preset="llama-1b"), cfg, cache)
-    assert time.perf_counter() - t0 < 20
     message = str(info.value)
     assert "GiB is available" in message and "weights" in message and "activations" in message
     for change in ("train.batch_size to 2048", "train.grad_accum_steps to 2", "train.gradient_checkpointing=true",
                    "smaller model.preset"):
         assert change in message
     assert "LoRA" not in message, "trained from scratch: LoRA would train only adapters on random weights"
-    run_id = runs.run_id_for(packed, tok_ref, ModelConfig(preset="llama-1b"), cfg)
+    run_id = run_id_for(packed, tok_ref, ModelConfig(preset="llama-1b"), cfg)
     saved = PreflightReport.model_validate(store.get_json(f"runs/{run_id}/preflight.json"))
     assert not saved.fits and saved.parameters > 9e8
     assert not store.list(f"runs/{run_id}/checkpoints")
 
 
 def test_a_run_records_its_preflight_and_the_card_shows_it(packed_corpus):
-    from models.runs import run_training
+    from llmops.models.training.run import run_training
 
     store, cache, tok_ref, tokenizer, packed = packed_corpus
     cfg = TrainConfig(max_steps=6, max_minutes=None, batch_size=8, block_size=BLOCK, eval_every=6, eval_batches=1,
@@ -195,7 +196,7 @@ def test_a_run_records_its_preflight_and_the_card_shows_it(packed_corpus):
 
 @pytest.mark.parametrize("mode", ["enforce", "warn"])
 def test_warn_mode_trains_anyway_and_says_so(packed_corpus, monkeypatch, mode):
-    from models.runs import run_training
+    from llmops.models.training.run import run_training
 
     store, cache, tok_ref, tokenizer, packed = packed_corpus
     monkeypatch.setattr(pf, "available_memory", lambda device: 1000)  # a device with 1000 bytes free

@@ -8,13 +8,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from infra.config import CompressConfig, PipelineConfig
-from infra.store import LocalStore, sha256_file
-from models.evaluation import bits_per_byte, score_documents
-from models.ingest import read_split
-from models.quantization import INT8_FILE, compress_run, load_int8, quantize_int8, save_int8, serialized_bytes
-from models.records import TrainRef
-from models.runs import download_run_model
+from llmops.infra.config import CompressConfig, PipelineConfig
+from llmops.infra.store import LocalStore, sha256_file
+from llmops.models.compression.compress import compress_run, serialized_bytes
+from llmops.models.data.snapshot import read_split
+from llmops.models.evaluation.scoring import bits_per_byte, score_documents
+from llmops.models.model.loading import download_run_model
+from llmops.models.model.variants import INT8_FILE, load_int8, quantize_int8, save_int8
+from llmops.models.records import TrainRef
 from tests.helpers import tiny_model, tiny_tokenizer, train_stdlib_run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -6,12 +6,12 @@ import threading
 import pytest
 import torch
 
-from infra.store import LocalStore
-from models.presets import build_config
-from models.quantization import quantize_int8, save_int8
-from models.registry import Registry, RegistryError
-from models.tokenizer import train_bpe
-from models.training import build_model
+from llmops.infra.store import LocalStore
+from llmops.models.data.tokenizer import train_bpe
+from llmops.models.model.presets import build_config
+from llmops.models.model.variants import quantize_int8, save_int8
+from llmops.models.release.registry import Registry, RegistryError
+from llmops.models.training.setup import build_model
 
 
 @pytest.fixture(scope="module")

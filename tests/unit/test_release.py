@@ -11,18 +11,20 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from infra.config import PipelineConfig
-from infra.store import LocalStore, sha256_bytes
-from models.evaluation import evaluate_run
-from models.generation import SamplingParams, complete
-from models.ingest import read_split
-from models.profiling import reference_records
-from models.quantization import INT8_FILE, compress_run
-from models.records import DatasetRef, EvalReport, QuantReport, TokenizerRef, TrainRef
-from models.registry import Registry, RegistryError
-from models.release import register_candidate, release, smoke_test
-from models.runs import download_run_model
-from monitoring.profile import ReferenceProfile, build_profile
+from llmops.infra.config import PipelineConfig
+from llmops.infra.store import LocalStore, sha256_bytes
+from llmops.models.compression.compress import compress_run
+from llmops.models.data.snapshot import read_split
+from llmops.models.evaluation.stage import evaluate_run
+from llmops.models.model.generation import SamplingParams, complete
+from llmops.models.model.loading import download_run_model
+from llmops.models.model.reference import reference_records
+from llmops.models.model.variants import INT8_FILE
+from llmops.models.records import DatasetRef, EvalReport, QuantReport, TokenizerRef, TrainRef
+from llmops.models.release.registry import Registry, RegistryError
+from llmops.models.release.stage import register_candidate, release, smoke_test
+from llmops.monitoring.profile import build_profile
+from llmops.monitoring.records import ReferenceProfile
 from tests.helpers import make_registered_model, tiny_model, tiny_tokenizer, train_stdlib_run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

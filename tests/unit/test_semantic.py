@@ -8,14 +8,20 @@ import numpy as np
 import pytest
 from transformers import BertConfig, BertModel
 
-from infra.config import MonitorConfig, PipelineConfig
-from infra.store import open_store
-from infra.traffic import write_records
-from monitoring.profile import ReferenceProfile, build_profile
-from monitoring.semantic import (SentenceEmbedder, check_store_window_semantic, cosine_distance, embedder_for,
-                                 sample_prompts)
-from monitoring.synthetic import synthetic_records, toy_tokenize
-from monitoring.window import check_store_window
+from llmops.infra.config import MonitorConfig, PipelineConfig
+from llmops.infra.store import open_store
+from llmops.infra.traffic.log import write_records
+from llmops.monitoring.profile import build_profile
+from llmops.monitoring.records import ReferenceProfile
+from llmops.monitoring.semantic import (
+    SentenceEmbedder,
+    check_store_window_semantic,
+    cosine_distance,
+    embedder_for,
+    sample_prompts,
+)
+from llmops.monitoring.synthetic import synthetic_records, toy_tokenize
+from llmops.monitoring.window import check_store_window
 from tests.helpers import stdlib_texts, tiny_tokenizer
 
 T0 = datetime(2026, 11, 23, 14, tzinfo=timezone.utc)
@@ -70,8 +76,9 @@ def test_off_imports_neither_torch_nor_transformers():
     import subprocess
     import sys
 
-    code = ("import sys; from infra.config import MonitorConfig; from monitoring.semantic import embedder_for; "
-            "from monitoring.profile import build_profile; from monitoring.synthetic import synthetic_records; "
+    code = ("import sys; from llmops.infra.config import MonitorConfig; "
+            "from llmops.monitoring.semantic import embedder_for; from llmops.monitoring.profile import build_profile; "
+            "from llmops.monitoring.synthetic import synthetic_records; "
             "assert embedder_for(MonitorConfig()) is None; "
             "build_profile(synthetic_records(200), None, MonitorConfig(), model_name='lm', model_version=1); "
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
@@ -100,7 +107,7 @@ def test_the_profile_gets_semantic_distance_fitted_on_one_half_and_counted_on_th
     assert "semantic_distance" in profile.signals and stats.n == profile.count_records == 100
     # the counted half is scored against the other half's centroid: out of sample, so farther than in sample
     embed = SentenceEmbedder(encoder)
-    from monitoring.profile import split_halves
+    from llmops.monitoring.profile import split_halves
 
     _, count_rows = split_halves(records)
     counted = embed([records[i]["prompt"] for i in count_rows])

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from infra.store import LocalStore, open_store, validate_key
+from llmops.infra.store import LocalStore, open_store, validate_key
 from tests.store_contract import check_store_contract
 
 
@@ -39,7 +39,7 @@ def test_a_failed_write_leaves_the_old_object_and_no_temp_files(tmp_path, monkey
 
 
 def test_open_store_reads_the_setting_and_rejects_unknown_schemes(tmp_path, monkeypatch):
-    from infra.settings import get_settings
+    from llmops.infra.settings import get_settings
 
     monkeypatch.setenv("LLMOPS_STORE_URI", str(tmp_path / "from-env"))
     get_settings.cache_clear()
@@ -51,7 +51,7 @@ def test_open_store_reads_the_setting_and_rejects_unknown_schemes(tmp_path, monk
 
 
 def test_settings_never_print_credentials(monkeypatch):
-    from infra.settings import Settings
+    from llmops.infra.settings import Settings
 
     monkeypatch.setenv("LLMOPS_S3_SECRET_ACCESS_KEY", "very-secret")
     settings = Settings()

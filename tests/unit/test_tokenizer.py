@@ -4,17 +4,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from infra.config import DataConfig, TokenizerConfig
-from infra.store import LocalStore
-from models.ingest import ingest, read_split
-from models.tokenizer import (
+from llmops.infra.config import DataConfig, TokenizerConfig
+from llmops.infra.store import LocalStore
+from llmops.models.data.ingest import ingest
+from llmops.models.data.snapshot import read_split
+from llmops.models.data.packing import pack_dataset, pack_split
+from llmops.models.data.tokenizer import (
     EOS,
     TokenizerError,
     attach_tokenizer,
     build_tokenizer,
     load_tokenizer,
-    pack_dataset,
-    pack_split,
     train_bpe,
 )
 

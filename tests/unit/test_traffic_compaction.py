@@ -12,18 +12,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flows.cli import main
-from flows.local_server import quiet_prefect_env
-from infra import traffic_compact, traffic_parquet
-from infra.config import DataConfig, MonitorConfig, PipelineConfig
-from infra.store import LocalStore, open_store
-from infra.traffic import MANIFEST, line_record, parse_ts, read_window, window_files, write_records
-from infra.traffic_compact import LOCK, closed_before, compact, compact_hour
-from models.ingest_sources import resolve_source
-from monitoring.profile import build_profile
-from monitoring.signals import FEATURES
-from monitoring.synthetic import TrafficShape, synthetic_records, toy_tokenize
-from monitoring.window import check_store_window
+from llmops.flows.cli import main
+from llmops.flows.local.server import quiet_prefect_env
+from llmops.infra.config import DataConfig, MonitorConfig, PipelineConfig
+from llmops.infra.store import LocalStore, open_store
+from llmops.infra.traffic import compaction as traffic_compact
+from llmops.infra.traffic import parquet as traffic_parquet
+from llmops.infra.traffic.compaction import LOCK, closed_before, compact, compact_hour
+from llmops.infra.traffic.log import MANIFEST, line_record, parse_ts, read_window, window_files, write_records
+from llmops.models.data.sources import resolve_source
+from llmops.monitoring.profile import build_profile
+from llmops.monitoring.signals import FEATURES
+from llmops.monitoring.synthetic import TrafficShape, synthetic_records, toy_tokenize
+from llmops.monitoring.window import check_store_window
 
 T0 = datetime(2025, 3, 4, 14, tzinfo=timezone.utc)  # long closed whatever the clock says
 CFG = MonitorConfig(evidently_report=False)
@@ -276,7 +277,7 @@ def test_the_compact_command(capsys, _cli_environment):
 def test_the_compact_traffic_task_compacts_closed_hours_within_its_lookback():
     from prefect.logging import disable_run_logger
 
-    from tasks.drift import compact_traffic
+    from llmops.tasks.monitoring import compact_traffic
 
     store = open_store()
     config = PipelineConfig(model_name="lm").with_overrides(["monitor.compact_lookback_hours=1"])

@@ -15,19 +15,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from infra.config import TrainConfig
-from infra.store import LocalStore
-from models.checkpoint import Checkpointer
-from models.presets import build_config
-from models.training import (
-    BlockSampler,
-    TrainingError,
-    build_model,
-    lr_at,
-    make_optimizer,
-    read_metrics,
-    train,
-)
+from llmops.infra.config import TrainConfig
+from llmops.infra.store import LocalStore
+from llmops.models.model.presets import build_config
+from llmops.models.training.checkpoint import Checkpointer
+from llmops.models.training.batching import BlockSampler
+from llmops.models.training.loop import read_metrics, train
+from llmops.models.training.checkpoint import TrainingError
+from llmops.models.training.optim import lr_at, make_optimizer
+from llmops.models.training.setup import build_model
 
 VOCAB, BLOCK = 64, 32
 
@@ -108,9 +104,9 @@ WORKER = """
 import sys, json, numpy as np
 sys.path.insert(0, {root!r})
 from tests.unit.test_training import patterned_blocks, tiny_model, config
-from infra.store import LocalStore
-from models.checkpoint import Checkpointer
-from models.training import train
+from llmops.infra.store import LocalStore
+from llmops.models.training.checkpoint import Checkpointer
+from llmops.models.training.loop import train
 cfg = config(**json.loads(sys.argv[2]))
 blocks = patterned_blocks()
 train(tiny_model(), blocks, blocks[:16], cfg, Checkpointer(LocalStore(sys.argv[1]), "ck"), __import__("pathlib").Path(sys.argv[1]) / "m.jsonl")
@@ -182,7 +178,7 @@ def test_cuda_requested_without_a_gpu_is_explained(tmp_path):
 
 def test_a_failed_run_still_publishes_its_metrics_and_plot(tmp_path):
     """The run's store folder shows what a diverged run did, up to the step before it failed."""
-    from infra.config import PipelineConfig
+    from llmops.infra.config import PipelineConfig
     from tests.helpers import train_stdlib_run
 
     cfg = PipelineConfig.from_dict({

@@ -5,17 +5,20 @@ import numpy as np
 import pytest
 import torch
 
-from infra.config import ModelConfig, TrainConfig
-from infra.store import LocalStore
-from models.batching import IGNORE_INDEX, LengthGroupedSampler, Ragged, make_sampler, pad_batch
-from models.checkpoint import Checkpointer, TrainerState
-from models.presets import build_config
-from models.records import DatasetRef, PackedRef, TokenizerRef
-from models.runs import run_id_for, run_training
-from models.tokenizer import load_packed, pack_dataset
-from models.training import (
-    TrainingError, _optimizer_step, _unscale_and_clip, build_model, make_optimizer, micro_loss, read_metrics, train,
-)
+from llmops.infra.config import ModelConfig, TrainConfig
+from llmops.infra.store import LocalStore
+from llmops.models.data.packing import Ragged, load_packed, pack_dataset
+from llmops.models.model.presets import build_config
+from llmops.models.records import DatasetRef, PackedRef, TokenizerRef
+from llmops.models.training.batching import IGNORE_INDEX, LengthGroupedSampler, make_sampler, pad_batch
+from llmops.models.training.checkpoint import Checkpointer, TrainerState
+from llmops.models.training.checkpoint import TrainingError
+from llmops.models.training.loop import read_metrics, train
+from llmops.models.training.optim import make_optimizer
+from llmops.models.training.run import run_training
+from llmops.models.training.run_id import run_id_for
+from llmops.models.training.setup import build_model
+from llmops.models.training.steps import micro_loss, optimizer_step, unscale_and_clip
 from tests.helpers import stdlib_texts, tiny_tokenizer
 from tests.unit.test_training import BLOCK, VOCAB, config, patterned_blocks, tiny_model
 
@@ -222,13 +225,13 @@ def test_the_loss_scaler_skips_a_step_with_inf_gradients_after_unscaling():
     x = torch.from_numpy(patterned_blocks(2).astype(np.int64))
     scaler.scale(model(input_ids=x, labels=x).loss).backward()
     next(model.parameters()).grad[0, 0] = float("inf")
-    grad_norm = _unscale_and_clip(model, optimizer, scaler, config())
-    skipped = _optimizer_step(optimizer, scaler)
+    grad_norm = unscale_and_clip(model, optimizer, scaler, config())
+    skipped = optimizer_step(optimizer, scaler)
     assert skipped and not np.isfinite(grad_norm) and scaler.get_scale() == 2.0**15
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     scaler.scale(model(input_ids=x, labels=x).loss).backward()  # a finite step goes through, unscaled first
-    grad_norm = _unscale_and_clip(model, optimizer, scaler, config(grad_clip=1.0))
-    skipped = _optimizer_step(optimizer, scaler)
+    grad_norm = unscale_and_clip(model, optimizer, scaler, config(grad_clip=1.0))
+    skipped = optimizer_step(optimizer, scaler)
     assert not skipped and np.isfinite(grad_norm) and grad_norm < 1e3  # the true norm, not 2**15 times it
     assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
 
@@ -297,8 +300,8 @@ def test_run_ids_of_unchanged_configs_survive_the_new_fields():
 
 @pytest.mark.parametrize("setting, cpu, cuda", [("auto", False, True), (True, True, True), (False, False, False)])
 def test_compile_is_on_by_default_on_cuda_only(setting, cpu, cuda):
-    from infra.config import PipelineConfig
-    from models.training import resolve_compile
+    from llmops.infra.config import PipelineConfig
+    from llmops.models.training.precision import resolve_compile
 
     value = PipelineConfig().with_overrides([f"train.compile={str(setting).lower()}"]).train.compile
     assert value == setting

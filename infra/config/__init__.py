@@ -1,0 +1,27 @@
+"""The one typed pipeline configuration: nested frozen pydantic models with defaults that work, YAML-loadable.
+
+One module per section; everything is importable from here.
+"""
+from llmops.infra.config.base import (
+    ADDED_LATER,
+    EXECUTION_ONLY,
+    ConfigError,
+    Frozen,
+    RunIdRule,
+    apply_overrides,
+    pinned,
+)
+from llmops.infra.config.data import DataConfig, TokenizerConfig
+from llmops.infra.config.evaluation import CompressConfig, EvalConfig, GateConfig, GenerationSettings
+from llmops.infra.config.model import ModelConfig, PresetName
+from llmops.infra.config.monitoring import MonitorConfig, ScheduleConfig, SignalThresholds
+from llmops.infra.config.pipeline import PipelineConfig
+from llmops.infra.config.serving import ServeConfig
+from llmops.infra.config.train import DistributedSettings, LoraSettings, TrainConfig
+
+__all__ = [
+    "ADDED_LATER", "EXECUTION_ONLY", "CompressConfig", "ConfigError", "DataConfig", "DistributedSettings", "EvalConfig",
+    "Frozen", "GateConfig", "GenerationSettings", "LoraSettings", "ModelConfig", "MonitorConfig", "PipelineConfig",
+    "PresetName", "RunIdRule", "ScheduleConfig", "ServeConfig", "SignalThresholds", "TokenizerConfig", "TrainConfig",
+    "apply_overrides", "pinned",
+]

@@ -1,0 +1,61 @@
+"""The data and tokenizer sections: where the text comes from, how it is validated and split, how it is tokenized."""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from llmops.infra.config.base import Frozen
+
+
+class DataConfig(Frozen):
+    """Where the text comes from and how it is validated and split."""
+
+    dataset_name: str = Field("corpus", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    sources: list[str] = Field(
+        default_factory=lambda: ["builtin://stdlib-docstrings", "traffic://"],
+        description=(
+            "Files, folders, globs (.txt/.md/.jsonl/.parquet), s3://bucket/prefix, a `datasets` dataset "
+            "saved to disk, builtin://stdlib-docstrings or builtin://stdlib-code (text every Python "
+            "install has), and traffic:// (prompts this model served, from the store)."
+        ),
+    )
+    text_field: str = Field("text", description="The field holding the text in JSONL/Parquet/datasets records.")
+    min_chars: int = Field(32, ge=1, description="Shorter records are quarantined as too short.")
+    max_chars: int = Field(20_000, ge=1, description="Longer records are quarantined as too long.")
+    max_records_per_source: Optional[int] = Field(None, ge=1, description="Read at most this many records from each source.")
+    val_fraction: float = Field(0.05, gt=0, lt=0.5)
+    test_fraction: float = Field(0.05, gt=0, lt=0.5)
+    split_seed: int = Field(0, description="Salt of the hash that assigns a record to a split.")
+    traffic_days: int = Field(30, ge=1, description="How far back traffic:// reads captured prompts.")
+    chunk_chars: int = Field(
+        2000, ge=1,
+        description="Plain-text files (.txt/.md) are cut into records of at most this many characters, "
+        "at blank lines first, then at line ends.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.min_chars > self.max_chars:
+            raise ValueError(f"min_chars ({self.min_chars}) exceeds max_chars ({self.max_chars})")
+        if not self.sources:
+            raise ValueError("sources is empty: name at least one file, folder, s3:// prefix or builtin:// corpus")
+        return self
+
+
+class TokenizerConfig(Frozen):
+    kind: Literal["bpe", "pretrained"] = Field(
+        "bpe",
+        description="Train a byte-level BPE, or attach an existing tokenizer. With model.pretrained set, bpe "
+        "means the pretrained model's own tokenizer.",
+    )
+    vocab_size: int = Field(4096, ge=260, le=1_000_000)
+    min_frequency: int = Field(2, ge=1)
+    path: Optional[str] = Field(None, description="Local path or hub id of a tokenizer to attach (kind=pretrained).")
+    num_proc: int = Field(1, ge=1, description="Processes for datasets.map when packing.")
+
+    @model_validator(mode="after")
+    def _check(self) -> TokenizerConfig:
+        if self.kind == "pretrained" and not self.path:
+            raise ValueError("tokenizer.kind=pretrained needs tokenizer.path")
+        return self

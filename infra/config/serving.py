@@ -1,0 +1,28 @@
+"""The serve section: the OpenAI-compatible server's address, limits, capture and reload."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from llmops.infra.config.base import Frozen
+
+
+class ServeConfig(Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    alias: str = "production"
+    variant: Literal["fp32", "int8"] = "fp32"
+    max_prompt_chars: int = Field(8000, ge=1)
+    max_tokens_limit: int = Field(256, ge=1, description="Largest max_tokens a request may ask for.")
+    default_max_tokens: int = Field(16, ge=1)
+    max_n: int = Field(4, ge=1)
+    capture: bool = Field(True, description="Write every request/response with its features to the traffic log.")
+    flush_every: int = Field(32, ge=1, description="Flush the traffic buffer after this many records...")
+    flush_interval_s: float = Field(2.0, gt=0, description="...or this many seconds.")
+    reload_interval_s: float = Field(15.0, ge=0, description="Check the alias this often and load a newly promoted model; 0 disables.")
+    max_batch_prompts: int = Field(16, ge=1, description="Most prompts one completion request may send as a list.")
+    capture_buffer_limit: int = Field(
+        10_000, ge=1,
+        description="Most traffic records held in memory while the store cannot be written; the oldest are dropped beyond it.",
+    )

@@ -1,0 +1,157 @@
+"""The train section: optimisation, precision and kernels, LoRA, preflight, and scale-out with torch.distributed."""
+from __future__ import annotations
+
+from typing import Annotated, Literal, Optional, Union
+
+from pydantic import Field, model_validator
+
+from llmops.infra.config.base import ADDED_LATER, EXECUTION_ONLY, Frozen, pinned
+
+
+class LoraSettings(Frozen):
+    """Low-rank adapters (peft): only the adapters train; the saved model has them merged in."""
+
+    r: int = Field(8, ge=1, description="Rank of each adapter.")
+    alpha: int = Field(16, ge=1, description="Scale: the adapter's update is multiplied by alpha / r.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter's input.")
+    target_modules: Optional[list[str]] = Field(
+        None,
+        description="Module names (suffixes) to adapt; default: every linear projection of the attention "
+        "and MLP blocks (peft's all-linear, the LM head excluded).",
+    )
+
+
+class DistributedSettings(Frozen):
+    """Scale-out over torch.distributed, launched by torchrun; one process per device (or per CPU share).
+
+    ``train.batch_size`` stays the global micro-batch: each optimizer micro-step draws it once and
+    every rank trains on its own equal slice, so results do not depend on the number of processes.
+    """
+
+    nproc_per_node: int = Field(1, ge=1, description="Processes per node (one per GPU); 1 with nnodes=1 trains in-process, undistributed.")
+    nnodes: int = Field(1, ge=1, description="Nodes taking part; more than 1 needs rdzv_endpoint reachable from every node.")
+    node_rank: int = Field(0, ge=0, description="This node's rank (0..nnodes-1); used by the static rendezvous, c10d assigns ranks itself.")
+    rdzv_backend: Literal["c10d", "static"] = Field(
+        "c10d", description="torchrun rendezvous: c10d (a TCP store hosted on the endpoint's node) or static (fixed node ranks)."
+    )
+    rdzv_endpoint: Optional[str] = Field(
+        None, pattern=r"^[^\s:]+:\d{1,5}$",
+        description="host:port every node can reach (e.g. 10.0.0.1:29500); null: torchrun --standalone on a free local port (one node).",
+    )
+    rdzv_id: Optional[str] = Field(None, description="Rendezvous id shared by the nodes of one job; default: derived from the run id.")
+    backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="Collectives: auto is nccl on CUDA, gloo on CPU.")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="ddp: every rank holds the whole model and gradients are averaged. fsdp: FSDP2 shards parameters, "
+        "gradients and optimizer states over the ranks, per decoder layer (models that do not fit one device).",
+    )
+    fsdp_cpu_offload: bool = Field(False, description="fsdp: keep sharded parameters and optimizer states in CPU memory (slow; on a CPU-only host "
+                                   "a no-op, the shards are in host memory already).")
+    max_restarts: int = Field(
+        0, ge=0, description="torchrun restarts of the whole worker group after a failure; each restart resumes from the last checkpoint."
+    )
+    timeout_minutes: float = Field(30.0, gt=0, description="How long a collective (or the rendezvous) waits for a missing rank.")
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @model_validator(mode="after")
+    def _check(self) -> DistributedSettings:
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError(f"nnodes={self.nnodes} needs rdzv_endpoint (host:port reachable from every node)")
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank ({self.node_rank}) must be below nnodes ({self.nnodes})")
+        return self
+
+
+class TrainConfig(Frozen):
+    max_steps: int = Field(1000, ge=1)
+    max_minutes: Optional[float] = Field(
+        1.5, gt=0, description="Wall-clock budget; training stops cleanly when it is spent (null: train max_steps)."
+    )
+    batch_size: int = Field(16, ge=1)
+    block_size: int = Field(128, ge=8, description="Tokens per training sequence (the context length).")
+    grad_accum_steps: int = Field(1, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine decay ends at lr * min_lr_ratio.")
+    warmup_steps: int = Field(50, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    beta1: float = Field(0.9, gt=0, lt=1)
+    beta2: float = Field(0.95, gt=0, lt=1)
+    grad_clip: float = Field(1.0, ge=0, description="Max global grad norm; 0 disables clipping.")
+    eval_every: int = Field(100, ge=1)
+    eval_batches: int = Field(8, ge=1)
+    checkpoint_every: int = Field(100, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    seed: int = 1337
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU.")
+    compile: Annotated[Union[Literal["auto"], bool], pinned(False)] = Field(
+        "auto",
+        description="torch.compile the model. auto: on CUDA, where it pays off (fused kernels, fewer launches); off "
+        "on CPU, where it gives about 1.1x for a cold compile of ~30 s per process "
+        "(bench/results/training_throughput_compile.md).",
+    )
+    cpu_matmul: Annotated[Literal["auto", "aten", "onednn"], EXECUTION_ONLY] = Field(
+        "auto",
+        description="fp32 linear layers on CPU: onednn runs them through oneDNN (about 2x MKL's sgemm on AMD CPUs "
+        "with AVX-512, where MKL takes its AVX2 path); aten keeps torch's default BLAS; auto picks onednn on "
+        "non-Intel CPUs with AVX-512 and MKL, aten elsewhere (models.kernels).",
+    )
+    fused_loss: Annotated[bool, EXECUTION_ONLY] = Field(
+        True,
+        description="Run the LM head and the cross-entropy together, chunk by chunk, so no (batch, tokens, vocab) "
+        "logits are held: less memory and memory traffic (fp32 on CPU, not with distributed.strategy=fsdp; "
+        "models.fused_loss). Same loss and gradients to fp32 rounding.",
+    )
+    fused_adamw: Annotated[bool, EXECUTION_ONLY] = Field(True, description="Use the fused AdamW kernel where this torch supports it (falls back otherwise).")
+    gradient_checkpointing: Annotated[bool, EXECUTION_ONLY] = Field(
+        False,
+        description="Recompute each layer's activations in the backward pass: activation memory of about one "
+        "layer instead of all, for about a third more compute.",
+    )
+    batching: Annotated[Literal["pack", "pad"], ADDED_LATER] = Field(
+        "pack",
+        description="pack: documents concatenated with eos and cut into full blocks (pretraining). pad: each "
+        "document one example truncated to block_size, batches of similar length padded to their longest "
+        "(fine-tuning on variable-length examples). pack stays the default for fine-tuning too: pad drops "
+        "what runs past block_size, which loses most of a corpus of long documents.",
+    )
+    lora: Annotated[Optional[LoraSettings], ADDED_LATER] = Field(
+        None, description="Train low-rank adapters instead of every weight (fine-tuning); merged into the saved model."
+    )
+    preflight: Annotated[Literal["enforce", "warn"], EXECUTION_ONLY] = Field(
+        "enforce",
+        description="enforce: a run whose memory estimate exceeds 90% of the free device memory fails before "
+        "training, saying what to change; warn: log it and try anyway.",
+    )
+    preflight_steps: Annotated[int, EXECUTION_ONLY] = Field(
+        2, ge=0, description="Forward+backward passes timed before training to estimate its duration (0: skip)."
+    )
+    peak_tflops: Annotated[Optional[float], EXECUTION_ONLY] = Field(
+        None, gt=0, description="Peak dense TFLOP/s of one device at the run's precision, for the MFU in the metrics; "
+        "default: looked up for known GPUs in bf16/fp16 (models.preflight.PEAK_TFLOPS), none on CPU.",
+    )
+    num_threads: Annotated[Optional[int], EXECUTION_ONLY] = Field(None, ge=1, description="torch CPU threads; default: torch's choice.")
+    distributed: Annotated[DistributedSettings, EXECUTION_ONLY] = Field(
+        default_factory=DistributedSettings,
+        description="Scale-out with torchrun (DDP or FSDP); batch_size stays the global batch, split across ranks.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        d = self.distributed
+        if d.enabled and self.batch_size % d.world_size:
+            raise ValueError(f"batch_size ({self.batch_size}) is the global batch and must divide evenly over "
+                             f"distributed.nproc_per_node * distributed.nnodes = {d.world_size} ranks")
+        if d.strategy == "fsdp" and self.lora is not None:
+            raise ValueError("distributed.strategy=fsdp with lora: only the small adapters train, so there is little "
+                             "to shard; use distributed.strategy=ddp")
+        if d.backend == "nccl" and self.device == "cpu":
+            raise ValueError("distributed.backend=nccl needs CUDA but device=cpu: use backend=gloo (or auto)")
+        return self

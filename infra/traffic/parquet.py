@@ -1,0 +1,176 @@
+"""The compacted traffic format: a traffic record's Parquet columns, JSONL into them, and rows back into records."""
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as paj
+import pyarrow.parquet as pq
+
+from llmops.infra.store import ArtifactStore
+
+FORMAT = 1  # the manifest's "format": bump when SCHEMA changes incompatibly
+_S, _I, _F = pa.string(), pa.int64(), pa.float64()
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+FEATURES: dict[str, pa.DataType] = {
+    "prompt_chars": _I, "prompt_tokens": _I, "bytes_per_token": _F, "prompt_surprisal": _F, "completion_tokens": _F,
+    "completion_logprob": _F, "completion_entropy": _F, "stop_reason": _S, "latency_ms": _F,
+}
+PARAMS = pa.struct([("max_tokens", _I), ("temperature", _F), ("top_p", _F), ("top_k", _I), ("n", _I),
+                    ("stop", pa.list_(_S))])
+COMPLETION = pa.struct([("text", _S), ("finish_reason", _S), ("tokens", _I), ("mean_logprob", _F), ("mean_entropy", _F)])
+# A record's fields typed as docs/contracts.md has them; a value of any other shape is kept in `extra`.
+FIELDS: dict[str, pa.DataType] = {
+    "id": _S, "ts": _S, "model": _S, "version": _I, "variant": _S, "prompt": _S,
+    "prompt_token_ids": pa.list_(pa.int32()), "params": PARAMS, "completions": pa.list_(COMPLETION),
+    "features": pa.struct(list(FEATURES.items())),
+}
+FEATURE_COLUMNS = [f"features.{name}" for name in FEATURES]
+SCHEMA = pa.schema([
+    *((name, TIMESTAMP if name == "ts" else typ) for name, typ in FIELDS.items() if name != "features"),
+    *((f"features.{name}", typ) for name, typ in FEATURES.items()),
+    ("extra", _S),  # JSON object of the fields that did not fit their column, or null (every server-written record)
+    ("source_file", _S), ("source_line", pa.int32()),  # where the record was in the JSONL log: messages name it
+])
+_PARSE = paj.ParseOptions(explicit_schema=pa.schema(list(FIELDS.items())), unexpected_field_behavior="error")
+_READ = paj.ReadOptions(block_size=1 << 20)
+# What datetime.isoformat() writes for a UTC instant: only such strings are rebuilt exactly from the timestamp
+_ISO_UTC = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{6})?\+00:00$"
+
+
+def line_count(data: bytes) -> int:
+    return data.count(b"\n") + (0 if not data or data.endswith(b"\n") else 1)
+
+
+def arrow_columns(data: bytes) -> Optional[pa.Table]:
+    """JSONL bytes as compacted columns (without the source columns), parsed by Arrow; None when a line needs
+    :func:`record_columns`: not JSON, blank, a field outside the contract or of another type, a negative token
+    id, or a ``ts`` that ``isoformat`` would not write back the same."""
+    try:
+        table = paj.read_json(pa.BufferReader(data), read_options=_READ, parse_options=_PARSE)
+    except (pa.ArrowInvalid, UnicodeDecodeError):
+        return None
+    ts = table.column("ts")
+    if (table.num_rows != line_count(data) or ts.null_count
+            or not pc.all(pc.match_substring_regex(ts, _ISO_UTC)).as_py()
+            or pc.any(pc.match_substring(ts, ".000000+")).as_py()):  # isoformat drops zero microseconds
+        return None
+    ids = pc.list_flatten(table.column("prompt_token_ids"))
+    if len(ids) and pc.min(ids).as_py() < 0:
+        return None
+    columns = {name: table.column(name) for name in FIELDS if name != "features"}
+    columns["ts"] = pc.cast(ts, TIMESTAMP)
+    for name, values in zip(FEATURES, table.column("features").flatten()):  # a null struct gives null fields
+        columns[f"features.{name}"] = values
+    columns["extra"] = pa.nulls(table.num_rows, _S)
+    return pa.table(columns)
+
+
+def _fits(value: Any, typ: pa.DataType) -> bool:
+    """Whether a parsed JSON value is stored exactly by a column of type ``typ`` (null always is)."""
+    if value is None:
+        return True
+    if typ == _S:
+        return isinstance(value, str)
+    if typ == _I:
+        return type(value) is int and -(1 << 63) <= value < 1 << 63  # noqa: E721 (a bool is not a number here)
+    if typ == _F:
+        return type(value) is float or (type(value) is int and abs(value) <= 1 << 53)  # noqa: E721
+    if typ == pa.list_(pa.int32()):  # token ids: non-negative
+        return isinstance(value, list) and all(type(t) is int and 0 <= t < 1 << 31 for t in value)  # noqa: E721
+    if pa.types.is_list(typ):
+        return isinstance(value, list) and all(v is not None and _fits(v, typ.value_type) for v in value)
+    if pa.types.is_struct(typ):
+        names = {f.name for f in typ}
+        return isinstance(value, dict) and all(k in names and _fits(v, typ.field(k).type) for k, v in value.items())
+    raise TypeError(f"no rule for {typ}")
+
+
+def record_columns(records: list[dict], stamps: list[datetime]) -> pa.Table:
+    """Parsed records and their parsed ``ts`` as compacted columns (without the source columns).
+
+    A field whose value does not fit its column (a string where a number belongs, an unknown
+    feature, a stop given as a string, a ``ts`` in another format) is stored whole in ``extra``, as
+    is every field outside the contract, so :func:`table_records` gives the record back as written.
+    """
+    columns: dict[str, list] = {name: [] for name in SCHEMA.names[:-2]}
+    for record, stamp in zip(records, stamps):
+        extra = {k: v for k, v in record.items() if k not in FIELDS}
+        columns["ts"].append(stamp)
+        if record["ts"] != stamp.isoformat():
+            extra["ts"] = record["ts"]
+        for name, typ in FIELDS.items():
+            if name == "ts":
+                continue
+            value = record.get(name)
+            if not _fits(value, typ):
+                extra[name], value = value, None
+            if name == "features":
+                for feature in FEATURES:
+                    columns[f"features.{feature}"].append(None if value is None else value.get(feature))
+            else:
+                columns[name].append(value)
+        # the standard library writes NaN as json.dumps does (orjson would turn it into null)
+        columns["extra"].append(json.dumps(extra, ensure_ascii=False) if extra else None)
+    return pa.table({name: pa.array(values, SCHEMA.field(name).type) for name, values in columns.items()})
+
+
+def with_source(table: pa.Table, files: list[str], counts: list[int]) -> pa.Table:
+    """``table`` (the lines of ``files``, ``counts`` lines each, in order) with its source columns."""
+    owner = np.repeat(np.arange(len(files)), counts)
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    return table.append_column("source_file", pa.array(files, _S).take(pa.array(owner))).append_column(
+        "source_line", pa.array(np.arange(owner.size) - starts + 1, pa.int32()))
+
+
+def table_records(table: pa.Table) -> list[dict]:
+    """Compacted rows as traffic records: the contract's fields (null where the record had none), then ``extra``.
+
+    Numbers in float columns come back as floats (``16`` as ``16.0``, equal in Python and JSON
+    readers); a record whose features are all null gets ``features: None``.
+    """
+    names = [n for n in table.column_names if n not in ("source_file", "source_line")]
+    cols = {name: table.column(name).to_pylist() for name in names}
+    records = []
+    for i in range(table.num_rows):
+        record = {name: cols[name][i] for name in FIELDS if name in cols and name != "features"}
+        if "ts" in record:
+            record["ts"] = record["ts"].isoformat()
+        features = {name: cols[f"features.{name}"][i] for name in FEATURES if f"features.{name}" in cols}
+        if features:
+            record["features"] = features if any(v is not None for v in features.values()) else None
+        if cols.get("extra") and cols["extra"][i] is not None:
+            record.update(json.loads(cols["extra"][i]))
+        records.append(record)
+    return records
+
+
+@contextmanager
+def open_parquet(store: ArtifactStore, key: str) -> Iterator[pq.ParquetFile]:
+    """A compacted file for reading row group by row group; a remote one is downloaded to a temporary file first."""
+    path = store.local_path(key)
+    with tempfile.TemporaryDirectory(prefix="llmops-traffic-") as tmp:
+        if path is None:
+            path = store.get_file(key, Path(tmp) / "hour.parquet")
+        with pq.ParquetFile(path) as parquet:
+            yield parquet
+
+
+def read_records(store: ArtifactStore, key: str, start: datetime, end: datetime) -> list[dict]:
+    """The records of a compacted file with ``start <= ts < end``, in file order."""
+    bounds = pa.scalar(start, TIMESTAMP), pa.scalar(end, TIMESTAMP)
+    records: list[dict] = []
+    with open_parquet(store, key) as parquet:
+        for i in range(parquet.num_row_groups):
+            group = parquet.read_row_group(i)
+            ts = group.column("ts")
+            records += table_records(group.filter(pc.and_(pc.greater_equal(ts, bounds[0]), pc.less(ts, bounds[1]))))
+    return records

@@ -1,0 +1,1 @@
+"""Compression: a trained run's compressed variants, measured beside fp32."""

@@ -1,0 +1,1 @@
+"""Data: built-in corpora, ingest (read, validate, quarantine, dedupe, split, snapshot), tokenizers, packing."""

@@ -1,0 +1,49 @@
+"""Loading a model for inference: a run's or a version's folder, as fp32 or as one of its compressed variants.
+
+The one loader evaluation, compression, drift scoring, the registry and serving share.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from llmops.infra.store import ArtifactStore
+from llmops.models.model.variants import load_int8
+from llmops.models.records import TrainRef
+
+VARIANTS = ("fp32", "int8")
+
+
+def load_model(model_dir: Union[str, Path], variant: str = "fp32", *, variant_dir: Optional[Path] = None,
+               device: str = "cpu", attention: str = "sdpa") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model (in eval mode) and tokenizer of a save_pretrained folder.
+
+    Args:
+        model_dir: The fp32 model's folder (config.json, model.safetensors, tokenizer files).
+        variant: ``fp32``, or a compressed variant rebuilt from the fp32 config and its own weights.
+        variant_dir: Where the variant's files are (default: ``model_dir/variants/<variant>``, a registry version's layout).
+        device: Where an fp32 model goes (the int8 variant runs on CPU).
+        attention: The attention kernel (``model.attention``).
+    """
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():  # else transformers tries the Hub and fails offline
+        raise FileNotFoundError(f"{model_dir} is not a saved model folder (no config.json)")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if variant == "fp32":
+        model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=attention).to(torch.device(device))
+    elif variant == "int8":
+        model = load_int8(model_dir, variant_dir or model_dir / "variants" / variant)
+    else:
+        raise ValueError(f"unknown model variant {variant!r}; known: {', '.join(VARIANTS)}")
+    return model.eval(), tokenizer
+
+
+def download_run_model(store: ArtifactStore, ref: TrainRef, cache_dir: Path) -> Path:
+    """A local copy of the run's final model folder."""
+    local = Path(cache_dir) / "runs" / ref.run_id / "final"
+    if not (local / "model.safetensors").exists():
+        store.download_dir(store.key_for(ref.uri), local)
+    return local

@@ -1,0 +1,142 @@
+"""The model card: a Hugging Face README.md (YAML metadata + markdown) recording lineage, training, evaluation, gate."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import yaml
+from huggingface_hub import metadata_load
+
+from llmops.infra.config import PipelineConfig
+from llmops.infra.markdown import markdown_table
+from llmops.models.records import DatasetRef, EvalReport, QuantReport, SampleParams, TokenizerRef, TrainRef
+
+_ORIGIN = {"scratch": "trained from scratch", "full": "fine-tuned (every weight)",
+           "lora": "fine-tuned with LoRA (adapters merged)"}
+_METHOD_TAGS = {"full": ["fine-tuned"], "lora": ["fine-tuned", "lora"]}
+
+
+def render_card(*, name: str, version: int, config: PipelineConfig, dataset: DatasetRef, tokenizer: TokenizerRef,
+                run: TrainRef, evaluation: EvalReport, quant: Optional[QuantReport]) -> str:
+    test = evaluation.splits.get("test")
+    # the run record names the base actually trained from (a local folder resolved): "<path or id>@<hash>"
+    base = None if run.method == "scratch" else (
+        run.base_model.rpartition("@")[0] if run.base_model else config.model.pretrained)
+    metadata = {
+        **_license(run.method, base),
+        "library_name": "transformers",
+        "pipeline_tag": "text-generation",
+        **({"base_model": base} if base else {}),
+        "tags": ["llmops", "causal-lm", *_METHOD_TAGS.get(run.method, [config.model.preset])],
+        "datasets": [f"{dataset.name}@{dataset.sha256[:16]}"],
+        "model-index": [{
+            "name": f"{name}-v{version}",
+            "results": [{
+                "task": {"type": "text-generation", "name": "Causal language modeling"},
+                "dataset": {"name": dataset.name, "type": dataset.name, "revision": dataset.sha256[:16], "split": "test"},
+                "metrics": [
+                    {"type": "perplexity", "value": round(test.perplexity, 4), "name": "Test perplexity"},
+                    {"type": "bits_per_byte", "value": round(test.bits_per_byte, 4), "name": "Test bits per byte"},
+                ],
+            }],
+        }] if test else [],
+    }
+    gate = evaluation.gate
+    parts = [
+        "---\n" + yaml.safe_dump(metadata, sort_keys=False) + "---",
+        f"# {name} — version {version}",
+        f"A {config.model.preset if run.method == 'scratch' else 'pretrained'} decoder-only language model "
+        f"{_ORIGIN[run.method]} by llmops ({run.parameters:,} parameters, context {config.train.block_size} tokens).",
+        "## Data lineage",
+        markdown_table(["what", "value"], [
+            ["dataset snapshot", f"`{dataset.uri}`"],
+            ["dataset sha256", f"`{dataset.sha256}`"],
+            ["sources", ", ".join(f"`{s}`" for s in dataset.sources)],
+            *[[f"{split} records", ref.records] for split, ref in dataset.splits.items()],
+            ["quarantined", ", ".join(f"{k}: {v}" for k, v in sorted(dataset.rejected.items())) or "none"],
+            ["tokenizer", f"{tokenizer.kind}, {tokenizer.vocab_size} tokens, sha256 `{tokenizer.sha256[:16]}`"],
+            ["training run", f"`{run.run_id}`"],
+            *([["base model", f"`{run.base_model}`"]] if run.base_model else []),
+        ]),
+        "## Training",
+        markdown_table(["what", "value"], [
+            ["steps", run.steps], ["tokens seen", f"{run.tokens_seen:,}"], ["wall-clock", f"{run.wall_s:.1f} s"],
+            ["device / precision", f"{run.device} / {run.precision}"],
+            ["final train loss", f"{run.final_train_loss:.4f}"],
+            ["final validation loss", f"{run.final_val_loss:.4f}" if run.final_val_loss is not None else "n/a"],
+            ["resumed from step", run.resumed_from_step if run.resumed_from_step is not None else "no"],
+            ["loss curve", f"`{run.loss_plot_uri}`" if run.loss_plot_uri else "n/a"],
+        ]),
+        "Configuration:\n\n```yaml\n" + yaml.safe_dump(
+            {"model": config.model.model_dump(), "train": config.train.model_dump()}, sort_keys=False) + "```",
+        *_preflight_section(run),
+        "## Evaluation",
+        markdown_table(["split", "documents", "tokens", "loss (nats/token)", "perplexity", "bits/byte"], [
+            [s.split, s.documents, s.tokens, f"{s.loss:.4f}", f"{s.perplexity:.2f}", f"{s.bits_per_byte:.4f}"]
+            for s in evaluation.splits.values()
+        ]),
+        "## Gate decision",
+        f"**{'promoted' if gate.promote else 'not promoted'}** — {gate.reason}",
+        "## Samples",
+        markdown_table(["setting", "knobs", "prompt", "completion"], [
+            [s.setting, _knobs(s.params), s.prompt, s.completion]
+            for s in evaluation.samples
+        ]),
+    ]
+    if quant:
+        parts += ["## Compression", markdown_table(["variant", "bytes", "bits/byte", "latency (ms, 16 tokens)"], [
+            ["fp32", f"{quant.fp32_bytes:,}", f"{quant.fp32_bits_per_byte:.4f}", f"{quant.fp32_latency_ms:.1f}"],
+            ["int8", f"{quant.int8_bytes:,}", f"{quant.int8_bits_per_byte:.4f}", f"{quant.int8_latency_ms:.1f}"],
+        ]), f"int8 servable: {'yes' if quant.servable else 'no'} (bits/byte increase {quant.bpb_increase:+.4f})."]
+    parts += [
+        "## Intended use and limitations",
+        "A small model trained on the sources above, for the text they contain. It has not been "
+        "evaluated for safety or factuality and should not be used to make decisions about people."
+        + (f" Fine-tuned from `{base}`: that model's license and limitations apply too." if base else ""),
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
+def _knobs(params: Optional[SampleParams]) -> str:
+    """A sample's generation settings in a few words ("-" for reports that predate recording them)."""
+    if params is None:
+        return "-"
+    parts = [f"{params.max_new_tokens} tokens"]
+    if not params.do_sample:
+        parts.append("greedy")
+    else:
+        parts.append(f"temperature {params.temperature:g}")
+        parts += [f"top-k {params.top_k}"] if params.top_k else []
+        parts += [f"top-p {params.top_p:g}"] if params.top_p is not None and params.top_p < 1 else []
+    parts += [f"repetition penalty {params.repetition_penalty:g}"] if params.repetition_penalty != 1 else []
+    parts += [f"seed {params.seed}"] if params.do_sample and params.seed is not None else []  # greedy draws nothing
+    return ", ".join(parts)
+
+
+def _license(method: str, base: Optional[str]) -> dict:
+    """The license keys of the front matter: for a fine-tune, its base model's, from a local base folder's README.md."""
+    if method == "scratch":
+        # Trained from scratch, the weights come only from this project's code (MIT) and the user's own data, so
+        # no upstream model's terms apply; the config has no field for the data owner to choose another license.
+        return {"license": "mit"}
+    readme = Path(base).expanduser() / "README.md" if base else None
+    try:
+        meta = (metadata_load(readme) if readme and readme.is_file() else None) or {}
+    except (OSError, ValueError, yaml.YAMLError):
+        meta = {}
+    if not isinstance(meta.get("license"), str):
+        return {}  # a hub id, or no readable license: omitted (unknown) rather than guessed
+    # a relative license_link names a file in the base's folder, not in this card's
+    return {k: meta[k] for k in ("license", "license_name", "license_link")
+            if k in meta and (k != "license_link" or "://" in str(meta[k]))}
+
+
+def _preflight_section(run: TrainRef) -> list[str]:
+    """The numbers checked before training, beside what training took (a subsection of Training)."""
+    if run.preflight is None:
+        return []
+    from llmops.models.training.preflight import markdown
+
+    verdict = "fitted" if run.preflight.fits else "did not fit (train.preflight=warn)"
+    return ["### Preflight", f"Estimated before training; the run {verdict} in memory.",
+            markdown(run.preflight, actual_s=run.wall_s)]

@@ -1,0 +1,1 @@
+"""Serving: the OpenAI-compatible HTTP app, its engine over the registry's aliased model, and traffic capture."""

@@ -1,0 +1,214 @@
+"""The OpenAI-compatible HTTP surface: the completion request schema, its validation against limits, error and response bodies."""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Optional, Union
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from llmops.infra.config import ServeConfig
+from llmops.models.model.generation import Completion, SamplingParams
+
+MAX_STOP_SEQUENCES = 4  # OpenAI's limit
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    def __init__(self, status: int, message: str, *, param: Optional[str] = None, code: Optional[str] = None,
+                 type: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+
+    def response(self) -> JSONResponse:
+        body = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+        return JSONResponse({"error": body}, status_code=self.status)
+
+
+def _text_prompt(value: Any) -> Any:
+    """Reject token-id prompts (OpenAI accepts them; this server serves text) with one clear message."""
+    if isinstance(value, list) and any(not isinstance(p, str) for p in value):
+        raise ValueError("must be a string or a list of strings (token-id prompts are not supported)")
+    if not isinstance(value, (str, list)):
+        raise ValueError(f"must be a string or a list of strings, got {type(value).__name__}")
+    return value
+
+
+class CompletionRequest(BaseModel):
+    """The body of ``POST /v1/completions``: OpenAI's fields plus ``top_k`` and ``repetition_penalty``.
+
+    Unknown fields are rejected (``extra="forbid"``), as OpenAI does: every field the official client
+    can send is declared, and the two extensions arrive through its ``extra_body``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    prompt: Annotated[Union[str, list[str]], BeforeValidator(_text_prompt)]
+    max_tokens: Optional[int] = Field(None, ge=1)
+    temperature: Optional[float] = Field(None, ge=0, le=2)
+    top_p: Optional[float] = Field(None, gt=0, le=1)
+    n: Optional[int] = Field(None, ge=1)
+    stop: Union[str, list[str], None] = None
+    seed: Optional[int] = None
+    top_k: Optional[int] = Field(None, ge=0, description="0 or absent: no top-k filtering.")
+    repetition_penalty: Optional[float] = Field(None, gt=0)
+    # OpenAI options this server does not implement: accepted only at their neutral value.
+    stream: Optional[bool] = None
+    stream_options: Optional[dict[str, Any]] = None
+    logprobs: Optional[int] = None
+    echo: Optional[bool] = None
+    best_of: Optional[int] = None
+    suffix: Optional[str] = None
+    logit_bias: Optional[dict[str, float]] = None
+    frequency_penalty: Optional[float] = None
+    presence_penalty: Optional[float] = None
+    user: Optional[str] = None  # accepted and ignored
+
+
+_UNSUPPORTED = {  # field: values that mean "not used"
+    "stream": (None, False), "stream_options": (None,), "logprobs": (None,), "echo": (None, False),
+    "suffix": (None, ""), "logit_bias": (None, {}), "frequency_penalty": (None, 0), "presence_penalty": (None, 0),
+}
+
+
+@dataclass(frozen=True)
+class Served:
+    """What the server serves right now, as far as request validation needs to know."""
+
+    name: str
+    version: int
+    context_length: int
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    prompts: list[str]
+    sampling: SamplingParams
+    n: int
+    version: Optional[int]  # the version the request pinned with ``name:version``, if any
+
+
+def _check_model(model: str, served: Served) -> Optional[int]:
+    if model == served.name:
+        return None
+    if model == f"{served.name}:{served.version}":
+        return served.version
+    raise ApiError(404, f"The model {model!r} does not exist or is not served here: this server serves "
+                        f"{served.name!r} (version {served.version}, also addressable as "
+                        f"'{served.name}:{served.version}')", param="model", code="model_not_found")
+
+
+def _check_prompts(prompt: Union[str, list[str]], cfg: ServeConfig) -> list[str]:
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        raise ApiError(400, "prompt is an empty list: send at least one prompt", param="prompt")
+    if len(prompts) > cfg.max_batch_prompts:
+        raise ApiError(400, f"prompt holds {len(prompts)} prompts; at most {cfg.max_batch_prompts} are allowed "
+                            f"per request (max_batch_prompts)", param="prompt")
+    for i, text in enumerate(prompts):
+        where = "prompt" if isinstance(prompt, str) else f"prompt[{i}]"
+        if not text:
+            raise ApiError(400, f"{where} is empty: send some text to complete", param="prompt")
+        if len(text) > cfg.max_prompt_chars:
+            raise ApiError(400, f"{where} is {len(text)} characters long; the limit is {cfg.max_prompt_chars} "
+                                f"characters (max_prompt_chars)", param="prompt")
+    return prompts
+
+
+def _check_limits(req: CompletionRequest, cfg: ServeConfig, served: Served) -> tuple[int, int, list[str]]:
+    max_tokens = req.max_tokens if req.max_tokens is not None else cfg.default_max_tokens
+    if max_tokens > cfg.max_tokens_limit:
+        raise ApiError(400, f"max_tokens is {max_tokens}; the limit is {cfg.max_tokens_limit} (max_tokens_limit)",
+                       param="max_tokens")
+    if max_tokens >= served.context_length:
+        raise ApiError(400, f"max_tokens is {max_tokens}; the model's context is {served.context_length} tokens, "
+                            f"so at most {served.context_length - 1} can be generated", param="max_tokens")
+    n = req.n if req.n is not None else 1
+    if n > cfg.max_n:
+        raise ApiError(400, f"n is {n}; the limit is {cfg.max_n} completions per prompt (max_n)", param="n")
+    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    if len(stop) > MAX_STOP_SEQUENCES:
+        raise ApiError(400, f"stop holds {len(stop)} sequences; at most {MAX_STOP_SEQUENCES} are allowed", param="stop")
+    if any(not s for s in stop):
+        raise ApiError(400, "stop sequences must not be empty strings", param="stop")
+    return max_tokens, n, stop
+
+
+def _check_unsupported(req: CompletionRequest) -> None:
+    for field, neutral in _UNSUPPORTED.items():
+        value = getattr(req, field)
+        if value not in neutral:
+            raise ApiError(400, f"{field}={value!r} is not supported by this server; leave it out", param=field)
+    if req.best_of not in (None, req.n or 1):
+        raise ApiError(400, f"best_of={req.best_of!r} is not supported by this server; use n", param="best_of")
+
+
+def parse_completion(req: CompletionRequest, cfg: ServeConfig, served: Served) -> ParsedRequest:
+    """Check a request against the served model and the limits; raise ``ApiError`` naming the field."""
+    version = _check_model(req.model, served)
+    _check_unsupported(req)
+    prompts = _check_prompts(req.prompt, cfg)
+    max_tokens, n, stop = _check_limits(req, cfg, served)
+    temperature = 1.0 if req.temperature is None else req.temperature
+    top_p = 1.0 if req.top_p is None else req.top_p
+    top_k = req.top_k or None  # 0 means off, as in vLLM
+    sampling = SamplingParams(
+        max_new_tokens=max_tokens, do_sample=temperature > 0, temperature=float(temperature or 1.0),
+        top_p=top_p if top_p < 1 else None, top_k=top_k, repetition_penalty=float(req.repetition_penalty or 1.0),
+        stop=tuple(stop), seed=req.seed,
+    )
+    return ParsedRequest(prompts=prompts, sampling=sampling, n=n, version=version)
+
+
+def completion_body(response_id: str, model_id: str, results: Sequence[Sequence[Completion]],
+                    prompt_tokens: Sequence[int]) -> dict:
+    """An OpenAI ``text_completion`` object; choice ``i * n + j`` is the j-th completion of prompt i."""
+    choices = [
+        {"text": c.text, "index": index, "logprobs": None, "finish_reason": c.finish_reason}
+        for index, c in enumerate(c for per_prompt in results for c in per_prompt)
+    ]
+    completion_tokens = sum(c.tokens for per_prompt in results for c in per_prompt)
+    usage = {"prompt_tokens": sum(prompt_tokens), "completion_tokens": completion_tokens,
+             "total_tokens": sum(prompt_tokens) + completion_tokens}
+    return {"id": response_id, "object": "text_completion", "created": int(time.time()), "model": model_id,
+            "choices": choices, "usage": usage}
+
+
+def _validation_error(exc: RequestValidationError) -> ApiError:
+    """FastAPI's 422 as OpenAI's 400, naming the (first) offending field."""
+    err = exc.errors()[0]
+    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    field = ".".join(loc) or "body"
+    message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    if err.get("type") == "extra_forbidden":
+        return ApiError(400, f"Unrecognized request argument supplied: {field}", param=field)
+    if err.get("type") == "json_invalid":
+        return ApiError(400, f"The request body is not valid JSON: {message}", param=None)
+    if err.get("type") == "missing":
+        return ApiError(400, f"{field} is required", param=loc[0] if loc else None)
+    return ApiError(400, f"{field}: {message} (got {err.get('input')!r:.100})", param=loc[0] if loc else None)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer every error (ours, validation, unknown routes) in OpenAI's error shape."""
+
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation_error(exc).response()
+
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return ApiError(exc.status_code, str(exc.detail), type=kind).response()
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
