@@ -2,7 +2,7 @@
 
 A ``mini`` model is trained (time budget ``--train-seconds``) on part of the standard library's
 docstrings, or loaded with ``--model-path``. The reference profile is built from held-out
-docstrings scored by that model with the server's default sampling (``tasks.drift.serving_params``)
+docstrings scored by that model with the server's default sampling (``llmops.tasks.core.monitoring.serving_params``)
 through ``models.profiling.reference_records``, and ``build_profile`` with the default
 ``MonitorConfig``. Every window goes through the same scoring code and ``check_window``:
 
@@ -85,7 +85,7 @@ def score(model, tokenizer, texts: list[str], cache: Path | None) -> list[dict]:
 
     from llmops.infra.config import PipelineConfig
     from llmops.models.model.reference import reference_records
-    from llmops.tasks.monitoring import serving_params
+    from llmops.tasks.core.monitoring import serving_params
 
     digest = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
     path = cache / f"records-{digest}.jsonl" if cache is not None else None
@@ -192,9 +192,9 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from llmops.infra.config import MonitorConfig, PipelineConfig
-    from llmops.monitoring.drift import check_window
+    from llmops.monitoring.check import check_window
     from llmops.monitoring.profile import build_profile
-    from llmops.tasks.monitoring import tokenize_with
+    from llmops.tasks.core.monitoring import tokenize_with
 
     cfg = MonitorConfig(evidently_report=False)  # the default policy; Evidently's companion report is not a verdict
     docs, shift, shift_name = load_texts(PipelineConfig().serve.max_prompt_chars)

@@ -89,9 +89,9 @@ def run_ours(folder: Path, source: str) -> dict:
     from llmops.infra.store import LocalStore
     from llmops.monitoring import report
     from llmops.monitoring.accumulate import WindowAccumulator
-    from llmops.monitoring.drift import finish_window, judge, measure
+    from llmops.monitoring.check import finish_window, judge, measure
     from llmops.monitoring.records import ReferenceProfile
-    from llmops.monitoring.window import stream_window
+    from llmops.monitoring.stream import stream_window
 
     profile, cfg = ReferenceProfile.from_json((folder / "profile.json").read_text()), MonitorConfig(evidently_report=False)
     store = LocalStore(folder / source)
@@ -241,7 +241,7 @@ def worker(kind: str, folder: Path) -> dict:
     import evidently  # noqa: F401
     import matplotlib.figure  # noqa: F401  (the check's histograms)
 
-    import llmops.monitoring.window  # noqa: F401
+    import llmops.monitoring.check  # noqa: F401
 
     workers = {"ours-jsonl": lambda f: run_ours(f, "store"), "ours-parquet": lambda f: run_ours(f, "compacted"),
                "compact": run_compact, "evidently": run_evidently, "parsers": run_parsers}

@@ -90,18 +90,17 @@ def cmd_monitor(args) -> int:
 
 
 def cmd_compact(args) -> int:
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timezone
 
-    from llmops.infra.store import open_store
-    from llmops.infra.traffic.compaction import closed_before, compact
+    from llmops.tasks.core.context import store
+    from llmops.tasks.core.monitoring import compact_closed_hours
 
     config = load_config(args)
     name = args.model or config.model_name
+    delete = args.delete_jsonl or config.monitor.compact_delete_jsonl
     try:
-        before = closed_before(datetime.now(timezone.utc), timedelta(minutes=config.monitor.compact_grace_minutes),
-                               config.serve.flush_interval_s)
-        delete = args.delete_jsonl or config.monitor.compact_delete_jsonl
-        keys = compact(open_store(), name, before, delete_jsonl=delete)
+        before, keys = compact_closed_hours(store(), config, datetime.now(timezone.utc), model=name, everything=True,
+                                            delete_jsonl=delete)
     except ValueError as exc:  # a model name that is not a store key, a grace period shorter than a flush
         print(f"llmops compact: error: {exc}", file=sys.stderr)
         return 2
@@ -134,10 +133,9 @@ def cmd_models(args) -> int:
         print(f"model {name!r} has no registered versions in {open_store().uri}")
         return 0
     for v in versions:
-        meta = registry.manifest(v).get("metadata", {})
+        meta = registry.manifest(v).metadata
         tags = ", ".join(a for a, target in aliases.items() if target == v)
-        bpb = meta.get("test_bits_per_byte")
-        print(f"v{v}\t{'%.4f bits/byte' % bpb if bpb is not None else ''}\t{tags}")
+        print(f"v{v}\t{f'{meta.test_bits_per_byte:.4f} bits/byte' if meta else ''}\t{tags}")
     return 0
 
 
@@ -159,73 +157,57 @@ def cmd_config(args) -> int:
     return 0
 
 
+def _arg(*flags: str, **kwargs) -> tuple[tuple[str, ...], dict]:
+    return flags, kwargs
+
+
+# name, help, handler, options (besides --config and --set, which every command takes)
+COMMANDS = [
+    ("run", "the main job: train, deploy, serve, monitor, alert and retrain, end to end", cmd_run, [
+        _arg("--keep-running", action="store_true", help="leave the servers up at the end (Ctrl-C stops them)")]),
+    ("train", "run the training pipeline on the given sources", cmd_train, [
+        _arg("--data", nargs="+", help="files, folders, globs, s3:// prefixes, builtin:// corpora")]),
+    ("serve", "serve the production model (OpenAI-compatible /v1/completions)", cmd_serve, [
+        _arg("--host"), _arg("--port", type=int),
+        _arg("--alias", help="registry alias to serve (default: production)"),
+        _arg("--variant", choices=["fp32", "int8"])]),
+    ("monitor", "drift check between two text files, or replay stored traffic windows", cmd_monitor, [
+        _arg("--reference", type=Path, help="reference texts (.jsonl with {'text': ...} or .txt)"),
+        _arg("--current", type=Path, help="current texts, same formats"),
+        _arg("--out", type=Path, help="folder for drift.json, report.html and plots"),
+        _arg("--version", default="production", help="registry version or alias whose model scores the texts"),
+        _arg("--model-path", type=Path, help="a local save_pretrained folder instead of the registry"),
+        _arg("--fail-on-alert", action="store_true", help="exit with status 1 when the verdict is alert"),
+        _arg("--backfill", action="store_true", help="replay stored traffic windows through the drift check"),
+        _arg("--start", help="backfill from this ISO time (default: oldest traffic)"),
+        _arg("--end", help="backfill until this ISO time (default: now)")]),
+    ("compact", "compact closed hours of the traffic log into Parquet (what the monitor flow does first)", cmd_compact, [
+        _arg("--model", help="model name (default: the config's model_name)"),
+        _arg("--delete-jsonl", action="store_true",
+             help="delete an hour's JSONL files once its compacted manifest is committed")]),
+    ("rollback", "move an alias back to the version it pointed at before", cmd_rollback, [
+        _arg("--model", help="model name (default: the config's model_name)"), _arg("--alias", default="production"),
+        _arg("--reason", default="manual rollback")]),
+    ("models", "list registered versions and aliases", cmd_models, [_arg("--model")]),
+    ("deploy", "register deployments (schedules, drift trigger) with the Prefect API and serve them", cmd_deploy, []),
+    ("up", "start a local Prefect server (SQLite, UI) and serve the deployments", cmd_up, [
+        _arg("--host", default="127.0.0.1"), _arg("--port", type=int, default=4200)]),
+    ("config", "print the effective configuration as YAML", cmd_config, []),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from llmops import __version__
+
     parser = argparse.ArgumentParser(prog="llmops", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"llmops {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("run", help="the main job: train, deploy, serve, monitor, alert and retrain, end to end")
-    _add_config_args(p)
-    p.add_argument("--keep-running", action="store_true", help="leave the servers up at the end (Ctrl-C stops them)")
-    p.set_defaults(func=cmd_run)
-
-    p = sub.add_parser("train", help="run the training pipeline on the given sources")
-    _add_config_args(p)
-    p.add_argument("--data", nargs="+", help="files, folders, globs, s3:// prefixes, builtin:// corpora")
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("serve", help="serve the production model (OpenAI-compatible /v1/completions)")
-    _add_config_args(p)
-    p.add_argument("--host")
-    p.add_argument("--port", type=int)
-    p.add_argument("--alias", help="registry alias to serve (default: production)")
-    p.add_argument("--variant", choices=["fp32", "int8"])
-    p.set_defaults(func=cmd_serve)
-
-    p = sub.add_parser("monitor", help="drift check between two text files, or replay stored traffic windows")
-    _add_config_args(p)
-    p.add_argument("--reference", type=Path, help="reference texts (.jsonl with {'text': ...} or .txt)")
-    p.add_argument("--current", type=Path, help="current texts, same formats")
-    p.add_argument("--out", type=Path, help="folder for drift.json, report.html and plots")
-    p.add_argument("--version", default="production", help="registry version or alias whose model scores the texts")
-    p.add_argument("--model-path", type=Path, help="a local save_pretrained folder instead of the registry")
-    p.add_argument("--fail-on-alert", action="store_true", help="exit with status 1 when the verdict is alert")
-    p.add_argument("--backfill", action="store_true", help="replay stored traffic windows through the drift check")
-    p.add_argument("--start", help="backfill from this ISO time (default: oldest traffic)")
-    p.add_argument("--end", help="backfill until this ISO time (default: now)")
-    p.set_defaults(func=cmd_monitor)
-
-    p = sub.add_parser("compact", help="compact closed hours of the traffic log into Parquet (what the monitor flow does first)")
-    _add_config_args(p)
-    p.add_argument("--model", help="model name (default: the config's model_name)")
-    p.add_argument("--delete-jsonl", action="store_true",
-                   help="delete an hour's JSONL files once its compacted manifest is committed")
-    p.set_defaults(func=cmd_compact)
-
-    p = sub.add_parser("rollback", help="move an alias back to the version it pointed at before")
-    _add_config_args(p)
-    p.add_argument("--model", help="model name (default: the config's model_name)")
-    p.add_argument("--alias", default="production")
-    p.add_argument("--reason", default="manual rollback")
-    p.set_defaults(func=cmd_rollback)
-
-    p = sub.add_parser("models", help="list registered versions and aliases")
-    _add_config_args(p)
-    p.add_argument("--model")
-    p.set_defaults(func=cmd_models)
-
-    p = sub.add_parser("deploy", help="register deployments (schedules, drift trigger) with the Prefect API and serve them")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_deploy)
-
-    p = sub.add_parser("up", help="start a local Prefect server (SQLite, UI) and serve the deployments")
-    _add_config_args(p)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=4200)
-    p.set_defaults(func=cmd_up)
-
-    p = sub.add_parser("config", help="print the effective configuration as YAML")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_config)
+    for name, help_text, handler, options in COMMANDS:
+        p = sub.add_parser(name, help=help_text)
+        _add_config_args(p)
+        for flags, kwargs in options:
+            p.add_argument(*flags, **kwargs)
+        p.set_defaults(func=handler)
     return parser
 
 

@@ -12,24 +12,19 @@ from llmops.flows.monitor_drift import monitor_drift
 from llmops.flows.retrain import retrain
 from llmops.flows.training_pipeline import training_pipeline
 from llmops.infra.config import ConfigError, PipelineConfig
-from llmops.tasks.monitoring import DRIFT_EVENT
+from llmops.tasks.core.monitoring import DRIFT_EVENT
 
 
 def drift_trigger(config: PipelineConfig) -> DeploymentEventTrigger:
-    """Start ``retrain`` on this model's drift events, passing the event's window and signals as parameters."""
+    """Start ``retrain`` on this model's drift events, passing the event's id and payload as parameters."""
     return DeploymentEventTrigger(
         name=f"retrain-{config.model_name}-on-drift",
         description=f"Retrain {config.model_name} when monitoring emits {DRIFT_EVENT}",
         expect={DRIFT_EVENT},
         match={"prefect.resource.id": f"llmops.model.{config.model_name}"},
         schedule_after=timedelta(minutes=config.schedule.retrain_delay_minutes),
-        parameters={
-            "reason": "drift",
-            "drift_event_id": "{{ event.id | string }}",
-            "drift_window": "{{ event.payload.window_start }} .. {{ event.payload.window_end }}",
-            "drift_signals": "{{ event.payload.signals }}",
-            "drift_severity": "{{ event.payload.severity }}",
-        },
+        # a single-expression template keeps its JSON type: the flow receives the payload as a DriftEvent
+        parameters={"reason": "drift", "drift_event_id": "{{ event.id | string }}", "drift": "{{ event.payload }}"},
     )
 
 

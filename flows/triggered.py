@@ -17,7 +17,8 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun
 
 from llmops.infra.store import ArtifactStore
-from llmops.models.release.registry import Registry
+from llmops.models.records import GateDecision
+from llmops.models.release import Registry
 
 
 def triggered_runs(deployment: str, since: datetime) -> list[FlowRun]:
@@ -54,11 +55,12 @@ def wait_for_final(flow_run_id: UUID, timeout: float = 900.0, every: float = 5.0
             time.sleep(every)
 
 
-def latest_gate(store: ArtifactStore, model_name: str, after_version: int = 0) -> Optional[dict]:
-    """The gate decision recorded with the newest registered version newer than ``after_version``."""
+def latest_gate(store: ArtifactStore, model_name: str, after_version: int = 0) -> Optional[GateDecision]:
+    """The gate decision recorded with the newest registered version newer than ``after_version`` (its
+    ``candidate_version`` is that version)."""
     registry = Registry(store, model_name)
     newer = [v for v in registry.versions() if v > after_version]
     if not newer:
         return None
-    meta = registry.manifest(newer[-1]).get("metadata", {})
-    return {"version": newer[-1], **meta.get("gate", {})}
+    metadata = registry.manifest(newer[-1]).metadata
+    return metadata.gate.model_copy(update={"candidate_version": newer[-1]}) if metadata else None

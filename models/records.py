@@ -1,9 +1,10 @@
 """The records stages exchange: frozen, JSON-serialisable, each pointing at store artifacts by URI + sha256."""
 from __future__ import annotations
 
-from typing import Literal, Optional
+from datetime import datetime
+from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 SplitName = Literal["train", "validation", "test"]
 
@@ -177,6 +178,43 @@ class QuantReport(Record):
     fp32_latency_ms: float
     int8_latency_ms: float
     servable: bool
+
+
+class ProfileRef(Record):
+    """A version's reference profile (monitoring's ReferenceProfile, JSON) staged in the store for registration."""
+
+    uri: str = Field(description="URI of reference_profile.json in the claimed version's folder")
+    sha256: str
+    model_version: int
+    records: int = Field(description="Reference records profiled (validation documents run through the model)")
+    signals: list[str]
+
+
+class VersionMetadata(Record):
+    """What the pipeline records with a version: the run and data it came from, and the gate's decision."""
+
+    run_id: str
+    dataset: str = Field(description="URI of the dataset snapshot's manifest")
+    dataset_sha256: str
+    tokenizer_sha256: str
+    gate: GateDecision
+    test_bits_per_byte: float
+
+
+class VersionManifest(Record):
+    """``models/<name>/versions/<n>/manifest.json``, written last: the version exists once it does."""
+
+    name: str
+    version: int
+    created_at: datetime
+    files: dict[str, str] = Field(description="Path in the version's folder -> sha256")
+    variants: list[str] = Field(description="fp32 first, then the compressed variants under variants/<name>/")
+    metadata: Optional[VersionMetadata] = None
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _none_when_empty(cls, value: Any) -> Any:
+        return value or None  # versions registered without metadata stored {}
 
 
 class ModelVersionRef(Record):

@@ -18,26 +18,42 @@ import pyarrow.json as paj
 import pyarrow.parquet as pq
 
 from llmops.infra.traffic.parquet import FEATURE_COLUMNS
+from llmops.infra.traffic.record import SCHEMA as RECORD_SCHEMA
+from llmops.infra.traffic.record import lenient
 from llmops.monitoring.batch import Batch
 from llmops.monitoring.signals import FALLBACK_FEATURES, FEATURES
 
-_F = pa.float64()
+
+def _as_float(field: pa.Field) -> pa.Field:
+    """A number field as float64; other fields as they are."""
+    numeric = pa.types.is_integer(field.type) or pa.types.is_floating(field.type)
+    return field.with_type(pa.float64()) if numeric else field
+
+
+_RECORD = lenient(RECORD_SCHEMA)  # other producers' records may lack any field: a null, not a refused chunk
+_COMPLETION = _RECORD.field("completions").type.value_type
+# A projection of the record's schema, with its types except where a comment says why not.
 TRAFFIC_SCHEMA = pa.schema([
-    ("ts", pa.string()),
-    ("version", pa.int64()),
-    ("prompt", pa.string()),
-    ("prompt_token_ids", pa.list_(pa.int64())),
-    # completions are only read for records whose features need the fallbacks (the row parser does that)
-    ("completions", pa.list_(pa.struct([("finish_reason", pa.string()), ("tokens", _F),
-                                        ("mean_logprob", _F), ("mean_entropy", _F)]))),
-    ("features", pa.struct([(name, _F) for name in FEATURES] + [("stop_reason", pa.string())])),
+    # as text, cast by timestamps(): the row parser's reading of a ts is the rule (naive = UTC), and a ts Arrow
+    # cannot cast the same way sends its chunk there
+    _RECORD.field("ts").with_type(pa.string()),
+    _RECORD.field("version"),
+    _RECORD.field("prompt"),
+    _RECORD.field("prompt_token_ids"),
+    # completions are only read for records whose features need the fallbacks (the row parser does that); numbers
+    # as floats here and in features: the row parser takes any JSON number for them (a count written 16.0, a
+    # prompt_chars 120.0) and the signals are floats, so such a record must not refuse its chunk
+    _RECORD.field("completions").with_type(pa.list_(pa.struct([
+        _as_float(_COMPLETION.field(name)) for name in ("finish_reason", "tokens", "mean_logprob", "mean_entropy")]))),
+    _RECORD.field("features").with_type(pa.struct([_as_float(f) for f in _RECORD.field("features").type])),
 ])
 _PARSE = paj.ParseOptions(explicit_schema=TRAFFIC_SCHEMA, unexpected_field_behavior="ignore")
 _READ = paj.ReadOptions(block_size=1 << 20)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _STRUCT = TRAFFIC_SCHEMA.field("features").type
 # What the check reads of a compacted file; `extra` is null for every record that fits the typed columns
-PARQUET_COLUMNS = ["ts", "version", "prompt", "prompt_token_ids", *FEATURE_COLUMNS, "extra"]
+PARQUET_COLUMNS = [*(n for n in TRAFFIC_SCHEMA.names if n not in ("completions", "features")), *FEATURE_COLUMNS,
+                   "extra"]
 
 
 def read_table(data: bytes) -> Optional[pa.Table]:

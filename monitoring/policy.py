@@ -1,4 +1,5 @@
-"""The alert policy as pure functions: per-signal status, multiple-testing correction, window verdict, debounce."""
+"""The alert policy: per-signal status, multiple-testing correction, window verdict, debounce, and the ledger of
+emitted drift events the cooldown reads."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -9,7 +10,9 @@ from typing import Optional
 import numpy as np
 
 from llmops.infra.config import MonitorConfig
-from llmops.monitoring.records import Severity, SignalResult, Status, Verdict
+from llmops.infra.store import ArtifactStore
+from llmops.monitoring import layout
+from llmops.monitoring.records import LedgerEntry, Severity, SignalResult, Status, Verdict
 
 
 @dataclass(frozen=True)
@@ -134,3 +137,21 @@ def emission_decision(verdict_history: Sequence[str], cfg: MonitorConfig, now: d
     if last_event_at and now - last_event_at < timedelta(minutes=cfg.cooldown_minutes):
         return emit, f"in cooldown since the event at {last_event_at.isoformat()}"
     return emit, f"waiting for {cfg.consecutive_windows} alerting windows in a row"
+
+
+class DriftEventLedger:
+    """The last drift event of a model, in the store (``monitoring/<model>/last_drift_event.json``)."""
+
+    def __init__(self, store: ArtifactStore, model: str):
+        self.store, self.key = store, layout.ledger_key(model)
+
+    def last(self) -> Optional[LedgerEntry]:
+        return LedgerEntry.model_validate(self.store.get_json(self.key)) if self.store.exists(self.key) else None
+
+    def record(self, entry: LedgerEntry) -> None:
+        self.store.put_json(self.key, entry.model_dump(mode="json"))
+
+    def decide(self, verdict_history: Sequence[str], cfg: MonitorConfig, now: datetime) -> tuple[bool, str]:
+        """:func:`emission_decision` against the last recorded event."""
+        last = self.last()
+        return emission_decision(verdict_history, cfg, now, last.at if last else None)

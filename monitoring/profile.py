@@ -17,6 +17,7 @@ from llmops.monitoring.records import (
     ReferenceProfile,
     SummaryStats,
 )
+from llmops.monitoring.semantic import SentenceEmbedder, reference_distances
 from llmops.monitoring.signals import OPTIONAL_SIGNALS, OTHER, SIGNALS, rows_batch, skip_reason
 from llmops.monitoring.stats import bin_counts, category_counts
 from llmops.monitoring.tokens import IdLookup, common_token_ids, design_effect, rare_token_share, top_k_ids
@@ -141,7 +142,7 @@ def profile_from_halves(fit: Batch, count: Batch, cfg: MonitorConfig, *, model_n
 
 
 def build_profile(records: Sequence[dict], tokenize: Optional[Tokenize], cfg: MonitorConfig, *,
-                  model_name: str, model_version: int, embedder=None) -> ReferenceProfile:
+                  model_name: str, model_version: int, embedder: Optional[SentenceEmbedder] = None) -> ReferenceProfile:
     """Build the reference profile from records scored on held-out validation documents.
 
     The records are split in two deterministic halves (:func:`split_halves`): bin edges, tail
@@ -157,7 +158,7 @@ def build_profile(records: Sequence[dict], tokenize: Optional[Tokenize], cfg: Mo
         cfg: Bins, top-K tokens, common-token coverage and KS sample size are read from here.
         model_name: Registered model the profile belongs to.
         model_version: Its version.
-        embedder: A :class:`monitoring.semantic.SentenceEmbedder` to add ``semantic_distance`` (None: off).
+        embedder: A :class:`llmops.monitoring.semantic.SentenceEmbedder` to add ``semantic_distance`` (None: off).
 
     Raises:
         ValueError: Fewer than ``cfg.min_samples`` records: the bins would be noise.
@@ -173,10 +174,8 @@ def build_profile(records: Sequence[dict], tokenize: Optional[Tokenize], cfg: Mo
 
 
 def with_semantic(profile: ReferenceProfile, records: Sequence[dict], fit_rows: np.ndarray, count_rows: np.ndarray,
-                  embedder, cfg: MonitorConfig) -> ReferenceProfile:
+                  embedder: SentenceEmbedder, cfg: MonitorConfig) -> ReferenceProfile:
     """``profile`` plus ``semantic_distance``: the centroid fitted on the fitting half, the counted half scored."""
-    from llmops.monitoring.semantic import reference_distances
-
     fitting, counted, semantic = reference_distances([records[i]["prompt"] for i in fit_rows],
                                                      [records[i]["prompt"] for i in count_rows], embedder)
     binned = continuous_profile(counted, cfg.n_bins, cfg.ks_sample_size, cfg.tail_quantile, fit=fitting)

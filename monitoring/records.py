@@ -93,10 +93,33 @@ class DriftReport(_Frozen):
         return self.verdict == "alert"
 
 
+class DriftEvent(_Frozen):
+    """The payload of ``llmops.drift.detected``; a drift-triggered retrain receives it whole as a parameter."""
+
+    model_name: str
+    model_version: int
+    window_id: str
+    window_start: Optional[datetime] = None
+    window_end: Optional[datetime] = None
+    severity: Severity
+    signals: list[str] = Field(description="The alerting signals")
+    report: Optional[str] = Field(None, description="URI of the window's folder (drift.json, report.html, summary.md)")
+
+
+class LedgerEntry(_Frozen):
+    """The last drift event emitted for a model: the cooldown is measured from it."""
+
+    at: datetime
+    window_id: str
+    event_id: Optional[str] = None
+
+
 class DriftOutcome(_Frozen):
     """What a monitoring run decided, small enough to be a flow result; the details are in drift.json."""
 
     window_id: str
+    start: Optional[datetime] = None
+    end: Optional[datetime] = None
     model_name: str
     model_version: int
     verdict: Verdict
@@ -110,6 +133,19 @@ class DriftOutcome(_Frozen):
     trend_uri: Optional[str] = Field(None, description="trend.md: PSI per signal over every checked window (trend.png beside it)")
     event_emitted: bool = False
     event_reason: str = Field("", description="Why an event was or was not emitted (debounce, cooldown)")
+
+    @classmethod
+    def of(cls, report: DriftReport, *, trend_uri: Optional[str], event_emitted: bool, event_reason: str
+           ) -> DriftOutcome:
+        """The outcome of a checked window (its files are in ``report.out_dir``) and the event decision."""
+        base = (report.out_dir or "").rstrip("/")
+        html = report.files.get("report_html")
+        return cls(window_id=report.window_id, start=report.start, end=report.end, model_name=report.model_name,
+                   model_version=report.model_version,
+                   verdict=report.verdict, severity=report.severity, n_samples=report.n_samples,
+                   alerting_signals=report.alerting, warning_signals=report.warning, drift_uri=f"{base}/drift.json",
+                   report_html=f"{base}/{html}" if html else None, summary_uri=f"{base}/summary.md",
+                   trend_uri=trend_uri, event_emitted=event_emitted, event_reason=event_reason)
 
 
 SCHEMA_VERSION = 2  # of ReferenceProfile

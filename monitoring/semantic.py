@@ -1,5 +1,7 @@
 """Semantic drift (optional): prompts as sentence embeddings, scored by cosine distance to the reference centroid.
 
+The embedding maths and the window's prompt pass; the window check itself is ``llmops.monitoring.check``.
+
 The only module of ``monitoring/`` that uses torch and transformers, imported when an embedder is
 built: with ``monitor.semantic_model`` unset nothing here loads.
 """
@@ -7,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -15,11 +16,10 @@ import numpy as np
 from llmops.infra.config import MonitorConfig
 from llmops.infra.store import ArtifactStore
 from llmops.infra.traffic.log import partition_records, window_partitions
-from llmops.infra.traffic.log import window_id as make_window_id
 from llmops.monitoring.accumulate import Reservoir, WindowAccumulator, sampling_keys
-from llmops.monitoring.batch import Batch, Tokenize
+from llmops.monitoring.batch import Batch
 from llmops.monitoring.records import SEMANTIC_SIGNAL as SIGNAL
-from llmops.monitoring.records import DriftReport, ReferenceProfile, SemanticProfile
+from llmops.monitoring.records import ReferenceProfile, SemanticProfile
 
 
 class SentenceEmbedder:
@@ -154,23 +154,3 @@ def sample_prompts(batches: Iterable[Sequence[str]], size: int) -> tuple[list[st
     return list(reservoir.values[np.argsort(reservoir.keys)]), seen
 
 
-def check_store_window_semantic(store: ArtifactStore, model: str, start: datetime, end: datetime, profile: ReferenceProfile,
-                                tokenize: Optional[Tokenize], cfg: MonitorConfig, out_dir: Path,
-                                embedder: SentenceEmbedder, *, version: Optional[int] = None,
-                                window_id: Optional[str] = None) -> DriftReport:
-    """:func:`monitoring.window.check_store_window` with ``semantic_distance``: one more pass reading the prompts."""
-    from llmops.monitoring.drift import finish_window, validate_config
-    from llmops.monitoring.window import stream_window
-
-    validate_config(cfg)
-    version = profile.model_version if version is None else version
-    accumulator = SemanticAccumulator(profile, cfg.ks_window_sample, embedder)
-    scan = stream_window(store, model, start, end, accumulator, tokenize, version=version)
-    prompts, total = sample_prompts(window_prompts(store, model, start, end, version), cfg.semantic_window_sample)
-    accumulator.add_prompts(prompts)
-    notes = scan.notes()
-    if total > len(prompts):
-        notes.append(f"semantic_distance: {len(prompts)} of {total} prompts embedded (uniform sample, "
-                     f"monitor.semantic_window_sample)")
-    return finish_window(profile, accumulator, cfg, out_dir, has_tokenizer=tokenize is not None,
-                         window_id=window_id or make_window_id(start, end), start=start, end=end, notes=notes)

@@ -9,6 +9,7 @@ from typing import Any, Literal, Optional
 
 import numpy as np
 
+from llmops.infra.traffic.record import TrafficFeatures
 from llmops.monitoring.batch import Batch, Tokenize, tokens_from_lists
 from llmops.monitoring.tokens import rare_token_share
 
@@ -62,9 +63,10 @@ SIGNALS: dict[str, Signal] = {s.name: s for s in [
 ]}
 # Off unless configured: not extracted from records, not listed as skipped in profiles or windows that lack it.
 OPTIONAL_SIGNALS = frozenset({"semantic_distance"})
-# Signals read from one field of a record (with fallbacks); the token signals are computed from the ids,
-# semantic_distance from the prompt by an encoder.
-FEATURES = [n for n, s in SIGNALS.items() if s.kind == "continuous" and n not in ("rare_token_share", *OPTIONAL_SIGNALS)]
+# Signals read from one field of a record's features (with fallbacks), in the record's field order: its numeric
+# features (stop_reason is categorical). The token signals are computed from the ids, semantic_distance from the
+# prompt by an encoder. A feature without a signal fails here (KeyError), not in a window.
+FEATURES = [n for n in TrafficFeatures.model_fields if SIGNALS[n].kind == "continuous"]
 TOKEN_SIGNALS = ("rare_token_share", "token_frequency")
 
 

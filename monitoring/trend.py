@@ -8,6 +8,7 @@ from typing import Optional
 from pydantic import ValidationError
 
 from llmops.infra.store import ArtifactStore, StoreError
+from llmops.monitoring import layout
 from llmops.monitoring.records import DriftReport, Trend, TrendPoint
 from llmops.monitoring.signals import SIGNALS
 
@@ -22,7 +23,7 @@ def trend(store: ArtifactStore, model: str, out_dir: Optional[Path] = None, *, l
         last: Keep only the most recent ``last`` windows.
     """
     points, unreadable = [], []
-    for key in store.list(f"monitoring/{model}"):
+    for key in store.list(layout.model_prefix(model)):
         if not key.endswith("/drift.json"):
             continue
         try:

@@ -8,7 +8,15 @@ from prefect.artifacts import create_link_artifact
 from prefect.events import emit_event
 
 from llmops.infra.config import PipelineConfig
-from llmops.models.records import DatasetRef, EvalReport, ModelVersionRef, QuantReport, TokenizerRef, TrainRef
+from llmops.models.records import (
+    DatasetRef,
+    EvalReport,
+    ModelVersionRef,
+    ProfileRef,
+    QuantReport,
+    TokenizerRef,
+    TrainRef,
+)
 from llmops.models.release.registry import Registry
 from llmops.models.release.stage import register_candidate, release, smoke_test
 from llmops.tasks.core.context import artifact_key, cache_dir, link, store
@@ -22,7 +30,8 @@ def reserve_version(model_name: str) -> int:
 
 @task(name="register-model")
 def register_model(config: PipelineConfig, version: int, dataset: DatasetRef, tokenizer: TokenizerRef, run: TrainRef,
-                   evaluation: EvalReport, quant: Optional[QuantReport], reference_profile: Optional[str]) -> ModelVersionRef:
+                   evaluation: EvalReport, quant: Optional[QuantReport],
+                   reference_profile: Optional[ProfileRef]) -> ModelVersionRef:
     ref = register_candidate(store(), config, version=version, dataset=dataset, tokenizer=tokenizer, run=run,
                              evaluation=evaluation, quant=quant, reference_profile=reference_profile,
                              cache_dir=cache_dir())

@@ -6,8 +6,8 @@ from typing import Literal, Optional
 from prefect import get_run_logger, task
 
 from llmops.infra.config import ModelConfig, TokenizerConfig
-from llmops.models.data.snapshot import read_split
 from llmops.models.data.packing import pack_dataset
+from llmops.models.data.snapshot import read_split
 from llmops.models.data.tokenizer import build_tokenizer, load_tokenizer
 from llmops.models.model.pretrained import tokenizer_config_for
 from llmops.models.records import DatasetRef, PackedRef, TokenizerRef
@@ -28,7 +28,9 @@ def build_tokenizer_task(cfg: TokenizerConfig, dataset: DatasetRef, model_cfg: O
     return ref
 
 
-@task(name="pack-data", retries=1)
+# log_prints off: datasets hashes the map function with dill, which reads its globals from a disassembly printed to
+# a captured stdout; with log_prints the print goes to the run log instead (24 lines of bytecode per split)
+@task(name="pack-data", retries=1, log_prints=False)
 def pack_data(dataset: DatasetRef, tokenizer_ref: TokenizerRef, block_size: int, num_proc: int = 1,
               batching: Literal["pack", "pad"] = "pack") -> PackedRef:
     """Blocks of concatenated documents (batching=pack), or one example per document (batching=pad)."""

@@ -14,8 +14,8 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 from llmops.infra.config import PipelineConfig
 from llmops.infra.store import ArtifactStore, LocalStore
 from llmops.models.data.ingest import ingest
-from llmops.models.data.snapshot import read_split
 from llmops.models.data.packing import pack_dataset
+from llmops.models.data.snapshot import read_split
 from llmops.models.data.tokenizer import build_tokenizer, load_tokenizer, train_bpe
 from llmops.models.model.presets import build_config
 from llmops.models.model.variants import quantize_int8, save_int8
@@ -75,8 +75,7 @@ def make_registered_model(store: ArtifactStore, name: str, *, alias: Optional[st
         if int8:
             save_int8(quantize_int8(model), Path(tmp) / "int8")
             variants["int8"] = Path(tmp) / "int8"
-        ref = registry.register(folder, variants=variants, files=files,
-                                metadata={"built_by": "tests.helpers", "seed": seed})
+        ref = registry.register(folder, variants=variants, files=files)
     if alias is not None:
         registry.set_alias(alias, ref.version, reason="test fixture")
         ref = registry.ref(ref.version)

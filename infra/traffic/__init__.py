@@ -1,1 +1,1 @@
-"""The traffic log: hour partitions of JSONL records, their compaction into Parquet, and reading windows back."""
+"""The traffic log: the typed record, hour partitions of JSONL, their compaction into Parquet, reading windows back."""

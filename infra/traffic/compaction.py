@@ -257,7 +257,7 @@ class _HourWriter:
             lines.append(number)
         table = tp.record_columns(records, stamps)
         return table.append_column("source_file", pa.array([name] * len(lines), pa.string())).append_column(
-            "source_line", pa.array(lines, pa.int32()))
+            "source_line", pa.array(lines, tp.SCHEMA.field("source_line").type))
 
     def _keep(self, name: str, number: int, reason: str, raw: bytes) -> None:
         entry = {"file": name, "line": number, "reason": reason}

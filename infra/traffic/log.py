@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -14,6 +14,7 @@ import orjson
 
 from llmops.infra.store import ArtifactStore
 from llmops.infra.traffic import parquet as traffic_parquet
+from llmops.infra.traffic.record import TrafficRecord
 
 log = logging.getLogger("llmops.traffic")
 
@@ -287,17 +288,22 @@ def in_window(lines: Iterable[str | bytes], source: str, start: datetime, end: d
             yield number, record
 
 
-def write_records(store: ArtifactStore, model: str, records: list[dict], *, flushed_at: Optional[datetime] = None) -> str:
+def write_records(store: ArtifactStore, model: str, records: Sequence[TrafficRecord | dict], *,
+                  flushed_at: Optional[datetime] = None) -> str:
     """Write records as one JSONL partition file atomically; return its key.
 
-    The file goes in the hour partition of ``flushed_at`` (default: the first record's ``ts``),
-    as the server names a file by the hour its first record was flushed.
+    A :class:`TrafficRecord` is written as :meth:`TrafficRecord.json_line`; a dict (a record of
+    another producer, a test's odd record) as the standard library writes it, which is the same line
+    for the same values. The file goes in the hour partition of ``flushed_at`` (default: the first
+    record's ``ts``), as the server names a file by the hour its first record was flushed.
     """
     if not records:
         raise ValueError("write_records needs at least one record")
-    moment = flushed_at or parse_ts(records[0].get("ts"))
+    first = records[0]
+    moment = flushed_at or (first.ts if isinstance(first, TrafficRecord) else parse_ts(first.get("ts")))
     key = f"{partition_prefix(model, _utc(moment, 'flushed_at'))}/{uuid.uuid4().hex}.jsonl"
-    body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    body = "".join((r.json_line() if isinstance(r, TrafficRecord) else json.dumps(r, ensure_ascii=False)) + "\n"
+                   for r in records)
     store.put_bytes(key, body.encode("utf-8"))
     return key
 

@@ -16,29 +16,31 @@ import pyarrow.json as paj
 import pyarrow.parquet as pq
 
 from llmops.infra.store import ArtifactStore
+from llmops.infra.traffic.record import SCHEMA as RECORD_SCHEMA
+from llmops.infra.traffic.record import lenient
 
 FORMAT = 1  # the manifest's "format": bump when SCHEMA changes incompatibly
-_S, _I, _F = pa.string(), pa.int64(), pa.float64()
-TIMESTAMP = pa.timestamp("us", tz="UTC")
-FEATURES: dict[str, pa.DataType] = {
-    "prompt_chars": _I, "prompt_tokens": _I, "bytes_per_token": _F, "prompt_surprisal": _F, "completion_tokens": _F,
-    "completion_logprob": _F, "completion_entropy": _F, "stop_reason": _S, "latency_ms": _F,
-}
-PARAMS = pa.struct([("max_tokens", _I), ("temperature", _F), ("top_p", _F), ("top_k", _I), ("n", _I),
-                    ("stop", pa.list_(_S))])
-COMPLETION = pa.struct([("text", _S), ("finish_reason", _S), ("tokens", _I), ("mean_logprob", _F), ("mean_entropy", _F)])
-# A record's fields typed as docs/contracts.md has them; a value of any other shape is kept in `extra`.
-FIELDS: dict[str, pa.DataType] = {
-    "id": _S, "ts": _S, "model": _S, "version": _I, "variant": _S, "prompt": _S,
-    "prompt_token_ids": pa.list_(pa.int32()), "params": PARAMS, "completions": pa.list_(COMPLETION),
-    "features": pa.struct(list(FEATURES.items())),
-}
+_S = pa.string()
+# The record's schema with every field nullable: the log holds other producers' records too, and a value that
+# does not fit its column is stored null there (and whole in `extra`).
+_RECORD = lenient(RECORD_SCHEMA)
+TIMESTAMP = _RECORD.field("ts").type
+# A record's fields typed as docs/contracts.md has them, as Arrow's JSON parser reads them: `ts` as its text, which
+# arrow_columns checks is what isoformat writes (only such a text comes back exactly from the timestamp column).
+# A value of any other shape is kept in `extra`.
+FIELDS: dict[str, pa.DataType] = {f.name: _S if f.name == "ts" else f.type for f in _RECORD}
+FEATURES: dict[str, pa.DataType] = {f.name: f.type for f in FIELDS["features"]}
 FEATURE_COLUMNS = [f"features.{name}" for name in FEATURES]
-SCHEMA = pa.schema([
-    *((name, TIMESTAMP if name == "ts" else typ) for name, typ in FIELDS.items() if name != "features"),
-    *((f"features.{name}", typ) for name, typ in FEATURES.items()),
+# What compaction adds to a record's columns
+COMPACTION_COLUMNS = pa.schema([
     ("extra", _S),  # JSON object of the fields that did not fit their column, or null (every server-written record)
     ("source_file", _S), ("source_line", pa.int32()),  # where the record was in the JSONL log: messages name it
+])
+# The stored columns: the record's, `features` flattened into one column per feature (read one by one)
+SCHEMA = pa.schema([
+    *(f for f in _RECORD if f.name != "features"),
+    *(f.with_name(f"features.{f.name}") for f in _RECORD.field("features").type),
+    *COMPACTION_COLUMNS,
 ])
 _PARSE = paj.ParseOptions(explicit_schema=pa.schema(list(FIELDS.items())), unexpected_field_behavior="error")
 _READ = paj.ReadOptions(block_size=1 << 20)
@@ -78,14 +80,16 @@ def _fits(value: Any, typ: pa.DataType) -> bool:
     """Whether a parsed JSON value is stored exactly by a column of type ``typ`` (null always is)."""
     if value is None:
         return True
-    if typ == _S:
+    if typ == FIELDS["prompt_token_ids"]:  # token ids: non-negative
+        bound = 1 << (typ.value_type.bit_width - 1)
+        return isinstance(value, list) and all(type(t) is int and 0 <= t < bound for t in value)  # noqa: E721
+    if pa.types.is_string(typ):
         return isinstance(value, str)
-    if typ == _I:
-        return type(value) is int and -(1 << 63) <= value < 1 << 63  # noqa: E721 (a bool is not a number here)
-    if typ == _F:
+    if pa.types.is_integer(typ):
+        bound = 1 << (typ.bit_width - 1)
+        return type(value) is int and -bound <= value < bound  # noqa: E721 (a bool is not a number here)
+    if pa.types.is_floating(typ):
         return type(value) is float or (type(value) is int and abs(value) <= 1 << 53)  # noqa: E721
-    if typ == pa.list_(pa.int32()):  # token ids: non-negative
-        return isinstance(value, list) and all(type(t) is int and 0 <= t < 1 << 31 for t in value)  # noqa: E721
     if pa.types.is_list(typ):
         return isinstance(value, list) and all(v is not None and _fits(v, typ.value_type) for v in value)
     if pa.types.is_struct(typ):
@@ -127,8 +131,9 @@ def with_source(table: pa.Table, files: list[str], counts: list[int]) -> pa.Tabl
     """``table`` (the lines of ``files``, ``counts`` lines each, in order) with its source columns."""
     owner = np.repeat(np.arange(len(files)), counts)
     starts = np.repeat(np.cumsum(counts) - counts, counts)
-    return table.append_column("source_file", pa.array(files, _S).take(pa.array(owner))).append_column(
-        "source_line", pa.array(np.arange(owner.size) - starts + 1, pa.int32()))
+    names = pa.array(files, _S).take(pa.array(owner))
+    lines = pa.array(np.arange(owner.size) - starts + 1, SCHEMA.field("source_line").type)
+    return table.append_column("source_file", names).append_column("source_line", lines)
 
 
 def table_records(table: pa.Table) -> list[dict]:

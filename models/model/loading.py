@@ -28,9 +28,7 @@ def load_model(model_dir: Union[str, Path], variant: str = "fp32", *, variant_di
         device: Where an fp32 model goes (the int8 variant runs on CPU).
         attention: The attention kernel (``model.attention``).
     """
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():  # else transformers tries the Hub and fails offline
-        raise FileNotFoundError(f"{model_dir} is not a saved model folder (no config.json)")
+    model_dir = _saved_model(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if variant == "fp32":
         model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=attention).to(torch.device(device))
@@ -39,6 +37,18 @@ def load_model(model_dir: Union[str, Path], variant: str = "fp32", *, variant_di
     else:
         raise ValueError(f"unknown model variant {variant!r}; known: {', '.join(VARIANTS)}")
     return model.eval(), tokenizer
+
+
+def load_tokenizer(model_dir: Union[str, Path]) -> PreTrainedTokenizerBase:
+    """The tokenizer of a saved model folder alone (what drift checks need to count tokens)."""
+    return AutoTokenizer.from_pretrained(_saved_model(model_dir))
+
+
+def _saved_model(model_dir: Union[str, Path]) -> Path:
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():  # else transformers tries the Hub and fails offline
+        raise FileNotFoundError(f"{model_dir} is not a saved model folder (no config.json)")
+    return model_dir
 
 
 def download_run_model(store: ArtifactStore, ref: TrainRef, cache_dir: Path) -> Path:

@@ -14,7 +14,9 @@ from llmops.models.model.traffic import traffic_record
 def reference_records(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], *,
                       params: SamplingParams, model_name: str, version: int, variant: str = "fp32",
                       batch_size: int = 16, latency_samples: int = 64) -> list[dict]:
-    """Traffic records for ``prompts`` as the server would capture them.
+    """Traffic records for ``prompts`` as the server would capture them: each a validated
+    :class:`~llmops.infra.traffic.record.TrafficRecord`, as the dict it writes to the log (what
+    profiles, drift checks and the log's readers take).
 
     The first ``latency_samples`` prompts are generated one at a time and timed exactly as the
     server times a request (generation only, batch of one); the rest are generated in batches
@@ -37,5 +39,5 @@ def _records(batch: list[str], model, tokenizer, params, model_name, version, va
     latency: Optional[float] = (time.perf_counter() - t0) * 1000 if timed else None
     scores = score_prompts(model, tokenizer, batch, len(batch))
     return [traffic_record(prompt=p, score=s, completions=o, params=params, n=1, latency_ms=latency,
-                           model=model_name, version=version, variant=variant)
+                           model=model_name, version=version, variant=variant).model_dump()
             for p, s, o in zip(batch, scores, outputs)]

@@ -1,6 +1,7 @@
 """The model card: a Hugging Face README.md (YAML metadata + markdown) recording lineage, training, evaluation, gate."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
@@ -10,6 +11,7 @@ from huggingface_hub import metadata_load
 from llmops.infra.config import PipelineConfig
 from llmops.infra.markdown import markdown_table
 from llmops.models.records import DatasetRef, EvalReport, QuantReport, SampleParams, TokenizerRef, TrainRef
+from llmops.models.training.preflight import markdown
 
 _ORIGIN = {"scratch": "trained from scratch", "full": "fine-tuned (every weight)",
            "lora": "fine-tuned with LoRA (adapters merged)"}
@@ -17,16 +19,25 @@ _METHOD_TAGS = {"full": ["fine-tuned"], "lora": ["fine-tuned", "lora"]}
 
 
 def render_card(*, name: str, version: int, config: PipelineConfig, dataset: DatasetRef, tokenizer: TokenizerRef,
-                run: TrainRef, evaluation: EvalReport, quant: Optional[QuantReport]) -> str:
+                run: TrainRef, evaluation: EvalReport, quant: Optional[QuantReport],
+                store_key: Callable[[str], str]) -> str:
+    """The card of ``name`` version ``version``, stored at ``models/<name>/versions/<version>/README.md``.
+
+    Artifacts are named by their store keys and linked relative to the card, so the card stays true
+    when the store is copied or synced elsewhere; ``store_key`` maps a record's URI to its key. A
+    local base model is named by its folder, not by a path of the training machine.
+    """
     test = evaluation.splits.get("test")
     # the run record names the base actually trained from (a local folder resolved): "<path or id>@<hash>"
     base = None if run.method == "scratch" else (
         run.base_model.rpartition("@")[0] if run.base_model else config.model.pretrained)
+    local_base = base is not None and _is_local(base)
+    base_name = Path(base).expanduser().name if local_base else base
     metadata = {
         **_license(run.method, base),
         "library_name": "transformers",
         "pipeline_tag": "text-generation",
-        **({"base_model": base} if base else {}),
+        **({"base_model": base} if base and not local_base else {}),  # a hub id: the Hub links it
         "tags": ["llmops", "causal-lm", *_METHOD_TAGS.get(run.method, [config.model.preset])],
         "datasets": [f"{dataset.name}@{dataset.sha256[:16]}"],
         "model-index": [{
@@ -49,14 +60,14 @@ def render_card(*, name: str, version: int, config: PipelineConfig, dataset: Dat
         f"{_ORIGIN[run.method]} by llmops ({run.parameters:,} parameters, context {config.train.block_size} tokens).",
         "## Data lineage",
         markdown_table(["what", "value"], [
-            ["dataset snapshot", f"`{dataset.uri}`"],
+            ["dataset snapshot", _link(store_key(dataset.uri))],
             ["dataset sha256", f"`{dataset.sha256}`"],
             ["sources", ", ".join(f"`{s}`" for s in dataset.sources)],
             *[[f"{split} records", ref.records] for split, ref in dataset.splits.items()],
             ["quarantined", ", ".join(f"{k}: {v}" for k, v in sorted(dataset.rejected.items())) or "none"],
             ["tokenizer", f"{tokenizer.kind}, {tokenizer.vocab_size} tokens, sha256 `{tokenizer.sha256[:16]}`"],
             ["training run", f"`{run.run_id}`"],
-            *([["base model", f"`{run.base_model}`"]] if run.base_model else []),
+            *([["base model", _base_lineage(run.base_model, base_name, local_base)]] if run.base_model else []),
         ]),
         "## Training",
         markdown_table(["what", "value"], [
@@ -65,7 +76,8 @@ def render_card(*, name: str, version: int, config: PipelineConfig, dataset: Dat
             ["final train loss", f"{run.final_train_loss:.4f}"],
             ["final validation loss", f"{run.final_val_loss:.4f}" if run.final_val_loss is not None else "n/a"],
             ["resumed from step", run.resumed_from_step if run.resumed_from_step is not None else "no"],
-            ["loss curve", f"`{run.loss_plot_uri}`" if run.loss_plot_uri else "n/a"],
+            ["loss curve", _link(store_key(run.loss_plot_uri)) if run.loss_plot_uri else "n/a"],
+            ["metrics", _link(store_key(run.metrics_uri))],
         ]),
         "Configuration:\n\n```yaml\n" + yaml.safe_dump(
             {"model": config.model.model_dump(), "train": config.train.model_dump()}, sort_keys=False) + "```",
@@ -92,9 +104,25 @@ def render_card(*, name: str, version: int, config: PipelineConfig, dataset: Dat
         "## Intended use and limitations",
         "A small model trained on the sources above, for the text they contain. It has not been "
         "evaluated for safety or factuality and should not be used to make decisions about people."
-        + (f" Fine-tuned from `{base}`: that model's license and limitations apply too." if base else ""),
+        + (f" Fine-tuned from `{base_name}`: that model's license and limitations apply too." if base else ""),
     ]
     return "\n\n".join(parts) + "\n"
+
+
+def _link(key: str) -> str:
+    """A store key, linked relative to the card (``models/<name>/versions/<n>/README.md``: four levels down)."""
+    return f"[`{key}`](../../../../{key})"
+
+
+def _is_local(base: str) -> bool:
+    path = Path(base).expanduser()
+    return path.is_absolute() or path.exists() or base.startswith(".")
+
+
+def _base_lineage(identity: str, name: str, local: bool) -> str:
+    """``identity`` is ``<path or hub id>@<content hash>``: a local folder is shown by its name and hash."""
+    digest = identity.rpartition("@")[2]
+    return f"local folder `{name}`, content `{digest}`" if local else f"`{identity}`"
 
 
 def _knobs(params: Optional[SampleParams]) -> str:
@@ -135,8 +163,6 @@ def _preflight_section(run: TrainRef) -> list[str]:
     """The numbers checked before training, beside what training took (a subsection of Training)."""
     if run.preflight is None:
         return []
-    from llmops.models.training.preflight import markdown
-
     verdict = "fitted" if run.preflight.fits else "did not fit (train.preflight=warn)"
     return ["### Preflight", f"Estimated before training; the run {verdict} in memory.",
             markdown(run.preflight, actual_s=run.wall_s)]

@@ -7,13 +7,13 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llmops.infra.store import ArtifactNotFound, ArtifactStore
 from llmops.models.model.loading import load_model
-from llmops.models.records import ModelVersionRef
+from llmops.models.records import ModelVersionRef, VersionManifest, VersionMetadata
 
 log = logging.getLogger("llmops.registry")
 
@@ -35,7 +35,7 @@ class LoadedModel:
     name: str
     version: int
     variant: str
-    manifest: dict
+    manifest: VersionManifest
 
 
 class Registry:
@@ -67,7 +67,8 @@ class Registry:
 
     def register(self, model_dir: Path, *, version: Optional[int] = None,
                  files: Optional[dict[str, Union[str, bytes, Path]]] = None,
-                 variants: Optional[dict[str, Path]] = None, metadata: Optional[dict[str, Any]] = None) -> ModelVersionRef:
+                 variants: Optional[dict[str, Path]] = None,
+                 metadata: Optional[VersionMetadata] = None) -> ModelVersionRef:
         """Upload a save_pretrained folder (plus extra ``files`` and variant folders) as a new version.
 
         ``version`` is one reserved with ``claim_version`` (to name it in files before upload);
@@ -90,17 +91,29 @@ class Registry:
         for variant, folder in (variants or {}).items():
             for rel, sha in self.store.upload_dir(folder, f"{prefix}/variants/{variant}").items():
                 hashes[f"variants/{variant}/{rel}"] = sha
-        manifest = {
-            "name": self.name, "version": version, "created_at": _now(), "files": hashes,
-            "variants": ["fp32", *sorted(variants or {})], "metadata": metadata or {},
-        }
-        self.store.put_json(f"{prefix}/manifest.json", manifest)  # last: the version now exists
+        manifest = VersionManifest(name=self.name, version=version, created_at=datetime.now(timezone.utc), files=hashes,
+                                   variants=["fp32", *sorted(variants or {})], metadata=metadata)
+        self.store.put_json(f"{prefix}/manifest.json", manifest.model_dump(mode="json"))  # last: the version exists
         log.info("registered %s version %d", self.name, version)
         return self.ref(version)
 
-    def manifest(self, version: int) -> dict:
+    def stage_file(self, version: int, name: str, content: Union[str, bytes]) -> tuple[str, str]:
+        """Write a file into a claimed version's folder before it is registered; return (URI, sha256).
+
+        Readers trust only what a committed manifest names, so a staged file is invisible until
+        :meth:`register` lists it; a registered version is immutable.
+        """
+        prefix = f"{self.root}/versions/{version}"
+        if not self.store.exists(f"{prefix}/claim.json"):
+            raise RegistryError(f"{self.name} version {version} was not claimed (claim_version) before staging {name}")
+        if self.store.exists(f"{prefix}/manifest.json"):
+            raise RegistryError(f"{self.name} version {version} is already registered; versions are immutable")
+        data = content.encode() if isinstance(content, str) else content
+        return self.store.uri_for(f"{prefix}/{name}"), self.store.put_bytes(f"{prefix}/{name}", data)
+
+    def manifest(self, version: int) -> VersionManifest:
         try:
-            return self.store.get_json(f"{self.root}/versions/{version}/manifest.json")
+            return VersionManifest.model_validate(self.store.get_json(f"{self.root}/versions/{version}/manifest.json"))
         except ArtifactNotFound:
             known = ", ".join(map(str, self.versions())) or "none"
             raise RegistryError(f"model {self.name!r} has no version {version} (versions: {known})") from None
@@ -110,8 +123,8 @@ class Registry:
         return ModelVersionRef(
             name=self.name, version=version,
             uri=self.store.uri_for(f"{self.root}/versions/{version}/manifest.json"),
-            sha256=manifest["files"].get("model.safetensors", ""),
-            variants=manifest["variants"],
+            sha256=manifest.files.get("model.safetensors", ""),
+            variants=manifest.variants,
             aliases=[a for a in ALIASES if self.alias(a) == version],
         )
 
@@ -179,7 +192,7 @@ class Registry:
     def download(self, version: int, cache_dir: Path) -> Path:
         """A local copy of the version's folder (cached by version and the model's sha256)."""
         manifest = self.manifest(version)
-        local = Path(cache_dir) / "models" / self.name / f"{version}-{manifest['files'].get('model.safetensors', '')[:12]}"
+        local = Path(cache_dir) / "models" / self.name / f"{version}-{manifest.files.get('model.safetensors', '')[:12]}"
         if (local / ".complete").exists():
             return local
         local.parent.mkdir(parents=True, exist_ok=True)
@@ -195,7 +208,7 @@ class Registry:
         """Load a version (or alias) for inference; ``variant='int8'`` loads the quantized variant."""
         version = self.resolve(ref)
         manifest = self.manifest(version)
-        if variant not in manifest["variants"]:
-            raise RegistryError(f"{self.name} version {version} has no {variant!r} variant (has {manifest['variants']})")
+        if variant not in manifest.variants:
+            raise RegistryError(f"{self.name} version {version} has no {variant!r} variant (has {manifest.variants})")
         model, tokenizer = load_model(self.download(version, cache_dir), variant, device=device)
         return LoadedModel(model, tokenizer, self.name, version, variant, manifest)

@@ -7,10 +7,19 @@ from pathlib import Path
 from typing import Optional
 
 from llmops.infra.config import PipelineConfig
-from llmops.infra.store import ArtifactStore
+from llmops.infra.store import ArtifactStore, sha256_bytes
 from llmops.models.model.generation import SamplingParams, complete
 from llmops.models.model.loading import download_run_model
-from llmops.models.records import DatasetRef, EvalReport, ModelVersionRef, QuantReport, TokenizerRef, TrainRef
+from llmops.models.records import (
+    DatasetRef,
+    EvalReport,
+    ModelVersionRef,
+    ProfileRef,
+    QuantReport,
+    TokenizerRef,
+    TrainRef,
+    VersionMetadata,
+)
 from llmops.models.release.card import render_card
 from llmops.models.release.registry import Registry, RegistryError
 
@@ -19,26 +28,34 @@ log = logging.getLogger("llmops.release")
 
 def register_candidate(store: ArtifactStore, config: PipelineConfig, *, version: int, dataset: DatasetRef,
                        tokenizer: TokenizerRef, run: TrainRef, evaluation: EvalReport, quant: Optional[QuantReport],
-                       reference_profile: Optional[str], cache_dir: Path) -> ModelVersionRef:
+                       reference_profile: Optional[ProfileRef], cache_dir: Path) -> ModelVersionRef:
     """Fill the reserved ``version`` with the model, its card, eval report, reference profile and int8 variant."""
     registry = Registry(store, config.model_name)
     card = render_card(name=config.model_name, version=version, config=config, dataset=dataset,
-                       tokenizer=tokenizer, run=run, evaluation=evaluation, quant=quant)
+                       tokenizer=tokenizer, run=run, evaluation=evaluation, quant=quant,
+                       store_key=store.key_for)
     files: dict = {"README.md": card, "eval.json": store.get_bytes(store.key_for(evaluation.uri)),
                    "pipeline_config.yaml": config.to_yaml()}
     if reference_profile is not None:
-        files["reference_profile.json"] = reference_profile
+        files["reference_profile.json"] = _verified(store, reference_profile)
     variants = {}
     if quant is not None and quant.servable:
         variants["int8"] = cache_dir / "runs" / run.run_id / "int8-download"
         store.download_dir(store.key_for(quant.uri), variants["int8"])
-    metadata = {
-        "run_id": run.run_id, "dataset": dataset.uri, "dataset_sha256": dataset.sha256,
-        "tokenizer_sha256": tokenizer.sha256, "gate": evaluation.gate.model_dump(),
-        "test_bits_per_byte": evaluation.splits["test"].bits_per_byte,
-    }
+    metadata = VersionMetadata(run_id=run.run_id, dataset=dataset.uri, dataset_sha256=dataset.sha256,
+                               tokenizer_sha256=tokenizer.sha256, gate=evaluation.gate,
+                               test_bits_per_byte=evaluation.splits["test"].bits_per_byte)
     return registry.register(download_run_model(store, run, cache_dir), version=version, files=files,
                              variants=variants, metadata=metadata)
+
+
+def _verified(store: ArtifactStore, ref: ProfileRef) -> bytes:
+    """The staged profile's bytes, refused if they are not the ones its record hashed."""
+    data = store.get_bytes(store.key_for(ref.uri))
+    if sha256_bytes(data) != ref.sha256:
+        raise RegistryError(f"{ref.uri} changed after it was profiled (sha256 {sha256_bytes(data)[:12]}, "
+                            f"expected {ref.sha256[:12]}): rebuild the reference profile")
+    return data
 
 
 def smoke_test(store: ArtifactStore, name: str, version: int, cache_dir: Path) -> dict[str, str]:
@@ -49,7 +66,7 @@ def smoke_test(store: ArtifactStore, name: str, version: int, cache_dir: Path) -
     """
     registry = Registry(store, name)
     samples = {}
-    for variant in registry.manifest(version)["variants"]:
+    for variant in registry.manifest(version).variants:
         loaded = registry.load(version, variant=variant, cache_dir=cache_dir)
         params = SamplingParams(max_new_tokens=4, do_sample=False)
         completion = complete(loaded.model, loaded.tokenizer, ["The"], params)[0][0]

@@ -1,1 +1,6 @@
 """Serving: the OpenAI-compatible HTTP app, its engine over the registry's aliased model, and traffic capture."""
+from llmops.models.serving.app import ServerHandle, create_app, serve, start_server
+
+__all__ = [
+    "ServerHandle", "create_app", "serve", "start_server",
+]

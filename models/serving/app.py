@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 
 from llmops.infra.config import ServeConfig
 from llmops.infra.store import ArtifactStore
+from llmops.infra.traffic.record import TrafficRecord
 from llmops.models.model.traffic import traffic_record
 from llmops.models.release.registry import Registry
 from llmops.models.serving.api import (
@@ -139,16 +140,17 @@ def _model_cards(engine: Engine) -> list[dict]:
     loaded = engine.loaded
     if loaded is None:
         return []
-    created = int(datetime.fromisoformat(loaded.manifest["created_at"]).timestamp())
+    created = int(loaded.manifest.created_at.timestamp())
     return [{"id": model_id, "object": "model", "created": created, "owned_by": "llmops"}
             for model_id in (loaded.name, f"{loaded.name}:{loaded.version}")]
 
 
 def _capture(app: FastAPI, response_id: str, received: datetime, request: ParsedRequest, gen: Generation) -> None:
-    """One traffic record per prompt into the buffer; a failure here is logged, never the user's problem."""
+    """One traffic record per prompt into the buffer; a failure here (a record outside the contract included) is
+    logged, never the user's problem."""
     buffer: TrafficBuffer = app.state.buffer
     try:
-        records = [
+        records: list[TrafficRecord] = [
             traffic_record(
                 prompt=prompt, score=gen.scores[i], completions=gen.results[i], params=request.sampling,
                 n=request.n, latency_ms=gen.latency_ms, model=gen.served.name, version=gen.served.version,

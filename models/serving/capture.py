@@ -8,12 +8,14 @@ from collections.abc import Sequence
 
 from llmops.infra.store import ArtifactStore
 from llmops.infra.traffic.log import write_records
+from llmops.infra.traffic.record import TrafficRecord
 
 log = logging.getLogger("llmops.serving")
 
 
 class TrafficBuffer:
-    """Records waiting to be written, flushed as one JSONL object per flush (``infra.traffic.write_records``).
+    """Records waiting to be written, flushed as one JSONL object per flush (``infra.traffic.log.write_records``,
+    which writes each as :meth:`TrafficRecord.json_line`).
 
     Thread-safe. A failed write puts the records back (so the next flush retries them); beyond
     ``limit`` records the oldest are dropped and counted, so a store outage cannot exhaust memory.
@@ -21,7 +23,7 @@ class TrafficBuffer:
 
     def __init__(self, store: ArtifactStore, model: str, limit: int):
         self.store, self.model, self.limit = store, model, limit
-        self._records: deque[dict] = deque()
+        self._records: deque[TrafficRecord] = deque()
         self._lock = threading.Lock()  # guards _records and the counters
         self._flush_lock = threading.Lock()  # one flush at a time keeps the records in order
         self.written = 0
@@ -31,8 +33,8 @@ class TrafficBuffer:
     def __len__(self) -> int:
         return len(self._records)
 
-    def add(self, records: Sequence[dict]) -> int:
-        """Append records (JSON-ready dicts); return how many are buffered now."""
+    def add(self, records: Sequence[TrafficRecord]) -> int:
+        """Append records (validated when they were made); return how many are buffered now."""
         with self._lock:
             self._records.extend(records)
             self._trim()

@@ -1,2 +1,11 @@
 """Training: the run as a stage (id, preflight, resume, publish), the loop and its steps, batches, checkpoints,
-kernels for the loss, and scale-out with torch.distributed."""
+the fused head and loss, and scale-out with torch.distributed (``worker``: torchrun's entry point)."""
+from llmops.models.training.checkpoint import TrainingError
+from llmops.models.training.loop import StepMetrics
+from llmops.models.training.preflight import PreflightError
+from llmops.models.training.run import run_training
+from llmops.models.training.run_id import run_id_for, run_identity
+
+__all__ = [
+    "PreflightError", "StepMetrics", "TrainingError", "run_id_for", "run_identity", "run_training",
+]

@@ -19,10 +19,9 @@ from llmops.models.model.presets import build_config
 from llmops.models.model.pretrained import pretrained_config
 from llmops.models.records import PackedRef, PreflightReport, TokenizerRef, TrainRef
 from llmops.models.training import preflight as pf
-from llmops.models.training.checkpoint import Checkpointer
+from llmops.models.training.checkpoint import Checkpointer, TrainingError
 from llmops.models.training.distributed import Parallel
 from llmops.models.training.loop import StepMetrics, read_metrics, train, warmup_seconds
-from llmops.models.training.checkpoint import TrainingError
 from llmops.models.training.plots import plot_training
 from llmops.models.training.precision import resolve_device, resolve_precision
 from llmops.models.training.run_id import run_identity

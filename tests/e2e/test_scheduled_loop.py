@@ -76,7 +76,7 @@ def drifted_traffic(config: PipelineConfig, n: int = 80) -> list[dict]:
     from llmops.models.data.corpus import stdlib_code
     from llmops.models.model.reference import reference_records
     from llmops.models.release.registry import Registry
-    from llmops.tasks.monitoring import serving_params
+    from llmops.tasks.core.monitoring import serving_params
 
     loaded = Registry(open_store(), config.model_name).load("production", cache_dir=get_settings().cache_dir)
     code = [d.text for d in stdlib_code(max_bytes=400_000) if 40 <= len(d.text) <= 1500][:n]
@@ -138,9 +138,9 @@ def test_the_scheduled_monitor_alerts_once_triggers_one_retrain_and_the_gate_dec
     event = store.get_json(f"monitoring/{config.model_name}/last_drift_event.json")
     assert event["window_id"] == reports[0].split("/")[2], "the event belongs to the first scheduled window"
     gate = latest_gate(store, config.model_name, after_version=1)
-    assert gate is not None and gate["version"] == 2 and isinstance(gate["promote"], bool) and gate["reason"]
+    assert gate is not None and gate.candidate_version == 2 and gate.production_version == 1 and gate.reason
     production = store.get_json(f"models/{config.model_name}/aliases/production.json")["version"]
-    assert production == (2 if gate["promote"] else 1), "the gate, not the trigger, decides promotion"
+    assert production == (2 if gate.promote else 1), "the gate, not the trigger, decides promotion"
 
 
 def _deployment(client, name: str):

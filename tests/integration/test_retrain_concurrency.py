@@ -22,31 +22,70 @@ from prefect.events import emit_event
 from prefect.states import Completed, Pending, Running
 
 from llmops.infra.config import PipelineConfig
+from llmops.monitoring.records import DriftEvent
 from llmops.tasks.monitoring import DRIFT_EVENT
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
-def emit_drift(name: str, window: int) -> None:
-    emit_event(event=DRIFT_EVENT, resource={"prefect.resource.id": f"llmops.model.{name}", "prefect.resource.name": name},
-               payload={"window_start": f"w{window}", "window_end": f"w{window + 1}", "signals": "prompt_tokens",
-                        "severity": "high"})
+PROBE = "probe"  # the window id prefix of the events that only check the trigger is live
+
+
+def emit_drift(name: str, window: int, prefix: str = "w") -> None:
+    payload = DriftEvent(model_name=name, model_version=1, window_id=f"{prefix}{window}", severity="high",
+                         signals=["prompt_tokens"])
+    emit_event(event=DRIFT_EVENT,
+               resource={"prefect.resource.id": f"llmops.model.{name}", "prefect.resource.name": name},
+               payload=payload.model_dump(mode="json"))
+
+
+def wait_until(predicate, what: str, timeout: float = 90.0, interval: float = 0.5):
+    """Poll ``predicate`` until it returns something truthy (returned); past ``timeout``, fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout:.0f} s for {what}")
+        time.sleep(interval)
+
+
+def model_runs(client, deployment_id: UUID, name: str, probes: bool = False) -> list[FlowRun]:
+    """The runs the drift trigger created for model ``name`` through this deployment, oldest first: those of
+    probe events when ``probes``, else the others. Other tests apply the same ``retrain/retrain`` deployment
+    for their own models, so its runs are told apart by the config they carry."""
+    runs = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(created_by=FlowRunFilterCreatedBy(type_=["AUTOMATION"])),
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+        sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+    )
+    runs = [r for r in runs if r.parameters["config"]["model_name"] == name
+            and r.parameters["drift"]["window_id"].startswith(PROBE) == probes]
+    return sorted(runs, key=lambda r: r.created)
 
 
 def triggered(client, deployment_id: UUID, name: str, count: int, timeout: float = 90.0) -> list[FlowRun]:
-    """The runs the drift trigger created for model ``name`` through this deployment, oldest first, once there
-    are ``count`` (or at the deadline). Other tests apply the same ``retrain/retrain`` deployment for their
-    own models, so its runs are told apart by the config they carry."""
-    deadline = time.monotonic() + timeout
-    while True:
-        runs = [r for r in client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(created_by=FlowRunFilterCreatedBy(type_=["AUTOMATION"])),
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
-            sort=FlowRunSort.EXPECTED_START_TIME_ASC,
-        ) if r.parameters["config"]["model_name"] == name]
-        if len(runs) >= count or time.monotonic() > deadline:
-            return sorted(runs, key=lambda r: r.created)
-        time.sleep(0.5)
+    """The (non-probe) runs the drift trigger created for model ``name``, oldest first, once there are ``count``."""
+    def enough() -> list[FlowRun] | None:
+        runs = model_runs(client, deployment_id, name)
+        return runs if len(runs) >= count else None
+
+    return wait_until(enough, f"{count} triggered retrain runs of {name}", timeout)
+
+
+def wait_for_live_trigger(client, deployment_id: UUID, name: str, timeout: float = 90.0) -> None:
+    """Emit probe drift events until one makes the trigger create a run.
+
+    The triggers service loads a new automation shortly after ``apply``; an event that arrives before that is
+    not acted on, so the test's own events wait until a probe's run shows the trigger acts on them."""
+    probes = iter(range(10**6))
+
+    def probe_ran() -> list[FlowRun]:
+        emit_drift(name, next(probes), prefix=PROBE)
+        return model_runs(client, deployment_id, name, probes=True)
+
+    wait_until(probe_ran, f"the drift trigger of {name} to act on a probe event", timeout, interval=2.0)
 
 
 def test_a_burst_of_drift_events_runs_one_retrain_and_cancels_the_others():
@@ -61,12 +100,12 @@ def test_a_burst_of_drift_events_runs_one_retrain_and_cancels_the_others():
         deployment = client.read_deployment(deployment_id)  # what the server enforces, not what we asked for
         assert deployment.global_concurrency_limit.limit == 1
         assert deployment.concurrency_options.collision_strategy == ConcurrencyLimitStrategy.CANCEL_NEW
-        time.sleep(5)  # the automation is loaded by the triggers service shortly after apply (~1-2 s idle)
+        wait_for_live_trigger(client, deployment_id, name)
         for window in range(3):
             emit_drift(name, window)
         runs = triggered(client, deployment_id, name, count=3)
         assert len(runs) == 3, "every event (no cooldown on this path) makes the trigger create a run"
-        assert {r.parameters["drift_window"] for r in runs} == {f"w{i} .. w{i + 1}" for i in range(3)}
+        assert {r.parameters["drift"]["window_id"] for r in runs} == {f"w{i}" for i in range(3)}
 
         # a runner picks the runs up: the first to reach Pending takes the slot; the others are refused and cancelled
         first, *others = runs

@@ -68,14 +68,15 @@ def _traffic(store, model: str) -> list[tuple[str, dict]]:
             for line in store.get_text(key).splitlines() if line.strip()]
 
 
-def _wait_for(predicate, timeout_s: float = 10.0):
+def _wait_for(predicate, what: str, timeout_s: float = 10.0):
+    """Poll ``predicate`` until it is truthy (returned) or ``timeout_s`` passes (fails naming ``what``)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout_s} s")
+    raise AssertionError(f"waited {timeout_s} s for {what}")
 
 
 # -- completions ----------------------------------------------------------------------------------
@@ -114,7 +115,9 @@ def test_temperature_zero_is_deterministic(client):
 
 
 def test_seed_makes_sampling_reproducible(client):
-    texts = lambda seed: [c.text for c in _complete(client, prompt="The", max_tokens=8, n=2, seed=seed).choices]
+    def texts(seed):
+        return [c.text for c in _complete(client, prompt="The", max_tokens=8, n=2, seed=seed).choices]
+
     assert texts(7) == texts(7)
     assert texts(7) != texts(8)
 
@@ -158,18 +161,20 @@ def test_models_and_health(server, client):
 
 
 def test_health_answers_while_generation_is_busy(server):
-    engine = server.app.state.engine
-    done = threading.Event()
+    engine, generating = server.app.state.engine, server.app.state.generation_threads
+    replies = []
     body = {"model": MODEL, "prompt": "Return the", "max_tokens": 2}
     with engine.lock:  # stands for a long generation holding the model
-        worker = threading.Thread(target=lambda: (httpx.post(f"{server.url}/v1/completions", json=body, timeout=30),
-                                                  done.set()))
+        worker = threading.Thread(target=lambda: replies.append(
+            httpx.post(f"{server.url}/v1/completions", json=body, timeout=30)))
         worker.start()
-        start = time.monotonic()
-        assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
-        assert time.monotonic() - start < 2 and not done.is_set()
+        _wait_for(lambda: generating.borrowed_tokens == 1, "the completion to reach its generation thread")
+        # the completion now waits for the model: /health must not (were it to, it could never answer here)
+        health = httpx.get(f"{server.url}/health", timeout=30)
+        assert (health.status_code, health.json()["status"]) == (200, "ok")
+        assert not replies and generating.borrowed_tokens == 1, "the completion answered without the model"
     worker.join(30)
-    assert done.is_set()
+    assert [r.status_code for r in replies] == [200], "the completion finishes once the model is free"
 
 
 # -- errors ---------------------------------------------------------------------------------------
@@ -294,9 +299,12 @@ def test_buffer_flushes_on_threshold_and_on_stop(tmp_path, cache_dir):
     make_registered_model(store, "buffered")
     cfg = CFG.model_copy(update={"flush_every": 2})
     handle = start_server(store, "buffered", cfg, cache_dir)
-    post = lambda prompt: httpx.post(f"{handle.url}/v1/completions", json={"model": "buffered", "prompt": prompt})
+    def post(prompt):
+        return httpx.post(f"{handle.url}/v1/completions", json={"model": "buffered", "prompt": prompt})
+
     post("one"), post("two")
-    _wait_for(lambda: len(_traffic(store, "buffered")) == 2)  # threshold reached: the background task flushed
+    # threshold reached: the background task flushes
+    _wait_for(lambda: len(_traffic(store, "buffered")) == 2, "the threshold flush of 2 records")
     post("three")
     handle.stop()  # graceful stop flushes what is left
     assert sorted(r["prompt"] for _, r in _traffic(store, "buffered")) == ["one", "three", "two"]
@@ -316,7 +324,7 @@ def test_admin_reload_swaps_version_without_dropping_requests(store, cache_dir):
 
         worker = threading.Thread(target=hammer)
         worker.start()
-        _wait_for(lambda: statuses)
+        _wait_for(lambda: statuses, "a first completion")
         assert httpx.post(f"{handle.url}/admin/reload").json() == {"old_version": 1, "new_version": 2, "changed": True}
         stop.set()
         worker.join(30)
@@ -332,9 +340,9 @@ def test_background_poll_picks_up_a_promoted_version(store, cache_dir):
     cfg = CFG.model_copy(update={"reload_interval_s": 0.2})
     with start_server(store, "polled", cfg, cache_dir) as handle:
         make_registered_model(store, "polled", seed=1)
-        _wait_for(lambda: httpx.get(f"{handle.url}/health").json()["version"] == 2)
+        _wait_for(lambda: httpx.get(f"{handle.url}/health").json()["version"] == 2, "the poll to serve version 2")
         Registry(store, "polled").rollback("production")
-        _wait_for(lambda: httpx.get(f"{handle.url}/health").json()["version"] == 1)
+        _wait_for(lambda: httpx.get(f"{handle.url}/health").json()["version"] == 1, "the poll to serve version 1 again")
 
 
 def test_int8_variant_serves_and_is_captured(store, cache_dir):

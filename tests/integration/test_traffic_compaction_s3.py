@@ -9,9 +9,9 @@ from llmops.infra.store import open_store
 from llmops.infra.traffic.compaction import compact
 from llmops.infra.traffic.log import MANIFEST, read_window, window_files, write_records
 from llmops.models.data.sources import resolve_source
+from llmops.monitoring.check import check_store_window
 from llmops.monitoring.profile import build_profile
 from llmops.monitoring.synthetic import TrafficShape, synthetic_records, toy_tokenize
-from llmops.monitoring.window import check_store_window
 
 T0 = datetime(2025, 3, 4, 14, tzinfo=timezone.utc)
 CFG = MonitorConfig(evidently_report=False)
