@@ -59,8 +59,8 @@ def train_model(texts: list[str], seconds: float, out: Path):
     from llmops.models.training.loop import train
     from llmops.models.training.setup import build_model
 
-    cfg = TrainConfig(max_minutes=seconds / 60, max_steps=100_000, device="cpu", eval_every=200, checkpoint_every=10_000,
-                      num_threads=1)
+    cfg = TrainConfig(max_minutes=seconds / 60, max_steps=100_000, device="cpu", eval_every=200,
+                      checkpoint_every=10_000, num_threads=1)
     cut = int(len(texts) * 0.95)
     tokenizer = train_bpe(texts[:cut], TokenizerConfig().vocab_size)
     train_blocks, val_blocks = (pack_split(part, tokenizer, cfg.block_size) for part in (texts[:cut], texts[cut:]))
@@ -68,7 +68,8 @@ def train_model(texts: list[str], seconds: float, out: Path):
                           bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
     with tempfile.TemporaryDirectory() as tmp:
         outcome = train(build_model(config, cfg.seed), train_blocks, val_blocks, cfg,
-                        Checkpointer(LocalStore(Path(tmp) / "store"), "runs/bench/checkpoints"), Path(tmp) / "metrics.jsonl")
+                        Checkpointer(LocalStore(Path(tmp) / "store"), "runs/bench/checkpoints"),
+                        Path(tmp) / "metrics.jsonl")
     model = outcome.model.cpu().eval()
     model.generation_config.pad_token_id = tokenizer.eos_token_id
     model.save_pretrained(out)
@@ -139,7 +140,8 @@ def summarize(rows: list[dict]) -> dict:
     false_alarms = [r for r in quiet if r["verdict"] == "alert"]
     return {
         "no_drift_windows": len(quiet), "false_alarms": len(false_alarms),
-        "false_alarm_rate": len(false_alarms) / len(quiet), "warn_rate": sum(r["verdict"] == "warn" for r in quiet) / len(quiet),
+        "false_alarm_rate": len(false_alarms) / len(quiet),
+        "warn_rate": sum(r["verdict"] == "warn" for r in quiet) / len(quiet),
         "false_alarm_signals": sorted({s for r in false_alarms for s in r["alerting"]}),
         "warning_signals": sorted({s for r in quiet for s in r["warning"]}),
         "shift_detected_first_window": shift["verdict"] == "alert", "shift_alerting": shift["alerting"],
@@ -157,14 +159,16 @@ def markdown(meta: dict, summary: dict, rows: list[dict], signals: list[str]) ->
 
     table = markdown_table(
         ["window", "shift share", "n", "verdict", "severity", *signals],
-        [[f"{r['kind']} {i}", f"{r['shift_share']:.0%}", r["n"], r["verdict"], r["severity"], *(cell(r, s) for s in signals)]
+        [[f"{r['kind']} {i}", f"{r['shift_share']:.0%}", r["n"], r["verdict"], r["severity"],
+          *(cell(r, s) for s in signals)]
          for i, r in enumerate(rows)])
     targets = summary["targets_met"]
     return "\n".join([
         "# Drift detection on real text: stdlib docstrings vs " + meta["shift_corpus"], "",
-        f"Model: `mini` trained on held-in docstrings ({meta['training']}); reference: {meta['reference_records']} held-out "
-        f"docstrings (fit half {meta['fit_records']}, counted half {meta['count_records']}); windows of {meta['window']} "
-        f"prompts; default MonitorConfig. Command: `{meta['command']}`.", "",
+        f"Model: `mini` trained on held-in docstrings ({meta['training']}); reference: "
+        f"{meta['reference_records']} held-out docstrings (fit half {meta['fit_records']}, counted half "
+        f"{meta['count_records']}); windows of {meta['window']} prompts; default MonitorConfig. "
+        f"Command: `{meta['command']}`.", "",
         f"- no-drift windows: {summary['no_drift_windows']}, false alarms: {summary['false_alarms']} "
         f"(rate {summary['false_alarm_rate']:.0%}; target 0: {'met' if targets['no_false_alarm'] else 'MISSED'}), "
         f"warn rate {summary['warn_rate']:.0%} (warning signals: {', '.join(summary['warning_signals']) or 'none'})",
@@ -182,7 +186,8 @@ def main() -> None:
     parser.add_argument("--train-seconds", type=float, default=75.0)
     parser.add_argument("--window", type=int, default=150, help="prompts per window")
     parser.add_argument("--no-drift", type=int, default=20, help="no-drift windows")
-    parser.add_argument("--cache", type=Path, help="folder for the trained model and scored records, reused by later runs")
+    parser.add_argument("--cache", type=Path,
+                        help="folder for the trained model and scored records, reused by later runs")
     parser.add_argument("--out", type=Path, default=RESULTS / "drift_detection")
     args = parser.parse_args()
     import torch
@@ -206,9 +211,11 @@ def main() -> None:
         if (model_path / "config.json").is_file():
             training = json.loads((model_path / "bench_training.json").read_text())
         else:
-            print(f"training a mini model on {len(train_docs)} docstrings for {args.train_seconds:.0f} s...", flush=True)
+            print(f"training a mini model on {len(train_docs)} docstrings for {args.train_seconds:.0f} s...",
+                  flush=True)
             training = train_model(train_docs, args.train_seconds, model_path)
-    model, tokenizer = AutoModelForCausalLM.from_pretrained(model_path).eval(), AutoTokenizer.from_pretrained(model_path)
+    model, tokenizer = (AutoModelForCausalLM.from_pretrained(model_path).eval(),
+                        AutoTokenizer.from_pretrained(model_path))
     t1 = time.perf_counter()
     print(f"scoring {len(reference)} reference and {sum(len(w[2]) for w in windows)} window prompts...", flush=True)
     reference_records = score(model, tokenizer, reference, args.cache)
@@ -221,7 +228,8 @@ def main() -> None:
         for i, (kind, level, records) in enumerate(window_records):
             report = check_window(profile, records, tokenize, cfg, Path(tmp) / f"w{i}", window_id=f"{kind}-{i}")
             rows.append(window_row(kind, level, report))
-            print(f"{kind:8s} {level:4.0%}: {report.verdict:5s} alerting={report.alerting} warning={report.warning}", flush=True)
+            print(f"{kind:8s} {level:4.0%}: {report.verdict:5s} alerting={report.alerting} warning={report.warning}",
+                  flush=True)
     summary = summarize(rows)
     meta = run_meta(model_path=str(model_path), training=training, shift_corpus=shift_name, window=args.window,
                     reference_records=len(reference_records), fit_records=profile.fit_records,

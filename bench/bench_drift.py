@@ -172,7 +172,8 @@ def markdown(table: list[dict], rows: list[dict]) -> str:
     ]
     for t in table:
         lines.append(
-            f"| {t['n']:,} | {t['statistic']} | {t['ours_s']:.2f} ({t['ours_profile_s']:.2f} + {t['ours_check_s']:.2f}) "
+            f"| {t['n']:,} | {t['statistic']} "
+            f"| {t['ours_s']:.2f} ({t['ours_profile_s']:.2f} + {t['ours_check_s']:.2f}) "
             f"| {t['evidently_s']:.2f} | {t['ratio_total']:.1f}x | {t['ratio_check']:.1f}x "
             f"| {t['ours_peak_rss_mb']:.0f} / {t['ours_rss_added_mb']:.0f} "
             f"| {t['evidently_peak_rss_mb']:.0f} / {t['evidently_rss_added_mb']:.0f} "
@@ -201,8 +202,8 @@ def main() -> None:
         for tool, method in [("ours", "psi"), ("ours", "kl"), ("ours", "ks"), ("ours", "ks_full"),
                              ("evidently", "psi"), ("evidently", "kl"), ("evidently", "ks")]:
             rows.append(run_one(tool, method, n))
-            print(f"{tool:9s} {method:7s} n={n:>9,}: {rows[-1]['wall_s']:7.2f} s, peak {rows[-1]['peak_rss_mb']:.0f} MB",
-                  flush=True)
+            print(f"{tool:9s} {method:7s} n={n:>9,}: {rows[-1]['wall_s']:7.2f} s, "
+                  f"peak {rows[-1]['peak_rss_mb']:.0f} MB", flush=True)
     table = compare(rows)
     text = markdown(table, rows)
     print(text)

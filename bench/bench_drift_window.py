@@ -61,7 +61,8 @@ def prepare(root: Path, n: int, reference: int) -> Path:
     shape, spacing = TrafficShape(words_mean=24, surprisal_mean=3.45), HOURS * 3600 / n
     for i, first in enumerate(range(0, n, PER_FILE)):
         size = min(PER_FILE, n - first)
-        write_records(store, MODEL, synthetic_records(size, shape, seed=100 + i, start=T0 + timedelta(seconds=first * spacing),
+        write_records(store, MODEL, synthetic_records(size, shape, seed=100 + i,
+                                                      start=T0 + timedelta(seconds=first * spacing),
                                                       spacing_s=spacing, model=MODEL))
     (folder / "done").write_text("ok")
     return folder
@@ -79,7 +80,8 @@ def run_compact(folder: Path) -> dict:
     keys = compact(store, MODEL, T0 + timedelta(hours=HOURS))
     seconds, cpu, peak = time.perf_counter() - t0, _cpu_s() - c0, max_rss_mb()
     manifests = [store.get_json(f"{key.rsplit('/', 1)[0]}/_compacted.json") for key in keys]
-    return {"compact_s": seconds, "compact_cpu_s": cpu, "hours": len(keys), "records": sum(m["records"] for m in manifests),
+    return {"compact_s": seconds, "compact_cpu_s": cpu, "hours": len(keys),
+            "records": sum(m["records"] for m in manifests),
             "jsonl_mb": jsonl_mb, "parquet_mb": sum(store.local_path(k).stat().st_size for k in keys) / 1e6,
             "peak_rss_mb": peak, "rss_added_mb": peak - baseline}
 
@@ -93,7 +95,8 @@ def run_ours(folder: Path, source: str) -> dict:
     from llmops.monitoring.records import ReferenceProfile
     from llmops.monitoring.stream import stream_window
 
-    profile, cfg = ReferenceProfile.from_json((folder / "profile.json").read_text()), MonitorConfig(evidently_report=False)
+    profile, cfg = (ReferenceProfile.from_json((folder / "profile.json").read_text()),
+                    MonitorConfig(evidently_report=False))
     store = LocalStore(folder / source)
     _warm_up(store, profile)
     baseline = max_rss_mb()
@@ -102,7 +105,8 @@ def run_ours(folder: Path, source: str) -> dict:
         accumulator = WindowAccumulator(profile, cfg.ks_window_sample)
         scan = stream_window(store, MODEL, T0, T0 + timedelta(hours=HOURS), accumulator, None, version=1)
         t1, c1 = time.perf_counter(), _cpu_s()
-        measured, _ = measure(profile, accumulator.summaries(), cfg, n_records=accumulator.n_records, has_tokenizer=False)
+        measured, _ = measure(profile, accumulator.summaries(), cfg, n_records=accumulator.n_records,
+                              has_tokenizer=False)
         judge(measured, cfg)  # the statistics and the policy alone; finish_window repeats them and writes the files
         t2 = time.perf_counter()
         drift = finish_window(profile, accumulator, cfg, Path(out), has_tokenizer=False)
@@ -110,13 +114,15 @@ def run_ours(folder: Path, source: str) -> dict:
         peak = max_rss_mb()
         report.write_evidently_report(profile, accumulator.summaries(), list(drift.signals), Path(out))
         t4 = time.perf_counter()
-    return {"stream_s": t1 - t0, "stream_cpu_s": c1 - c0, "parse_s": scan.parse_s, "stats_s": t2 - t1, "files_s": t3 - t2,
-            "total_s": (t1 - t0) + (t3 - t2),
+    return {"stream_s": t1 - t0, "stream_cpu_s": c1 - c0, "parse_s": scan.parse_s, "stats_s": t2 - t1,
+            "files_s": t3 - t2, "total_s": (t1 - t0) + (t3 - t2),
             "evidently_companion_s": t4 - t3,
             "peak_rss_mb": peak, "rss_added_mb": peak - baseline, "records": scan.records,
             "fast_chunks": scan.fast_chunks, "row_chunks": scan.row_chunks, "row_groups": scan.row_groups,
-            "verdict": drift.verdict, "signals": {k: s.model_dump(exclude={"current_mean"}) for k, s in drift.signals.items()},
-            "psi": {k: s.psi for k, s in drift.signals.items()}, "status": {k: s.status for k, s in drift.signals.items()}}
+            "verdict": drift.verdict,
+            "signals": {k: s.model_dump(exclude={"current_mean"}) for k, s in drift.signals.items()},
+            "psi": {k: s.psi for k, s in drift.signals.items()},
+            "status": {k: s.status for k, s in drift.signals.items()}}
 
 
 def _cpu_s() -> float:
@@ -157,7 +163,8 @@ def _frame(batch, profile):
     from llmops.monitoring.tokens import rare_token_share
 
     columns = dict(batch.numbers)
-    columns["rare_token_share"] = rare_token_share(batch.token_ids, batch.token_lengths, np.array(profile.common_tokens))
+    columns["rare_token_share"] = rare_token_share(batch.token_ids, batch.token_lengths,
+                                                   np.array(profile.common_tokens))
     labels = np.array([*batch.stop_labels, None], dtype=object)
     columns["stop_reason"] = labels[batch.stop_codes]
     return pd.DataFrame(columns)
@@ -180,7 +187,8 @@ def run_evidently(folder: Path) -> dict:
     current = pd.concat([_frame(batch, profile) for batch in _parquet_batches(store)], ignore_index=True)
     t1 = time.perf_counter()
     names = list(reference.columns)
-    definition = DataDefinition(numerical_columns=[c for c in names if c != "stop_reason"], categorical_columns=["stop_reason"])
+    definition = DataDefinition(numerical_columns=[c for c in names if c != "stop_reason"],
+                                categorical_columns=["stop_reason"])
     snapshot = Report(metrics=[DataDriftPreset(method="psi")]).run(
         current_data=Dataset.from_pandas(current, data_definition=definition),
         reference_data=Dataset.from_pandas(reference, data_definition=definition))
@@ -201,7 +209,8 @@ def _parquet_batches(store):
     for key in window_files(store, MODEL, T0, T0 + timedelta(hours=HOURS)):
         with open_parquet(store, key) as parquet:
             for i in range(parquet.num_row_groups):
-                yield columnar.table_batch(columnar.parquet_table(parquet.read_row_group(i, columns=columnar.PARQUET_COLUMNS)))
+                yield columnar.table_batch(columnar.parquet_table(
+                    parquet.read_row_group(i, columns=columnar.PARQUET_COLUMNS)))
 
 
 def run_parsers(folder: Path) -> dict:
@@ -284,13 +293,15 @@ def markdown(table: list[dict], runs: list[dict], parsers: dict) -> str:
     def mb(t: dict, side: str) -> str:
         return f"{t[side + '_peak_rss_mb']:.0f} / {t[side + '_rss_added_mb']:.0f}"
 
-    check = [[f"{t['n']:,}", f"{t['jsonl_s']:.2f} ({t['jsonl_stream_s']:.2f} + {t['jsonl_s'] - t['jsonl_stream_s']:.2f})",
+    check = [[f"{t['n']:,}",
+              f"{t['jsonl_s']:.2f} ({t['jsonl_stream_s']:.2f} + {t['jsonl_s'] - t['jsonl_stream_s']:.2f})",
               f"{t['jsonl_parse_s']:.2f}", f"{t['jsonl_stream_cpu_s']:.1f}", mb(t, "jsonl"),
               f"**{t['ours_s']:.2f}** ({t['ours_stream_s']:.2f} + {t['ours_files_s']:.2f})", f"{t['ours_read_s']:.2f}",
-              f"{t['ours_stream_cpu_s']:.1f}", f"{t['records_per_s'] / 1e3:.0f}k", mb(t, "ours"), f"{t['speedup']:.1f}x",
-              "yes" if t["identical"] else "NO"] for t in table]
-    compaction = [[f"{t['n']:,}", f"{t['compact_s']:.1f}", f"{t['compact_cpu_s']:.1f}", f"{t['compact_records_per_s'] / 1e3:.0f}k",
-                   mb(t, "compact"), f"{t['jsonl_mb']:.0f} -> {t['parquet_mb']:.0f}"] for t in table]
+              f"{t['ours_stream_cpu_s']:.1f}", f"{t['records_per_s'] / 1e3:.0f}k", mb(t, "ours"),
+              f"{t['speedup']:.1f}x", "yes" if t["identical"] else "NO"] for t in table]
+    compaction = [[f"{t['n']:,}", f"{t['compact_s']:.1f}", f"{t['compact_cpu_s']:.1f}",
+                   f"{t['compact_records_per_s'] / 1e3:.0f}k", mb(t, "compact"),
+                   f"{t['jsonl_mb']:.0f} -> {t['parquet_mb']:.0f}"] for t in table]
     evidently = [[f"{t['n']:,}", f"{t['ours_s']:.2f}", f"{t['ours_evidently_companion_s']:.1f}",
                   f"{t['evidently_s']:.1f} ({t['evidently_load_s']:.1f} + {t['evidently_report_s']:.1f})",
                   f"{t['ratio_total']:.1f}x", mb(t, "ours"), mb(t, "evidently"), f"{t['agree']}/{t['columns']}",
@@ -302,20 +313,25 @@ def markdown(table: list[dict], runs: list[dict], parsers: dict) -> str:
              "accumulate 11 signals) + `finish_window` (statistics, policy, drift.json, summary.md, PNG histograms "
              "of the moved signals), Evidently's companion report timed apart. Memory: max RSS of each worker "
              "process, and what the run added after imports. Target: 1M records within a few seconds.", "",
-             markdown_table(["records", "JSONL: s (stream + statistics & files)", "of which JSON parse s", "stream CPU s",
-                             "peak / added MB", "Parquet: s (stream + statistics & files)", "of which read s",
-                             "stream CPU s", "records/s", "peak / added MB", "Parquet speed-up", "identical statistics"],
+             markdown_table(["records", "JSONL: s (stream + statistics & files)", "of which JSON parse s",
+                             "stream CPU s", "peak / added MB", "Parquet: s (stream + statistics & files)",
+                             "of which read s", "stream CPU s", "records/s", "peak / added MB", "Parquet speed-up",
+                             "identical statistics"],
                             check), "",
              "Compaction (once per closed hour, before the scheduled check; here the whole window at once):", "",
-             markdown_table(["records", "s", "CPU s", "records/s", "peak / added MB", "JSONL MB -> Parquet MB"], compaction), "",
-             "Against Evidently (both reading the compacted Parquet; Evidently's verdict: PSI >= 0.1 on its own bins):", "",
+             markdown_table(["records", "s", "CPU s", "records/s", "peak / added MB", "JSONL MB -> Parquet MB"],
+                            compaction), "",
+             "Against Evidently (both reading the compacted Parquet; "
+             "Evidently's verdict: PSI >= 0.1 on its own bins):", "",
              markdown_table(["records", "ours s", "+ Evidently companion s", "Evidently s (load + report)", "Ev/ours",
-                             "ours peak / added MB", "Evidently peak / added MB", "per-signal verdicts agree", "disagree on"],
+                             "ours peak / added MB", "Evidently peak / added MB", "per-signal verdicts agree",
+                             "disagree on"],
                             evidently), ""]
     if parsers:
         lines += ["Turning the window's records into columns (no statistics):", "",
                   markdown_table(["parser", "s", "records/s"],
-                                 [[k, f"{v['s']:.2f}", f"{v['records'] / v['s'] / 1e3:.0f}k"] for k, v in parsers.items()]), ""]
+                                 [[k, f"{v['s']:.2f}", f"{v['records'] / v['s'] / 1e3:.0f}k"]
+                                  for k, v in parsers.items()]), ""]
     lines += ["Per-signal PSI (ours: status; Evidently: PSI on its own Sturges bins, drift at >= 0.1):", ""]
     for r in runs:
         lines.append(f"- {r['kind']} n={r['n']:,}: " + ", ".join(

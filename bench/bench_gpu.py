@@ -47,7 +47,8 @@ def make_model(preset: str, vocab: int, block: int):
     from llmops.models.model.presets import build_config
     from llmops.models.training.setup import build_model
 
-    return build_model(build_config(preset, vocab_size=vocab, context_length=block, bos_token_id=0, eos_token_id=0), SEED)
+    return build_model(build_config(preset, vocab_size=vocab, context_length=block, bos_token_id=0, eos_token_id=0),
+                       SEED)
 
 
 def synced_hook(run: Run, device: str) -> Callable[[], None]:
@@ -83,7 +84,8 @@ def measure(variant: str, args, data: tuple) -> dict:
            "flops_per_token": fpt, "mfu": tokens_per_s * fpt / peak if peak else None,
            "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None}
     if run.logged_tokens_per_s:
-        row["metrics_jsonl_tokens_per_s_median"] = median(run.logged_tokens_per_s[args.warmup: args.warmup + args.steps])
+        row["metrics_jsonl_tokens_per_s_median"] = median(
+            run.logged_tokens_per_s[args.warmup: args.warmup + args.steps])
     print(f"  {variant:8s} {tokens_per_s:12,.0f} tokens/s, median step {median(steps) * 1000:.1f} ms"
           + (f", MFU {row['mfu']:.1%}" if row["mfu"] else ""), flush=True)
     del model
@@ -97,8 +99,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
     by = {r["variant"]: r for r in rows}
     table = markdown_table(
         ["variant", "tokens/s", "median step ms", "best step ms", "warm-up s (compile)", "MFU", "peak GPU memory GB"],
-        [[r["variant"], f"{r['tokens_per_s']:,.0f}", f"{r['median_step_s'] * 1000:.1f}", f"{r['best_step_s'] * 1000:.1f}",
-          f"{r['warmup_s']:.1f}", f"{r['mfu']:.1%}" if r["mfu"] else "-",
+        [[r["variant"], f"{r['tokens_per_s']:,.0f}", f"{r['median_step_s'] * 1000:.1f}",
+          f"{r['best_step_s'] * 1000:.1f}", f"{r['warmup_s']:.1f}", f"{r['mfu']:.1%}" if r["mfu"] else "-",
           f"{r['peak_memory_gb']:.1f}" if r["peak_memory_gb"] else "-"] for r in rows])
     lines = [
         "# GPU throughput and MFU: our loop vs the HF Trainer",

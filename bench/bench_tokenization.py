@@ -1,4 +1,5 @@
-"""Benchmark: tokenization throughput of our packing path (models.tokenizer.pack_split) vs raw `tokenizers` encode_batch.
+"""Benchmark: tokenization throughput of our packing path (models.tokenizer.pack_split) vs raw
+`tokenizers` encode_batch.
 
 One process, one corpus, one trained byte-level BPE; every path tokenizes the same documents:
 
@@ -83,7 +84,8 @@ def first_batch_matches(tokenizer, texts: list[str], packed: np.ndarray, block_s
     encs = tokenizer.backend_tokenizer.encode_batch(texts[:MAP_BATCH], add_special_tokens=False)
     flat = [t for e in encs for t in (*e.ids, eos)]
     n = len(flat) // block_size
-    return n <= len(packed) and bool(np.array_equal(np.asarray(flat[:n * block_size]).reshape(n, block_size), packed[:n]))
+    return n <= len(packed) and bool(np.array_equal(np.asarray(flat[:n * block_size]).reshape(n, block_size),
+                                                    packed[:n]))
 
 
 def run_variant(name: str, tokenizer, texts: list[str], block_size: int) -> tuple[object, float]:

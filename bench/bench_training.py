@@ -1,4 +1,5 @@
-"""Benchmark: training throughput (tokens/s) of models.training.train vs a bare PyTorch loop and the HF Trainer, side by side.
+"""Benchmark: training throughput (tokens/s) of models.training.train vs a bare PyTorch loop and the HF Trainer,
+side by side.
 
 The BASELINES.md section 2 setting: a 7.36 M-parameter Llama (the `small` preset with 4 layers and
 an untied LM head: hidden 256, intermediate 688, 8 heads, vocab 8192), batches of 8 x 256 tokens,
@@ -191,7 +192,8 @@ def run_ours(model, data: tuple, batch: int, total: int, run: Run, hook: Callabl
         run.logged_tokens_per_s = [r["tokens_per_s"] for r in read_metrics(metrics)]
 
 
-def run_bare(model, data: tuple, batch: int, total: int, run: Run, hook: Callable[[], None], fused: bool = False) -> None:
+def run_bare(model, data: tuple, batch: int, total: int, run: Run, hook: Callable[[], None],
+             fused: bool = False) -> None:
     loop = BareLoop(model, data[0], batch, fused)
     run.call_start = time.perf_counter()
     for _ in range(total):
@@ -279,8 +281,8 @@ def loop_overhead(data: tuple, args, variants: list[str]) -> dict[str, float]:
     import torch
 
     train_blocks, val_blocks, tokenizer = data
-    short = (np.ascontiguousarray(train_blocks[:, :OVERHEAD_BLOCK]), np.ascontiguousarray(val_blocks[:, :OVERHEAD_BLOCK]),
-             tokenizer)
+    short = (np.ascontiguousarray(train_blocks[:, :OVERHEAD_BLOCK]),
+             np.ascontiguousarray(val_blocks[:, :OVERHEAD_BLOCK]), tokenizer)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -366,7 +368,8 @@ def summarise(runs: list[Run], args) -> tuple[list[dict], dict[str, dict]]:
         row = {"variant": name, "tokens_per_s": median(rates), "tokens_per_s_rounds": rates,
                "partner_tokens_per_s_rounds": mates, "vs_partner": median(step_ratios),
                "vs_partner_rounds": [a / b for a, b in zip(rates, mates)], "vs_partner_steps": step_ratios,
-               "median_step_s": median(steps), "best_step_s": min(steps), "tokens_per_s_best_step": per_step / min(steps),
+               "median_step_s": median(steps), "best_step_s": min(steps),
+               "tokens_per_s_best_step": per_step / min(steps),
                "first_step_s": [r.step_ends[0] - r.call_start for r in mine],
                "after_timed_s": [r.call_end - r.step_ends[args.warmup + args.steps - 1] for r in mine],
                "threads": sorted({r.threads for r in mine})}
@@ -433,7 +436,8 @@ def markdown(rows: list[dict], ratios: dict, phases: dict, overhead: dict, meta:
         f"load average at start / end {meta['load_start']} / {meta['load_end']}",
         "",
         f"Llama, {meta['parameters']:,} parameters ({meta['model']}), batch {meta['batch']} x {meta['block_size']} "
-        f"tokens, fp32 (bf16 autocast for the _bf16 variants), AdamW, {meta['train_blocks']:,} training blocks. `ours` runs its linear layers on "
+        f"tokens, fp32 (bf16 autocast for the _bf16 variants), AdamW, {meta['train_blocks']:,} training blocks. "
+        "`ours` runs its linear layers on "
         f"**{meta['ours_linear_kernels']}** here (train.cpu_matmul=auto) and fuses its head and loss, every other "
         "variant computes with torch's default kernels and the model's own loss. "
         f"Each run: {meta['warmup']} warm-up + "
@@ -454,7 +458,8 @@ def markdown(rows: list[dict], ratios: dict, phases: dict, overhead: dict, meta:
            "steps), as torch and the model compute it and as our defaults do (oneDNN linear layers where picked, "
            "the fused head and loss):", "",
            markdown_table(["phase", *(f"ms (share), {c}" for c in kernels)], phase_rows), ""] if phases else []),
-        *([f"Each loop's own per-step cost, measured where the math is small (the `tiny` preset, {OVERHEAD_BLOCK}-token "
+        *([f"Each loop's own per-step cost, measured where the math is small "
+           f"(the `tiny` preset, {OVERHEAD_BLOCK}-token "
            f"blocks, 1 thread, no partner, {meta['overhead_steps']} timed steps x 3 rounds, median step); its excess "
            "over the bare loop (fused AdamW when measured) as a share of that loop's median step at 7.36 M:", "",
            markdown_table(["loop", "tiny step ms", "vs bare ms", "share of a 7.36 M step"],
@@ -523,7 +528,8 @@ def main() -> None:
     text = markdown(rows, ratios, phases, overhead, meta)
     print(text)
     write_results(args.out.name, {"meta": meta, "results": rows, "ratios": ratios, "targets": TARGETS,
-                                  "phases_s": phases, "tiny_step_s": overhead, "runs": [asdict(r) for r in runs]}, text, args.out.parent)
+                                  "phases_s": phases, "tiny_step_s": overhead, "runs": [asdict(r) for r in runs]},
+                  text, args.out.parent)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The ``llmops`` command line: run the whole loop, train, serve, monitor, compact traffic, roll back, and run Prefect locally."""
+"""The ``llmops`` command line: run the whole loop, train, serve, monitor, compact traffic, roll back,
+and run Prefect locally."""
 from __future__ import annotations
 
 import argparse
@@ -181,7 +182,8 @@ COMMANDS = [
         _arg("--backfill", action="store_true", help="replay stored traffic windows through the drift check"),
         _arg("--start", help="backfill from this ISO time (default: oldest traffic)"),
         _arg("--end", help="backfill until this ISO time (default: now)")]),
-    ("compact", "compact closed hours of the traffic log into Parquet (what the monitor flow does first)", cmd_compact, [
+    ("compact", "compact closed hours of the traffic log into Parquet (what the monitor flow does first)",
+     cmd_compact, [
         _arg("--model", help="model name (default: the config's model_name)"),
         _arg("--delete-jsonl", action="store_true",
              help="delete an hour's JSONL files once its compacted manifest is committed")]),
@@ -223,7 +225,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, IngestError, RegistryError, StoreError, TokenizerError, TrainingError, FileNotFoundError) as exc:
+    except (ConfigError, IngestError, RegistryError, StoreError, TokenizerError, TrainingError,
+            FileNotFoundError) as exc:
         print(f"llmops {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

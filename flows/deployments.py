@@ -34,7 +34,8 @@ def _schedules(config: PipelineConfig) -> tuple[list, list]:
     try:
         ZoneInfo(sched.timezone)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"schedule.timezone: {sched.timezone!r} is not an IANA time zone (e.g. UTC, Europe/Paris)") from None
+        raise ConfigError(f"schedule.timezone: {sched.timezone!r} is not an IANA time zone "
+                          "(e.g. UTC, Europe/Paris)") from None
     try:
         retrain = [Cron(sched.retrain_cron, timezone=sched.timezone)] if sched.retrain_cron else []
     except ValueError as exc:

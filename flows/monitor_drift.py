@@ -1,4 +1,5 @@
-"""The monitoring flow: compact closed traffic hours, check a window for drift, emit the drift event when the policy allows."""
+"""The monitoring flow: compact closed traffic hours, check a window for drift, emit the drift event
+when the policy allows."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone

@@ -1,1 +1,2 @@
-"""The model and its lifecycle in plain Python: data, tokenizer, training, evaluation, compression, registry, serving."""
+"""The model and its lifecycle in plain Python: data, tokenizer, training, evaluation, compression, registry,
+serving."""

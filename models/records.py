@@ -51,7 +51,8 @@ class PackedRef(Record):
     """
 
     uri: str = Field(description="URI of the packed folder's manifest.json")
-    sha256: str = Field(description="Hash of the dataset, tokenizer, block size and layout the examples were built from")
+    sha256: str = Field(
+        description="Hash of the dataset, tokenizer, block size and layout the examples were built from")
     block_size: int
     blocks: dict[str, int] = Field(description="Examples per split: blocks, or documents in the ragged layout")
     tokens: dict[str, int]
@@ -103,7 +104,8 @@ class TrainRef(Record):
     resumed_from_step: Optional[int] = None
     method: Literal["scratch", "full", "lora"] = Field(
         "scratch", description="Trained from scratch, or fine-tuned from base_model (every weight, or LoRA merged)")
-    base_model: Optional[str] = Field(None, description="The pretrained model fine-tuned: path or hub id @ content hash")
+    base_model: Optional[str] = Field(
+        None, description="The pretrained model fine-tuned: path or hub id @ content hash")
     preflight: Optional[PreflightReport] = None
 
 

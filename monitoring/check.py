@@ -1,4 +1,5 @@
-"""The drift check of a window, in memory or streamed from the store: signals against the reference profile,\nthe policy's verdict, and the window's files (drift.json last)."""
+"""The drift check of a window, in memory or streamed from the store: signals against the reference profile,
+the policy's verdict, and the window's files (drift.json last)."""
 from __future__ import annotations
 
 import json
@@ -182,7 +183,8 @@ def finish_window(profile: ReferenceProfile, accumulator: WindowAccumulator, cfg
 
 
 def _write_companions(profile: ReferenceProfile, summaries: Mapping[str, SignalSummary],
-                      results: dict[str, SignalResult], cfg: MonitorConfig, out_dir: Path) -> tuple[dict[str, str], list[str]]:
+                      results: dict[str, SignalResult], cfg: MonitorConfig,
+                      out_dir: Path) -> tuple[dict[str, str], list[str]]:
     """Evidently's report and the histograms: (role -> file name incl. the two written last, problems)."""
     files, problems = {}, []
     if cfg.evidently_report and results:
@@ -207,7 +209,8 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def compare_records(reference: Sequence[dict], current: Sequence[dict], tokenize: Optional[Tokenize],
-                    cfg: MonitorConfig, out_dir: Path, *, model_name: str = "adhoc", model_version: int = 0) -> DriftReport:
+                    cfg: MonitorConfig, out_dir: Path, *, model_name: str = "adhoc",
+                    model_version: int = 0) -> DriftReport:
     """Build a profile from one set of records and check another against it (``llmops monitor``)."""
     profile = build_profile(reference, tokenize, cfg, model_name=model_name, model_version=model_version)
     return check_window(profile, current, tokenize, cfg, out_dir)
@@ -226,11 +229,13 @@ def load_reference(path: Path, tokenize: Optional[Tokenize], cfg: MonitorConfig)
     return build_profile(records, tokenize, cfg, model_name=path.stem, model_version=0)
 
 
-def check_files(reference: Path, current: Path, tokenize: Optional[Tokenize], cfg: MonitorConfig, out_dir: Path) -> DriftReport:
+def check_files(reference: Path, current: Path, tokenize: Optional[Tokenize], cfg: MonitorConfig,
+                out_dir: Path) -> DriftReport:
     """``llmops monitor --reference FILE --current FILE``: reference profile (.json) or records (.jsonl) vs records."""
     profile = load_reference(reference, tokenize, cfg)
     records = read_jsonl_file(current)
-    notes = [f"skipped {len(records.malformed)} malformed line(s) of {current}; first: {records.malformed[0]}"] if records.malformed else []
+    notes = ([f"skipped {len(records.malformed)} malformed line(s) of {current}; first: {records.malformed[0]}"]
+             if records.malformed else [])
     return check_window(profile, records, tokenize, cfg, out_dir, window_id=f"file-{Path(current).stem}", notes=notes)
 
 

@@ -121,7 +121,8 @@ def profile_from_halves(fit: Batch, count: Batch, cfg: MonitorConfig, *, model_n
         columns["rare_token_share"] = (rare_fit, rare_count)
     for name, (fitting, counted) in columns.items():
         if fitting.size and counted.size:
-            continuous[name] = continuous_profile(counted, cfg.n_bins, cfg.ks_sample_size, cfg.tail_quantile, fit=fitting)
+            continuous[name] = continuous_profile(counted, cfg.n_bins, cfg.ks_sample_size, cfg.tail_quantile,
+                                                  fit=fitting)
     fit_reasons = np.array(fit.stop_labels + [None], dtype=object)[fit.stop_codes]
     count_reasons = np.array(count.stop_labels + [None], dtype=object)[count.stop_codes]
     if any(r is not None for r in fit_reasons) and any(r is not None for r in count_reasons):
@@ -165,7 +166,8 @@ def build_profile(records: Sequence[dict], tokenize: Optional[Tokenize], cfg: Mo
         RecordError: A malformed record (the message names its id and field).
     """
     if len(records) < cfg.min_samples:
-        raise ValueError(f"a reference profile needs at least min_samples={cfg.min_samples} records, got {len(records)}")
+        raise ValueError(f"a reference profile needs at least min_samples={cfg.min_samples} records, "
+                         f"got {len(records)}")
     batch = rows_batch(records, tokenize)
     fit_rows, count_rows = split_halves(records)
     profile = profile_from_halves(take(batch, fit_rows), take(batch, count_rows), cfg, model_name=model_name,

@@ -47,8 +47,12 @@ class SignalStats(_Frozen):
     current_counts: list[int]
     reference_mean: Optional[float] = None
     current_mean: Optional[float] = None
-    test_sample: Optional[int] = Field(None, description="KS: window values in the test (a uniform sample of at most ks_window_sample)")
-    design_effect: float = Field(1.0, description="chi2: variance inflation the noise floor and p-value were corrected for")
+    test_sample: Optional[int] = Field(
+        None, description="KS: window values in the test (a uniform sample of at most ks_window_sample)"
+    )
+    design_effect: float = Field(
+        1.0, description="chi2: variance inflation the noise floor and p-value were corrected for"
+    )
 
 
 class SignalResult(SignalStats):
@@ -56,7 +60,9 @@ class SignalResult(SignalStats):
 
     status: Status
     report_only: bool = Field(description="Reported but never counted towards the window verdict")
-    psi_effect: float = Field(description="The PSI the thresholds were applied to: psi - psi_noise_floor (>= 0) when debiased, else psi")
+    psi_effect: float = Field(
+        description="The PSI the thresholds were applied to: psi - psi_noise_floor (>= 0) when debiased, else psi"
+    )
     p_adjusted: float = Field(description="p-value after the multiple-testing correction over the window's tests")
     significant: bool = Field(description="p_adjusted < alpha")
     psi_warn: float
@@ -130,7 +136,9 @@ class DriftOutcome(_Frozen):
     drift_uri: str
     report_html: Optional[str] = Field(None, description="Evidently's HTML report, when written")
     summary_uri: str
-    trend_uri: Optional[str] = Field(None, description="trend.md: PSI per signal over every checked window (trend.png beside it)")
+    trend_uri: Optional[str] = Field(
+        None, description="trend.md: PSI per signal over every checked window (trend.png beside it)"
+    )
     event_emitted: bool = False
     event_reason: str = Field("", description="Why an event was or was not emitted (debounce, cooldown)")
 
@@ -180,7 +188,11 @@ class CategoricalProfile(_Plain):
 
     categories: list[str]
     counts: list[int]
-    design_effect: float = Field(1.0, description="Variance inflation of the shares over a multinomial sample (token_frequency: tokens cluster in prompts)")
+    design_effect: float = Field(
+        1.0,
+        description="Variance inflation of the shares over a multinomial sample (token_frequency: tokens cluster "
+        "in prompts)",
+    )
 
 
 class SemanticProfile(_Plain):
@@ -207,14 +219,20 @@ class ReferenceProfile(_Plain):
     n_bins: int
     tail_quantile: float = 0.0
     top_k_tokens: int
-    fit_records: int = Field(0, description="Records the bins, top-K and common tokens were fitted on (0: schema 1, no split)")
+    fit_records: int = Field(
+        0, description="Records the bins, top-K and common tokens were fitted on (0: schema 1, no split)"
+    )
     count_records: int = Field(0, description="Records counted into the bins, categories and KS samples")
     common_token_coverage: Optional[float] = None
-    common_tokens: list[int] = Field(default_factory=list, description="Sorted ids of the common-token set (rare_token_share)")
+    common_tokens: list[int] = Field(
+        default_factory=list, description="Sorted ids of the common-token set (rare_token_share)"
+    )
     continuous: dict[str, ContinuousProfile]
     categorical: dict[str, CategoricalProfile]
     skipped: dict[str, str] = Field(default_factory=dict, description="Signals with no reference values, and why")
-    semantic: Optional[SemanticProfile] = Field(None, description="The encoder and centroid of semantic_distance (None: off)")
+    semantic: Optional[SemanticProfile] = Field(
+        None, description="The encoder and centroid of semantic_distance (None: off)"
+    )
 
     @property
     def signals(self) -> list[str]:

@@ -109,7 +109,8 @@ def write_histograms(signals: Mapping[str, SignalResult], out_dir: Path) -> dict
 
 def _row(result: SignalResult) -> str:
     status = result.status + (" (report only)" if result.report_only else "")
-    return (f"| {result.name} | {status} | {result.psi:.4f} | {result.psi_noise_floor:.4f} | {result.kl:.4f} | {result.js:.4f} | {result.test} "
+    return (f"| {result.name} | {status} | {result.psi:.4f} | {result.psi_noise_floor:.4f} | {result.kl:.4f} "
+            f"| {result.js:.4f} | {result.test} "
             f"| {result.statistic:.4g} | {result.p_value:.3g} | {result.p_adjusted:.3g} "
             f"| {result.effect_size_name}={result.effect_size:.3f} | {result.n_current} |")
 

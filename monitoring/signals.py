@@ -56,10 +56,12 @@ SIGNALS: dict[str, Signal] = {s.name: s for s in [
     Signal("stop_reason", "categorical", "completions cut by max_tokens instead of stopping, new stop reasons",
            "features.stop_reason, else completions[0].finish_reason"),
     Signal("token_frequency", "categorical", "vocabulary shift: different topics, languages, templates",
-           "prompt_token_ids (else tokenize(prompt)) per token occurrence, bucketed into the reference's top-K ids plus 'other'"),
+           "prompt_token_ids (else tokenize(prompt)) per token occurrence, bucketed into the reference's top-K ids "
+           "plus 'other'"),
     Signal("semantic_distance", "continuous",
            "prompts about other things at familiar lengths and vocabulary: topics, intents, tasks (optional)",
-           "cosine distance of the prompt's mean-pooled sentence embedding (monitor.semantic_model) to the reference centroid"),
+           "cosine distance of the prompt's mean-pooled sentence embedding (monitor.semantic_model) to the reference "
+           "centroid"),
 ]}
 # Off unless configured: not extracted from records, not listed as skipped in profiles or windows that lack it.
 OPTIONAL_SIGNALS = frozenset({"semantic_distance"})
@@ -241,7 +243,8 @@ def extract(records: Sequence[dict], tokenize: Optional[Tokenize], *, signals: O
     batch = rows_batch(records, tokenize)
     columns: dict[str, np.ndarray] = {n: batch.numbers[n] for n in names if n in batch.numbers}
     if "stop_reason" in names:
-        columns["stop_reason"] = np.array([batch.stop_labels[c] if c >= 0 else None for c in batch.stop_codes], dtype=object)
+        columns["stop_reason"] = np.array([batch.stop_labels[c] if c >= 0 else None for c in batch.stop_codes],
+                                          dtype=object)
     if "rare_token_share" in names and common_tokens is not None:
         columns["rare_token_share"] = rare_token_share(batch.token_ids, batch.token_lengths, common_tokens)
     values, missing, skipped = {}, Counter(), {}

@@ -15,8 +15,10 @@ def ingest_data(cfg: DataConfig, model_name: str) -> DatasetRef:
     """Not cached by Prefect: sources may change under the same names; the snapshot itself is content-addressed."""
     ref = ingest(cfg, store(), model_name=model_name, cache_dir=cache_dir())
     rows = [{"split": s, "records": r.records, "bytes": r.bytes} for s, r in ref.splits.items()]
-    rows += [{"split": f"quarantined: {reason}", "records": n, "bytes": None} for reason, n in sorted(ref.rejected.items())]
-    create_table_artifact(rows, key=artifact_key(cfg.dataset_name, "snapshot"), description=f"snapshot {ref.sha256[:16]}")
+    rows += [{"split": f"quarantined: {reason}", "records": n, "bytes": None}
+             for reason, n in sorted(ref.rejected.items())]
+    create_table_artifact(rows, key=artifact_key(cfg.dataset_name, "snapshot"),
+                          description=f"snapshot {ref.sha256[:16]}")
     get_run_logger().info("snapshot %s: %s; quarantined %s", ref.sha256[:16],
                           {s: r.records for s, r in ref.splits.items()}, ref.rejected or "nothing")
     return ref

@@ -15,7 +15,8 @@ from llmops.tasks.core.context import cache_dir, store
 
 
 @task(name="build-tokenizer", retries=1)
-def build_tokenizer_task(cfg: TokenizerConfig, dataset: DatasetRef, model_cfg: Optional[ModelConfig] = None) -> TokenizerRef:
+def build_tokenizer_task(cfg: TokenizerConfig, dataset: DatasetRef,
+                         model_cfg: Optional[ModelConfig] = None) -> TokenizerRef:
     """Reuses the stored tokenizer when the training split and config are unchanged (content-addressed).
 
     With ``model_cfg.pretrained`` set, the pretrained model's tokenizer is attached instead of training one.

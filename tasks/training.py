@@ -1,5 +1,9 @@
-"""Train stage: preflight, then run (or resume) training, in-process or under torchrun, with a live Prefect progress artifact and the loss curve linked."""
+"""Train stage: preflight, then run (or resume) training, in-process or under torchrun, with a live Prefect
+progress artifact and the loss curve linked."""
 from __future__ import annotations
+
+import logging
+from collections.abc import Callable
 
 from prefect import get_run_logger, task
 from prefect.artifacts import (
@@ -21,7 +25,8 @@ from llmops.tasks.core.context import artifact_key, cache_dir, link, store
 
 
 @task(name="train-model")
-def train_model(packed: PackedRef, tokenizer_ref: TokenizerRef, model_cfg: ModelConfig, train_cfg: TrainConfig) -> TrainRef:
+def train_model(packed: PackedRef, tokenizer_ref: TokenizerRef, model_cfg: ModelConfig,
+                train_cfg: TrainConfig) -> TrainRef:
     """A rerun with the same inputs resumes from the last checkpoint, or reuses a finished run.
 
     With ``train.distributed`` over more than one process, torchrun runs the ranks as a subprocess:
@@ -44,12 +49,10 @@ def train_model(packed: PackedRef, tokenizer_ref: TokenizerRef, model_cfg: Model
             update_progress_artifact(progress_id, min(100.0, 100.0 * done))
             val = f", val loss {m.val_loss:.4f}" if m.val_loss is not None else ""
             mfu = f", MFU {m.mfu:.1%}" if m.mfu is not None else ""
-            logger.info("step %d: loss %.4f%s, lr %.2e, %.0f tokens/s%s", m.step, m.loss, val, m.lr, m.tokens_per_s, mfu)
+            logger.info("step %d: loss %.4f%s, lr %.2e, %.0f tokens/s%s", m.step, m.loss, val, m.lr, m.tokens_per_s,
+                        mfu)
 
-    def preflight(r: PreflightReport) -> None:
-        logger.info("preflight: %s", pf.summary(r))
-        create_markdown_artifact(pf.markdown(r), key=artifact_key("preflight", name), description=f"preflight of {name}")
-
+    preflight = _preflight_reporter(logger, name)
     if train_cfg.distributed.enabled:
         ref = launch_run(st, packed, tokenizer_ref, model_cfg, train_cfg, cache_dir(), on_line=logger.info,
                          on_metrics=report, on_preflight=preflight)
@@ -58,6 +61,18 @@ def train_model(packed: PackedRef, tokenizer_ref: TokenizerRef, model_cfg: Model
                            train_cfg, cache_dir(), on_metrics=report, on_preflight=preflight)
     update_progress_artifact(progress_id, 100.0)
     if ref.loss_plot_uri:
-        create_link_artifact(link(ref.loss_plot_uri), link_text="loss curve (PNG)", key=artifact_key("loss-curve", ref.run_id))
+        create_link_artifact(link(ref.loss_plot_uri), link_text="loss curve (PNG)",
+                             key=artifact_key("loss-curve", ref.run_id))
     logger.info("run %s: %d steps, final loss %.4f, %.1f s", ref.run_id, ref.steps, ref.final_train_loss, ref.wall_s)
     return ref
+
+
+def _preflight_reporter(logger: logging.Logger | logging.LoggerAdapter, name: str) -> Callable[[PreflightReport], None]:
+    """The on_preflight callback: log the summary and publish the report as a markdown artifact."""
+
+    def preflight(r: PreflightReport) -> None:
+        logger.info("preflight: %s", pf.summary(r))
+        create_markdown_artifact(pf.markdown(r), key=artifact_key("preflight", name),
+                                 description=f"preflight of {name}")
+
+    return preflight

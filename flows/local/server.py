@@ -102,7 +102,8 @@ class LocalPrefectServer(ChildProcess):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.running():
-                raise RuntimeError(f"the Prefect server exited during start-up; its log ({self.log_path}) ends:\n{self.tail()}")
+                raise RuntimeError(f"the Prefect server exited during start-up; its log ({self.log_path}) ends:\n"
+                                   f"{self.tail()}")
             try:
                 if httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200:
                     return self
@@ -110,7 +111,8 @@ class LocalPrefectServer(ChildProcess):
                 pass
             time.sleep(0.5)
         self.stop()
-        raise RuntimeError(f"the Prefect server did not answer within {timeout:.0f} s; log: {self.log_path}\n{self.tail()}")
+        raise RuntimeError(f"the Prefect server did not answer within {timeout:.0f} s; log: {self.log_path}\n"
+                           f"{self.tail()}")
 
 
 def deployment_runner(config_path: Path, api_url: str, log_path: Path, home: Optional[Path] = None,
@@ -120,4 +122,5 @@ def deployment_runner(config_path: Path, api_url: str, log_path: Path, home: Opt
     ``env``: more settings for the runner, e.g. ``PREFECT_RUNNER_POLL_FREQUENCY``.
     """
     env = {**quiet_prefect_env(home), "PREFECT_API_URL": api_url, **(env or {})}
-    return ChildProcess([sys.executable, "-m", "llmops.flows.cli", "deploy", "--config", str(config_path)], log_path, env)
+    return ChildProcess([sys.executable, "-m", "llmops.flows.cli", "deploy", "--config", str(config_path)],
+                        log_path, env)

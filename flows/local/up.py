@@ -11,7 +11,8 @@ from llmops.infra.config import PipelineConfig
 from llmops.infra.settings import get_settings
 
 
-def run_up(config: PipelineConfig, host: str = "127.0.0.1", port: int = 4200, config_path: Optional[Path] = None) -> int:
+def run_up(config: PipelineConfig, host: str = "127.0.0.1", port: int = 4200,
+           config_path: Optional[Path] = None) -> int:
     """Start the server in ``<cache>/prefect`` and ``llmops deploy`` against it; print where the UI is."""
     home = Path(get_settings().cache_dir).resolve() / "prefect"
     with ExitStack() as stack:
@@ -23,7 +24,8 @@ def run_up(config: PipelineConfig, host: str = "127.0.0.1", port: int = 4200, co
             config_path.write_text(config.to_yaml())
         runner = deployment_runner(Path(config_path).resolve(), server.api_url, home / "deployments.log", home).start()
         stack.callback(runner.stop)
-        print(f"Prefect UI:  {server.ui_url}\nPrefect API: {server.api_url}  (export PREFECT_API_URL={server.api_url})\n"
+        print(f"Prefect UI:  {server.ui_url}\n"
+              f"Prefect API: {server.api_url}  (export PREFECT_API_URL={server.api_url})\n"
               f"deployments: training-pipeline/train, monitor-drift/monitor, retrain/retrain (log: {runner.log_path})\n"
               "Ctrl-C stops both.")
         try:

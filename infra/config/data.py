@@ -23,7 +23,9 @@ class DataConfig(Frozen):
     text_field: str = Field("text", description="The field holding the text in JSONL/Parquet/datasets records.")
     min_chars: int = Field(32, ge=1, description="Shorter records are quarantined as too short.")
     max_chars: int = Field(20_000, ge=1, description="Longer records are quarantined as too long.")
-    max_records_per_source: Optional[int] = Field(None, ge=1, description="Read at most this many records from each source.")
+    max_records_per_source: Optional[int] = Field(
+        None, ge=1, description="Read at most this many records from each source."
+    )
     val_fraction: float = Field(0.05, gt=0, lt=0.5)
     test_fraction: float = Field(0.05, gt=0, lt=0.5)
     split_seed: int = Field(0, description="Salt of the hash that assigns a record to a split.")

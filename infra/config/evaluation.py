@@ -29,7 +29,9 @@ def _default_generations() -> list[GenerationSettings]:
 
 class EvalConfig(Frozen):
     max_docs: Optional[int] = Field(400, ge=1, description="Score at most this many documents per split.")
-    stride: Optional[int] = Field(None, ge=1, description="Sliding-window stride for long documents (default: half the context).")
+    stride: Optional[int] = Field(
+        None, ge=1, description="Sliding-window stride for long documents (default: half the context)."
+    )
     batch_size: int = Field(16, ge=1)
     sample_prompts: list[str] = Field(
         default_factory=lambda: ["Return the", "This module provides", "If the"],
@@ -41,7 +43,9 @@ class EvalConfig(Frozen):
 class GateConfig(Frozen):
     """Champion/challenger: promote only a candidate that beats production (or, with none, a bound)."""
 
-    max_bits_per_byte: float = Field(3.0, gt=0, description="With no production model: the candidate must score at most this.")
+    max_bits_per_byte: float = Field(
+        3.0, gt=0, description="With no production model: the candidate must score at most this."
+    )
     min_improvement: float = Field(0.0, ge=0, description="Bits per byte the candidate must gain over production.")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence of the paired bootstrap interval.")
     bootstrap_samples: int = Field(1000, ge=100)
@@ -49,5 +53,7 @@ class GateConfig(Frozen):
 
 class CompressConfig(Frozen):
     quantize: Literal["none", "int8"] = "int8"
-    max_bpb_increase: float = Field(0.05, ge=0, description="The int8 variant is marked servable only within this loss.")
+    max_bpb_increase: float = Field(
+        0.05, ge=0, description="The int8 variant is marked servable only within this loss."
+    )
     latency_runs: int = Field(5, ge=1)

@@ -29,63 +29,82 @@ class MonitorConfig(Frozen):
     top_k_tokens: int = Field(50, ge=1, description="Token-frequency signal: reference's top-K tokens plus 'other'.")
     psi_warn: float = Field(0.1, gt=0)
     psi_alert: float = Field(0.2, gt=0)
-    alpha: float = Field(0.01, gt=0, lt=1, description="Family-wise significance, corrected over the signals tested (see correction).")
+    alpha: float = Field(
+        0.01, gt=0, lt=1, description="Family-wise significance, corrected over the signals tested (see correction)."
+    )
     consecutive_windows: int = Field(1, ge=1, description="Alert only after this many drifting windows in a row.")
     cooldown_minutes: float = Field(60.0, ge=0, description="No new drift event this long after the last one.")
     correction: Literal["bonferroni", "holm"] = Field(
         "bonferroni", description="Multiple-testing correction over the signals tested in a window."
     )
-    psi_high: float = Field(0.5, gt=0, description="Severity 'high' from this max PSI up (or psi_alert if larger); 'medium' below.")
+    psi_high: float = Field(
+        0.5, gt=0, description="Severity 'high' from this max PSI up (or psi_alert if larger); 'medium' below."
+    )
     report_only_signals: list[str] = Field(
         default_factory=lambda: ["latency_ms"],
         description="Signals computed and reported but never alerting (latency depends on the serving hardware).",
     )
     signal_thresholds: dict[str, SignalThresholds] = Field(
-        default_factory=dict, description="Per-signal PSI thresholds, e.g. {token_frequency: {psi_warn: 0.15, psi_alert: 0.3}}."
+        default_factory=dict,
+        description="Per-signal PSI thresholds, e.g. {token_frequency: {psi_warn: 0.15, psi_alert: 0.3}}.",
     )
     smoothing: float = Field(
         0.5, gt=0, description="Pseudo-count added to every bin of both histograms before PSI/KL (0.5: Jeffreys)."
     )
     tail_quantile: float = Field(
         0.01, ge=0, lt=0.1,
-        description="Extra bin edges at this reference quantile and 1 minus it (0 disables): mass moving into the tails shows in PSI.",
+        description="Extra bin edges at this reference quantile and 1 minus it (0 disables): mass moving into the "
+        "tails shows in PSI.",
     )
     psi_debias: bool = Field(
-        True, description="Judge PSI minus its expected value under no drift ((bins-1)(1/n_ref+1/n_cur)), so small windows do not warn on noise."
+        True,
+        description="Judge PSI minus its expected value under no drift ((bins-1)(1/n_ref+1/n_cur)), so small "
+        "windows do not warn on noise.",
     )
     ks_sample_size: int = Field(5000, ge=100, description="Reference values kept in the profile for the KS test.")
     ks_window_sample: int = Field(
         20_000, ge=100,
-        description="Window values kept (uniform reservoir) per signal for the KS test; counts and means use every value.",
+        description="Window values kept (uniform reservoir) per signal for the KS test; counts and means use "
+        "every value.",
     )
     common_token_coverage: float = Field(
         0.95, gt=0, lt=1,
-        description="rare_token_share: the common-token set is the fewest ids covering this share of the reference's token occurrences.",
+        description="rare_token_share: the common-token set is the fewest ids covering this share of the "
+        "reference's token occurrences.",
     )
     evidently_report: bool = Field(True, description="Also write Evidently's HTML/JSON drift report for each window.")
     compact_traffic: bool = Field(
-        True, description="Before each scheduled check, compact the model's closed traffic hours into Parquet (docs/monitoring.md).",
+        True,
+        description="Before each scheduled check, compact the model's closed traffic hours into Parquet "
+        "(docs/monitoring.md).",
     )
     compact_grace_minutes: float = Field(
         10.0, gt=0,
-        description="An hour is closed, and may be compacted, this long after it ended; must exceed serve.flush_interval_s.",
+        description="An hour is closed, and may be compacted, this long after it ended; must exceed "
+        "serve.flush_interval_s.",
     )
     compact_lookback_hours: int = Field(
-        48, ge=1, description="The scheduled compaction looks at closed hours this far back (`llmops compact` at all of them).",
+        48, ge=1,
+        description="The scheduled compaction looks at closed hours this far back (`llmops compact` at all of "
+        "them).",
     )
     compact_delete_jsonl: bool = Field(
         False, description="Delete an hour's JSONL files once the manifest of its compacted Parquet file is committed.",
     )
     semantic_model: Optional[str] = Field(
         None,
-        description="Semantic drift (off when null): a sentence encoder loadable by transformers AutoModel/AutoTokenizer "
-        "(local path or hub id); adds the semantic_distance signal, paid in one encoder pass per prompt (docs/monitoring.md).",
+        description="Semantic drift (off when null): a sentence encoder loadable by transformers "
+        "AutoModel/AutoTokenizer (local path or hub id); adds the semantic_distance signal, paid in one encoder "
+        "pass per prompt (docs/monitoring.md).",
     )
     semantic_batch_size: int = Field(32, ge=1, description="Prompts per encoder forward pass (semantic_model).")
-    semantic_max_length: int = Field(256, ge=8, description="Tokens of a prompt the encoder reads; the rest is cut (semantic_model).")
+    semantic_max_length: int = Field(
+        256, ge=8, description="Tokens of a prompt the encoder reads; the rest is cut (semantic_model)."
+    )
     semantic_window_sample: int = Field(
         2000, ge=100,
-        description="Prompts of a window embedded for semantic_distance, a uniform sample when it has more: the encoder is the cost.",
+        description="Prompts of a window embedded for semantic_distance, a uniform sample when it has more: the "
+        "encoder is the cost.",
     )
 
     @model_validator(mode="after")
@@ -98,9 +117,12 @@ class MonitorConfig(Frozen):
 class ScheduleConfig(Frozen):
     """When the deployments run by themselves (``llmops deploy`` / ``llmops up``)."""
 
-    retrain_cron: Optional[str] = Field("0 3 * * 0", description="Scheduled retraining, independent of drift (default: Sundays 03:00).")
+    retrain_cron: Optional[str] = Field(
+        "0 3 * * 0", description="Scheduled retraining, independent of drift (default: Sundays 03:00)."
+    )
     monitor_every_minutes: Optional[float] = Field(
-        60, gt=0, description="Run the drift check on this interval (fractions allowed: 0.25 is every 15 s); null disables."
+        60, gt=0,
+        description="Run the drift check on this interval (fractions allowed: 0.25 is every 15 s); null disables.",
     )
     timezone: str = "UTC"
     retrain_delay_minutes: float = Field(

@@ -47,7 +47,8 @@ class PipelineConfig(Frozen):
         return cls.from_dict(raw, overrides, source=str(path))
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], overrides: Optional[list[str]] = None, source: str = "config") -> PipelineConfig:
+    def from_dict(cls, raw: dict[str, Any], overrides: Optional[list[str]] = None,
+                  source: str = "config") -> PipelineConfig:
         raw = apply_overrides(raw, overrides or [])
         try:
             return cls.model_validate(raw)

@@ -20,9 +20,12 @@ class ServeConfig(Frozen):
     capture: bool = Field(True, description="Write every request/response with its features to the traffic log.")
     flush_every: int = Field(32, ge=1, description="Flush the traffic buffer after this many records...")
     flush_interval_s: float = Field(2.0, gt=0, description="...or this many seconds.")
-    reload_interval_s: float = Field(15.0, ge=0, description="Check the alias this often and load a newly promoted model; 0 disables.")
+    reload_interval_s: float = Field(
+        15.0, ge=0, description="Check the alias this often and load a newly promoted model; 0 disables."
+    )
     max_batch_prompts: int = Field(16, ge=1, description="Most prompts one completion request may send as a list.")
     capture_buffer_limit: int = Field(
         10_000, ge=1,
-        description="Most traffic records held in memory while the store cannot be written; the oldest are dropped beyond it.",
+        description="Most traffic records held in memory while the store cannot be written; the oldest are dropped "
+        "beyond it.",
     )

@@ -28,29 +28,50 @@ class DistributedSettings(Frozen):
     every rank trains on its own equal slice, so results do not depend on the number of processes.
     """
 
-    nproc_per_node: int = Field(1, ge=1, description="Processes per node (one per GPU); 1 with nnodes=1 trains in-process, undistributed.")
-    nnodes: int = Field(1, ge=1, description="Nodes taking part; more than 1 needs rdzv_endpoint reachable from every node.")
-    node_rank: int = Field(0, ge=0, description="This node's rank (0..nnodes-1); used by the static rendezvous, c10d assigns ranks itself.")
+    nproc_per_node: int = Field(
+        1, ge=1, description="Processes per node (one per GPU); 1 with nnodes=1 trains in-process, undistributed."
+    )
+    nnodes: int = Field(
+        1, ge=1, description="Nodes taking part; more than 1 needs rdzv_endpoint reachable from every node."
+    )
+    node_rank: int = Field(
+        0, ge=0,
+        description="This node's rank (0..nnodes-1); used by the static rendezvous, c10d assigns ranks itself.",
+    )
     rdzv_backend: Literal["c10d", "static"] = Field(
-        "c10d", description="torchrun rendezvous: c10d (a TCP store hosted on the endpoint's node) or static (fixed node ranks)."
+        "c10d",
+        description="torchrun rendezvous: c10d (a TCP store hosted on the endpoint's node) or static (fixed node "
+        "ranks).",
     )
     rdzv_endpoint: Optional[str] = Field(
         None, pattern=r"^[^\s:]+:\d{1,5}$",
-        description="host:port every node can reach (e.g. 10.0.0.1:29500); null: torchrun --standalone on a free local port (one node).",
+        description="host:port every node can reach (e.g. 10.0.0.1:29500); null: torchrun --standalone on a free "
+        "local port (one node).",
     )
-    rdzv_id: Optional[str] = Field(None, description="Rendezvous id shared by the nodes of one job; default: derived from the run id.")
-    backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="Collectives: auto is nccl on CUDA, gloo on CPU.")
+    rdzv_id: Optional[str] = Field(
+        None, description="Rendezvous id shared by the nodes of one job; default: derived from the run id."
+    )
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="Collectives: auto is nccl on CUDA, gloo on CPU."
+    )
     strategy: Literal["ddp", "fsdp"] = Field(
         "ddp",
         description="ddp: every rank holds the whole model and gradients are averaged. fsdp: FSDP2 shards parameters, "
         "gradients and optimizer states over the ranks, per decoder layer (models that do not fit one device).",
     )
-    fsdp_cpu_offload: bool = Field(False, description="fsdp: keep sharded parameters and optimizer states in CPU memory (slow; on a CPU-only host "
-                                   "a no-op, the shards are in host memory already).")
-    max_restarts: int = Field(
-        0, ge=0, description="torchrun restarts of the whole worker group after a failure; each restart resumes from the last checkpoint."
+    fsdp_cpu_offload: bool = Field(
+        False,
+        description="fsdp: keep sharded parameters and optimizer states in CPU memory (slow; on a CPU-only host "
+        "a no-op, the shards are in host memory already).",
     )
-    timeout_minutes: float = Field(30.0, gt=0, description="How long a collective (or the rendezvous) waits for a missing rank.")
+    max_restarts: int = Field(
+        0, ge=0,
+        description="torchrun restarts of the whole worker group after a failure; each restart resumes from the last "
+        "checkpoint.",
+    )
+    timeout_minutes: float = Field(
+        30.0, gt=0, description="How long a collective (or the rendezvous) waits for a missing rank."
+    )
 
     @property
     def world_size(self) -> int:
@@ -109,7 +130,9 @@ class TrainConfig(Frozen):
         "logits are held: less memory and memory traffic (fp32 on CPU, not with distributed.strategy=fsdp; "
         "models.fused_loss). Same loss and gradients to fp32 rounding.",
     )
-    fused_adamw: Annotated[bool, EXECUTION_ONLY] = Field(True, description="Use the fused AdamW kernel where this torch supports it (falls back otherwise).")
+    fused_adamw: Annotated[bool, EXECUTION_ONLY] = Field(
+        True, description="Use the fused AdamW kernel where this torch supports it (falls back otherwise)."
+    )
     gradient_checkpointing: Annotated[bool, EXECUTION_ONLY] = Field(
         False,
         description="Recompute each layer's activations in the backward pass: activation memory of about one "
@@ -137,7 +160,9 @@ class TrainConfig(Frozen):
         None, gt=0, description="Peak dense TFLOP/s of one device at the run's precision, for the MFU in the metrics; "
         "default: looked up for known GPUs in bf16/fp16 (models.preflight.PEAK_TFLOPS), none on CPU.",
     )
-    num_threads: Annotated[Optional[int], EXECUTION_ONLY] = Field(None, ge=1, description="torch CPU threads; default: torch's choice.")
+    num_threads: Annotated[Optional[int], EXECUTION_ONLY] = Field(
+        None, ge=1, description="torch CPU threads; default: torch's choice."
+    )
     distributed: Annotated[DistributedSettings, EXECUTION_ONLY] = Field(
         default_factory=DistributedSettings,
         description="Scale-out with torchrun (DDP or FSDP); batch_size stays the global batch, split across ranks.",

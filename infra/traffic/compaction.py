@@ -236,7 +236,8 @@ class _HourWriter:
             return
         for name, data in files:
             table = tp.arrow_columns(data) if len(files) > 1 else None
-            self._add(tp.with_source(table, [name], [tp.line_count(data)]) if table is not None else self._rows(name, data))
+            self._add(tp.with_source(table, [name], [tp.line_count(data)]) if table is not None
+                      else self._rows(name, data))
 
     def _rows(self, name: str, data: bytes) -> pa.Table:
         """One file line by line: records with a parsable ``ts`` into columns, every other non-blank line kept."""

@@ -1,4 +1,5 @@
-"""Traffic log I/O: hour partitions of JSONL (plus a compacted Parquet file once closed), read by window, written atomically."""
+"""Traffic log I/O: hour partitions of JSONL (plus a compacted Parquet file once closed), read by window,
+written atomically."""
 from __future__ import annotations
 
 import json
@@ -29,7 +30,8 @@ class TrafficWindow(list):
         files: Store keys that were read.
     """
 
-    def __init__(self, records: Iterable[dict] = (), malformed: Optional[list[str]] = None, files: Optional[list[str]] = None):
+    def __init__(self, records: Iterable[dict] = (), malformed: Optional[list[str]] = None,
+                 files: Optional[list[str]] = None):
         super().__init__(records)
         self.malformed = malformed or []
         self.files = files or []
@@ -37,7 +39,8 @@ class TrafficWindow(list):
 
 def _utc(moment: datetime, what: str) -> datetime:
     if moment.tzinfo is None:
-        raise ValueError(f"{what} must be timezone-aware (got naive {moment.isoformat()}); traffic is partitioned in UTC")
+        raise ValueError(f"{what} must be timezone-aware (got naive {moment.isoformat()}); "
+                         "traffic is partitioned in UTC")
     return moment.astimezone(timezone.utc)
 
 
@@ -226,7 +229,8 @@ def window_partitions(store: ArtifactStore, model: str, start: datetime, end: da
 
 
 def window_files(store: ArtifactStore, model: str, start: datetime, end: datetime) -> list[str]:
-    """The files holding a window's records, in reading order: per hour, its Parquet file, then the JSONL it does not hold."""
+    """The files holding a window's records, in reading order: per hour, its Parquet file, then the JSONL it
+    does not hold."""
     return [key for part in window_partitions(store, model, start, end)
             for key in ((part.parquet,) if part.parquet else ()) + part.jsonl]
 

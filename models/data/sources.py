@@ -234,5 +234,6 @@ def _compacted_prompt(prompt: Optional[str], extra: Optional[str], source: str, 
     if TRAFFIC_FIELD in fields:  # not a string: kept as written, rejected as the JSONL reader rejects it
         return field_value(fields[TRAFFIC_FIELD], TRAFFIC_FIELD, source, line)
     if prompt is None:  # compaction stores an absent prompt and a null one alike
-        return rejected(source, line, "missing_field", f"no field {TRAFFIC_FIELD!r} (absent or null in the compacted hour)")
+        return rejected(source, line, "missing_field",
+                        f"no field {TRAFFIC_FIELD!r} (absent or null in the compacted hour)")
     return Candidate(source, line, prompt)

@@ -52,7 +52,8 @@ def attach_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def build_tokenizer(store: ArtifactStore, cfg: TokenizerConfig, dataset: DatasetRef, train_texts: list[str]) -> TokenizerRef:
+def build_tokenizer(store: ArtifactStore, cfg: TokenizerConfig, dataset: DatasetRef,
+                    train_texts: list[str]) -> TokenizerRef:
     """Train (or attach) the tokenizer, store it content-addressed, and return its record.
 
     The key hashes the training split and the config, so an unchanged snapshot reuses the

@@ -43,7 +43,8 @@ def gate(candidate: DocScores, production: Optional[DocScores], cfg: GateConfig,
     verdict = "beats" if ok else "does not beat"
     return GateDecision(
         promote=ok, candidate_version=candidate_version, candidate_bits_per_byte=cand_bpb,
-        production_bits_per_byte=prod_bpb, production_version=production_version, difference=diff, ci_low=float(low), ci_high=float(high),
+        production_bits_per_byte=prod_bpb, production_version=production_version, difference=diff,
+        ci_low=float(low), ci_high=float(high),
         threshold=-cfg.min_improvement, documents=docs,
         reason=(f"{name} {cand_bpb:.4f} vs production v{production_version} {prod_bpb:.4f} bits/byte: "
                 f"difference {diff:+.4f}, {cfg.confidence:.0%} CI [{low:+.4f}, {high:+.4f}]; "

@@ -11,10 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llmops.models.model.generation import context_length
 from llmops.models.model.kernels import linear_kernels, use_onednn
-from llmops.models.records import (
-    DocScores,
-    SplitEval,
-)
+from llmops.models.records import DocScores, SplitEval
 
 LN2 = math.log(2)
 

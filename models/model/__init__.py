@@ -16,6 +16,7 @@ from llmops.models.model.traffic import traffic_record
 
 __all__ = [
     "Completion", "FinetuneError", "PresetError", "PromptScore", "SamplingParams", "VARIANTS", "build_config",
-    "complete", "context_length", "download_run_model", "load_tokenizer", "load_model", "reference_records", "score_prompts",
+    "complete", "context_length", "download_run_model", "load_tokenizer", "load_model", "reference_records",
+    "score_prompts",
     "tokenizer_config_for", "traffic_record",
 ]

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import ContextManager, Literal, Optional
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -127,11 +128,11 @@ def use_onednn(setting: CpuMatmul, device: torch.device, precision: str) -> bool
     return onednn_available() and mkl_slow_here()
 
 
-def linear_kernels(enabled: bool) -> ContextManager:
+def linear_kernels(enabled: bool) -> AbstractContextManager:
     """The context that routes fp32 ``F.linear`` to oneDNN when ``enabled``; a no-op otherwise."""
     return OneDNNLinearMode() if enabled else contextlib.nullcontext()
 
 
-def recompute_contexts() -> tuple[ContextManager, ContextManager]:
+def recompute_contexts() -> tuple[AbstractContextManager, AbstractContextManager]:
     """torch.utils.checkpoint's ``context_fn``: the forward runs as it is, the recomputation through oneDNN."""
     return contextlib.nullcontext(), OneDNNLinearMode()

@@ -24,7 +24,8 @@ def load_model(model_dir: Union[str, Path], variant: str = "fp32", *, variant_di
     Args:
         model_dir: The fp32 model's folder (config.json, model.safetensors, tokenizer files).
         variant: ``fp32``, or a compressed variant rebuilt from the fp32 config and its own weights.
-        variant_dir: Where the variant's files are (default: ``model_dir/variants/<variant>``, a registry version's layout).
+        variant_dir: Where the variant's files are (default: ``model_dir/variants/<variant>``, a registry
+            version's layout).
         device: Where an fp32 model goes (the int8 variant runs on CPU).
         attention: The attention kernel (``model.attention``).
     """

@@ -24,7 +24,8 @@ def tokenizer_config_for(tokenizer_cfg: TokenizerConfig, model_cfg: ModelConfig)
     """The tokenizer a run uses: a pretrained model brings its own unless tokenizer.kind=pretrained names one."""
     if not model_cfg.pretrained or tokenizer_cfg.kind == "pretrained":
         return tokenizer_cfg
-    log.info("model.pretrained is set: using the tokenizer of %s (tokenizer.kind=bpe is not trained)", model_cfg.pretrained)
+    log.info("model.pretrained is set: using the tokenizer of %s (tokenizer.kind=bpe is not trained)",
+             model_cfg.pretrained)
     return tokenizer_cfg.model_copy(update={"kind": "pretrained", "path": model_cfg.pretrained})
 
 

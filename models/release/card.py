@@ -44,7 +44,8 @@ def render_card(*, name: str, version: int, config: PipelineConfig, dataset: Dat
             "name": f"{name}-v{version}",
             "results": [{
                 "task": {"type": "text-generation", "name": "Causal language modeling"},
-                "dataset": {"name": dataset.name, "type": dataset.name, "revision": dataset.sha256[:16], "split": "test"},
+                "dataset": {"name": dataset.name, "type": dataset.name, "revision": dataset.sha256[:16],
+                            "split": "test"},
                 "metrics": [
                     {"type": "perplexity", "value": round(test.perplexity, 4), "name": "Test perplexity"},
                     {"type": "bits_per_byte", "value": round(test.bits_per_byte, 4), "name": "Test bits per byte"},

@@ -163,7 +163,8 @@ class Registry:
         if not state:
             raise RegistryError(f"model {self.name!r} has no {alias!r} alias to roll back")
         if not state["stack"]:
-            raise RegistryError(f"{self.name}/{alias} is at version {state['version']} and has no earlier version to roll back to")
+            raise RegistryError(f"{self.name}/{alias} is at version {state['version']} "
+                                "and has no earlier version to roll back to")
         current, target = state["version"], state["stack"][-1]
         entry = {"version": target, "at": _now(), "reason": reason, "action": "rollback", "from": current}
         self.store.put_json(f"{self.root}/aliases/{alias}.json", {

@@ -1,4 +1,5 @@
-"""The OpenAI-compatible HTTP surface: the completion request schema, its validation against limits, error and response bodies."""
+"""The OpenAI-compatible HTTP surface: the completion request schema, its validation against limits, error and
+response bodies."""
 from __future__ import annotations
 
 import time

@@ -1,4 +1,5 @@
-"""The serving app: an OpenAI-compatible FastAPI app over the registry's aliased model, with traffic capture and hot reload."""
+"""The serving app: an OpenAI-compatible FastAPI app over the registry's aliased model, with traffic capture and
+hot reload."""
 from __future__ import annotations
 
 import asyncio

@@ -1,4 +1,5 @@
-"""The served model behind the app: loading what the registry alias points at, hot swaps, and locked CPU-bound generation."""
+"""The served model behind the app: loading what the registry alias points at, hot swaps, and locked CPU-bound
+generation."""
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,5 @@
-"""Resumable training checkpoints in the artifact store: weights, optimizer, RNG and data position, atomic, last K kept."""
+"""Resumable training checkpoints in the artifact store: weights, optimizer, RNG and data position, atomic,
+last K kept."""
 from __future__ import annotations
 
 import logging
@@ -171,7 +172,8 @@ class Checkpointer:
     def restore(self, step: int, read_weights: Callable[[str], None], load_optimizer: Callable[[dict], None],
                 scaler: Optional[torch.amp.GradScaler], device: torch.device,
                 files: Optional[dict[str, Path]] = None, mmap: bool = False) -> TrainerState:
-        """:meth:`load` into parts: ``read_weights(path)`` loads model.safetensors, ``load_optimizer`` the optimizer state.
+        """:meth:`load` into parts: ``read_weights(path)`` loads model.safetensors, ``load_optimizer`` the optimizer
+        state.
 
         ``mmap``: map the optimizer state from the file rather than read it all into memory (a rank
         that only needs its shard touches little of it); ``load_optimizer`` must copy what it keeps.

@@ -1,4 +1,5 @@
-"""Scale-out on torch.distributed: the torchrun command, process-group set-up, DDP/FSDP wrapping, data slices, full-state checkpoints."""
+"""Scale-out on torch.distributed: the torchrun command, process-group set-up, DDP/FSDP wrapping, data slices,
+full-state checkpoints."""
 from __future__ import annotations
 
 import contextlib
@@ -6,8 +7,8 @@ import datetime
 import os
 import sys
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import ContextManager
 
 import torch
 import torch.distributed as dist
@@ -28,8 +29,8 @@ def torchrun_command(settings: DistributedSettings, run_id: str, args: Sequence[
     nodes of one run find each other and a rerun of another run never joins a stale rendezvous.
     """
     s = settings
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={s.nnodes}", f"--nproc-per-node={s.nproc_per_node}",
-           f"--max-restarts={s.max_restarts}"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={s.nnodes}",
+           f"--nproc-per-node={s.nproc_per_node}", f"--max-restarts={s.max_restarts}"]
     if s.rdzv_endpoint is None:
         cmd.append("--standalone")
     else:
@@ -79,14 +80,16 @@ class Parallel:
         if self.world_size == 1:
             return model
         if not self.sharded:
-            ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+            ids = ([device.index if device.index is not None else torch.cuda.current_device()]
+                   if device.type == "cuda" else None)
             return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
         from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, fully_shard
 
         if isinstance(model, FSDPModule):
             return model
         if self.is_main and _on_meta(model):
-            raise TrainingError("distributed.strategy=fsdp: rank 0 needs the model's real weights, not a meta-device skeleton")
+            raise TrainingError("distributed.strategy=fsdp: rank 0 needs the model's real weights, "
+                                "not a meta-device skeleton")
         # rank 0 alone can see which weights are tied: storage pointers of meta tensors are all 0
         holder = [_tie_map(model) if self.is_main else None]
         dist.broadcast_object_list(holder, src=0)
@@ -127,7 +130,7 @@ class Parallel:
         targets = int((mask.sum(1) - 1).clamp(min=0).sum())
         return Batch(ids, batch.labels[rows], mask, int(mask.sum()), targets)
 
-    def sync_gradients(self, model: torch.nn.Module, last: bool) -> ContextManager:
+    def sync_gradients(self, model: torch.nn.Module, last: bool) -> AbstractContextManager:
         """Reduce gradients only on the last micro-batch of an accumulation window (one all-reduce per step)."""
         if self.world_size == 1 or last:
             if self.sharded:
@@ -152,7 +155,8 @@ class Parallel:
         return float(t.item())
 
     def _collective_device(self) -> torch.device:
-        return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        return (torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl"
+                else torch.device("cpu"))
 
     def barrier(self) -> None:
         if self.world_size > 1:
@@ -167,7 +171,8 @@ class Parallel:
         else:
             weights, optim = self._full_state(model, optimizer)
             if self.is_main:
-                checkpointer.commit(lambda path: _save_safetensors(weights, self.ties, path), optim, state, scaler, files)
+                checkpointer.commit(lambda path: _save_safetensors(weights, self.ties, path), optim, state, scaler,
+                                    files)
         self.barrier()  # no rank may read `latest` (or exit) before the checkpoint is committed
 
     def load(self, checkpointer: Checkpointer, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -274,7 +279,8 @@ def init_parallel(settings: DistributedSettings, device_kind: str) -> tuple[Para
         torch.cuda.set_device(local_rank)
     backend = settings.backend if settings.backend != "auto" else ("nccl" if cuda else "gloo")
     dist.init_process_group(backend, timeout=datetime.timedelta(minutes=settings.timeout_minutes))
-    parallel = Parallel(dist.get_rank(), dist.get_world_size(), local_rank, settings.strategy, settings.fsdp_cpu_offload)
+    parallel = Parallel(dist.get_rank(), dist.get_world_size(), local_rank, settings.strategy,
+                        settings.fsdp_cpu_offload)
     return parallel, torch.device("cuda", local_rank) if cuda else torch.device("cpu")
 
 

@@ -60,7 +60,8 @@ class LinearCrossEntropy(torch.autograd.Function):
         rows = chunk_rows(weight.shape[0])
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_h = torch.empty_like(hidden) if grads else None
-        grad_w_t = torch.zeros(weight.shape[1], weight.shape[0], dtype=weight.dtype, device=weight.device) if grads else None
+        grad_w_t = (torch.zeros(weight.shape[1], weight.shape[0], dtype=weight.dtype, device=weight.device)
+                    if grads else None)
         for start in range(0, hidden.shape[0], rows):
             h, t = hidden[start:start + rows], targets[start:start + rows]
             logits = _matmul_t(h, weight, onednn)  # (rows, V)

@@ -1,4 +1,5 @@
-"""The training loop: AdamW, warmup + cosine, clipping, mixed precision, accumulation, resumable checkpoints, metrics."""
+"""The training loop: AdamW, warmup + cosine, clipping, mixed precision, accumulation, resumable checkpoints,
+metrics."""
 from __future__ import annotations
 
 import contextlib
@@ -109,7 +110,8 @@ def warmup_seconds(model: torch.nn.Module, data: TokenData, cfg: TrainConfig, de
 
 def train(model: torch.nn.Module, train_data: TokenData, val_data: TokenData, cfg: TrainConfig,
           checkpointer: Checkpointer, metrics_path: Path,
-          on_metrics: Optional[Callable[[StepMetrics], None]] = None, parallel: Optional[Parallel] = None) -> TrainOutcome:
+          on_metrics: Optional[Callable[[StepMetrics], None]] = None,
+          parallel: Optional[Parallel] = None) -> TrainOutcome:
     """Train ``model`` until ``max_steps`` or the time budget, resuming from the latest checkpoint.
 
     ``train_data``/``val_data`` are packed blocks (n, block_size) for train.batching=pack, or
@@ -179,7 +181,8 @@ def _train(model, train_data, val_data, cfg, checkpointer, metrics_path, on_metr
             lr = lr_at(cfg, state.step, state.elapsed_s)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss_value, tokens = forward_backward(step_model, sampler, state, cfg, device, autocast, scaler, parallel, head)
+            loss_value, tokens = forward_backward(step_model, sampler, state, cfg, device, autocast, scaler,
+                                                  parallel, head)
             loss_value = parallel.mean(loss_value)
             if not math.isfinite(loss_value):
                 raise diverged("loss", loss_value, state, cfg, precision, checkpointer)

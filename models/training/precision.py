@@ -1,7 +1,7 @@
 """Device and precision of a run, and the forward pass's context: autocast, or fp32 linear layers through oneDNN."""
 from __future__ import annotations
 
-from typing import ContextManager
+from contextlib import AbstractContextManager
 
 import torch
 
@@ -19,7 +19,8 @@ def resolve_device(requested: str) -> torch.device:
 
 def resolve_precision(requested: str, device: torch.device) -> str:
     """bf16 on CUDA by default; fp32 on CPU, where models.kernels and models.fused_loss make fp32 nearly as fast as
-    bf16 autocast on CPUs with native bf16, and autocast is slower than fp32 on CPUs without it (docs/architecture.md)."""
+    bf16 autocast on CPUs with native bf16, and autocast is slower than fp32 on CPUs without it
+    (docs/architecture.md)."""
     if requested == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -43,5 +44,5 @@ class ForwardContext:
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.onednn = use_onednn(cpu_matmul, device, precision)
 
-    def __call__(self) -> ContextManager:
+    def __call__(self) -> AbstractContextManager:
         return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else linear_kernels(self.onednn)

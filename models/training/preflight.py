@@ -180,7 +180,8 @@ def with_duration(report: PreflightReport, cfg: TrainConfig, step_seconds: float
 
 def _advice(cfg: TrainConfig, device: torch.device, precision: str, pretrained: bool,
             per_rank: Callable[..., tuple[int, int, int, int]], per_node: int, total: int, available: int) -> list[str]:
-    """What to change; ``per_rank(world, fsdp[, precision])`` gives one rank's bytes as :func:`preflight` counts them."""
+    """What to change; ``per_rank(world, fsdp[, precision])`` gives one rank's bytes as :func:`preflight` counts
+    them."""
     dist, ranks, usable = cfg.distributed, cfg.distributed.world_size, USABLE_FRACTION * available
     fsdp = dist.strategy == "fsdp"
     weights, grads, optimizer, acts = per_rank(ranks, fsdp)
@@ -218,7 +219,8 @@ def _advice(cfg: TrainConfig, device: torch.device, precision: str, pretrained: 
                        if device.type == "cuda" and not dist.fsdp_cpu_offload else "")
             tips.append(f"shard the weights, gradients and optimizer states ({state / GiB:.2f} GiB) with "
                         f"train.distributed.strategy=fsdp over {where}{offload}")
-    tips.append(f"or use a smaller model.preset: this one needs {total / GiB:.2f} GiB, {available / GiB:.2f} GiB is available")
+    tips.append(f"or use a smaller model.preset: this one needs {total / GiB:.2f} GiB, "
+                f"{available / GiB:.2f} GiB is available")
     return tips
 
 

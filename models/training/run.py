@@ -1,4 +1,5 @@
-"""A training run as a stage: content-addressed run id, preflight, resume, final model + tokenizer, metrics and plot in the store."""
+"""A training run as a stage: content-addressed run id, preflight, resume, final model + tokenizer, metrics and
+plot in the store."""
 from __future__ import annotations
 
 import logging
@@ -49,7 +50,8 @@ def model_config_for(model_cfg: ModelConfig, tokenizer_ref: TokenizerRef, block_
 
 
 def build_run_model(model_cfg: ModelConfig, train_cfg: TrainConfig, config: PretrainedConfig) -> torch.nn.Module:
-    """The model as it will train: fresh or pretrained (embeddings resized to ``config``), LoRA-wrapped if configured."""
+    """The model as it will train: fresh or pretrained (embeddings resized to ``config``), LoRA-wrapped if
+    configured."""
     model = build_model(config, train_cfg.seed, init_from=model_cfg.pretrained, attention=model_cfg.attention)
     if model_cfg.pretrained and model.get_input_embeddings().num_embeddings < config.vocab_size:
         model.resize_token_embeddings(config.vocab_size)
@@ -176,7 +178,8 @@ def _publish_metrics_after_failure(store: ArtifactStore, prefix: str, local: Pat
 
 def _check_layout(packed: PackedRef, train_cfg: TrainConfig) -> None:
     if packed.block_size != train_cfg.block_size:
-        raise TrainingError(f"packed blocks are {packed.block_size} tokens but train.block_size is {train_cfg.block_size}")
+        raise TrainingError(f"packed blocks are {packed.block_size} tokens "
+                            f"but train.block_size is {train_cfg.block_size}")
     wanted = layout_for(train_cfg.batching)
     if packed.layout != wanted:
         raise TrainingError(f"train.batching={train_cfg.batching} needs the {wanted} layout but the packed data is "

@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from llmops.infra.config import TrainConfig
 from llmops.models.model.kernels import recompute_contexts
 from llmops.models.model.lora import base_model
+from llmops.models.model.pretrained import load_pretrained
 from llmops.models.training.checkpoint import TrainingError
 from llmops.models.training.distributed import Parallel
 
@@ -18,8 +19,6 @@ def build_model(config: PretrainedConfig, seed: int, init_from: Optional[str] = 
     """A fresh model from ``config`` (seeded), or a pretrained one from a local path or hub id."""
     torch.manual_seed(seed)
     if init_from:
-        from llmops.models.model.pretrained import load_pretrained
-
         return load_pretrained(init_from, attention)
     return AutoModelForCausalLM.from_config(config, attn_implementation=attention)
 

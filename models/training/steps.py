@@ -24,7 +24,8 @@ def micro_loss(model: torch.nn.Module, batch: Batch, accum_steps: int, window_ta
     scores them without materializing the logits.
     """
     if head is not None:
-        hidden = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits  # (B, T, H)
+        hidden = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       use_cache=False).logits  # (B, T, H)
         summed = head.summed_nll(hidden, batch.labels)
         return summed / (batch.targets * accum_steps if batch.attention_mask is None else window_targets)
     if batch.attention_mask is None:
@@ -38,7 +39,8 @@ def micro_loss(model: torch.nn.Module, batch: Batch, accum_steps: int, window_ta
 def forward_backward(model, sampler: Sampler, state: TrainerState, cfg: TrainConfig, device: torch.device,
                       autocast, scaler: torch.amp.GradScaler, parallel: Parallel,
                       head: Optional[FusedHead]) -> tuple[float, int]:
-    """Accumulate gradients over ``grad_accum_steps`` micro-batches; return (this rank's step loss, real tokens of the global batch).
+    """Accumulate gradients over ``grad_accum_steps`` micro-batches; return (this rank's step loss, real tokens of
+    the global batch).
 
     The window's micro-batches are drawn first: padded batches are weighted by the targets of
     the whole window (see :func:`micro_loss`). Under distribution each rank trains on its slice;

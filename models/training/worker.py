@@ -1,4 +1,5 @@
-"""torchrun's entry point for a training run (``-m models.distributed_worker``), and the launcher that starts torchrun and waits for it."""
+"""torchrun's entry point for a training run (``-m llmops.models.training.worker``), and the launcher that starts
+torchrun and waits for it."""
 from __future__ import annotations
 
 import argparse
@@ -15,10 +16,14 @@ from typing import Optional
 from pydantic import BaseModel, ConfigDict
 
 from llmops.infra.config import ModelConfig, TrainConfig
+from llmops.infra.store import open_store
+from llmops.models.data.packing import load_packed
+from llmops.models.data.tokenizer import load_tokenizer
 from llmops.models.records import PackedRef, PreflightReport, TokenizerRef, TrainRef
 from llmops.models.training.checkpoint import TrainingError
 from llmops.models.training.distributed import close_parallel, init_parallel, torchrun_command
 from llmops.models.training.loop import StepMetrics
+from llmops.models.training.run import run_training
 from llmops.models.training.run_id import run_identity
 
 log = logging.getLogger("llmops.distributed")
@@ -95,11 +100,6 @@ def _record(fn):
 
 @_record
 def main(argv: Optional[list[str]] = None) -> None:
-    from llmops.infra.store import open_store
-    from llmops.models.data.packing import load_packed
-    from llmops.models.data.tokenizer import load_tokenizer
-    from llmops.models.training.run import run_training
-
     parser = argparse.ArgumentParser(prog=f"torchrun ... -m {__name__}", description=__doc__)
     parser.add_argument("--store", required=True, help="artifact store URI (credentials come from the environment)")
     parser.add_argument("--job", required=True, help="store key of the run's job.json")

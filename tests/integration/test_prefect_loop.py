@@ -104,7 +104,8 @@ def test_familiar_traffic_does_not_alert():
     name = f"quiet-{uuid.uuid4().hex[:8]}"
     config, _, end = drift_setup(name)
     start = end + timedelta(minutes=1)
-    write_records(open_store(), name, synthetic_records(150, TrafficShape(), seed=3, start=start, spacing_s=2, model=name))
+    write_records(open_store(), name,
+                  synthetic_records(150, TrafficShape(), seed=3, start=start, spacing_s=2, model=name))
     outcome = monitor_drift(config, start=start, end=start + timedelta(minutes=10))
     assert outcome.verdict in ("ok", "warn") and not outcome.event_emitted
     assert outcome.n_samples == 150

@@ -96,7 +96,8 @@ def test_prompt_list_gives_n_choices_per_prompt_in_order(client):
     assert [c.index for c in out.choices] == [0, 1, 2, 3]
     assert out.choices[0].text == out.choices[1].text and out.choices[2].text == out.choices[3].text
     tok = tiny_tokenizer()
-    assert out.usage.prompt_tokens == sum(len(tok(p, add_special_tokens=False)["input_ids"]) for p in ["If the", "This module"])
+    assert out.usage.prompt_tokens == sum(len(tok(p, add_special_tokens=False)["input_ids"])
+                                          for p in ["If the", "This module"])
 
 
 def test_max_tokens_is_respected_and_defaults_to_config(client):
@@ -129,7 +130,8 @@ def test_top_k_and_repetition_penalty_via_extra_body(client):
     assert top1 == greedy  # sampling from the single most likely token is greedy decoding
     penalised = _complete(client, prompt="Return the", max_tokens=8, temperature=0,
                           extra_body={"repetition_penalty": 5})
-    assert penalised.choices[0].text != _complete(client, prompt="Return the", max_tokens=8, temperature=0).choices[0].text
+    assert penalised.choices[0].text != _complete(client, prompt="Return the", max_tokens=8,
+                                                  temperature=0).choices[0].text
 
 
 def test_stop_sequence_truncates_and_reports_stop(client):
@@ -224,9 +226,11 @@ def test_unavailable_until_an_alias_exists_then_reload(store, cache_dir):
         reply = httpx.post(f"{handle.url}/v1/completions", json={"model": "unborn", "prompt": "x"})
         assert reply.status_code == 503 and "production" in reply.json()["error"]["message"]
         with pytest.raises(openai.InternalServerError):
-            OpenAI(base_url=f"{handle.url}/v1", api_key="unused", max_retries=0).completions.create(model="unborn", prompt="x")
+            OpenAI(base_url=f"{handle.url}/v1", api_key="unused", max_retries=0).completions.create(
+                model="unborn", prompt="x")
         make_registered_model(store, "unborn")
-        assert httpx.post(f"{handle.url}/admin/reload").json() == {"old_version": None, "new_version": 1, "changed": True}
+        assert httpx.post(f"{handle.url}/admin/reload").json() == {"old_version": None, "new_version": 1,
+                                                                   "changed": True}
         assert httpx.get(f"{handle.url}/health").json()["version"] == 1
 
 

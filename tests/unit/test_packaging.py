@@ -56,7 +56,8 @@ def test_llmops_version_prints_the_installed_version():
     from llmops import __version__
 
     done = subprocess.run([sys.executable, "-m", "llmops.flows.cli", "--version"], capture_output=True, text=True)
-    assert done.returncode == 0 and done.stdout.strip() == f"llmops {__version__}" == f"llmops {PYPROJECT['project']['version']}"
+    assert (done.returncode == 0
+            and done.stdout.strip() == f"llmops {__version__}" == f"llmops {PYPROJECT['project']['version']}")
 
 
 def _distribution(requirement: str) -> str:

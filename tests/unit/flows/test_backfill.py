@@ -97,7 +97,8 @@ def test_backfill_skips_windows_without_traffic_files(config):
     hourly = config.with_overrides(["monitor.window_minutes=60"])
     status, out = run(hourly, start=T0.isoformat(), end=(T0 + timedelta(hours=4)).isoformat())
     assert status == 0
-    first, second, third, fourth = (f"{T0 + timedelta(hours=h):%Y%m%dT%H%M%SZ}-{T0 + timedelta(hours=h + 1):%Y%m%dT%H%M%SZ}"
+    first, second, third, fourth = (f"{T0 + timedelta(hours=h):%Y%m%dT%H%M%SZ}-"
+                                    f"{T0 + timedelta(hours=h + 1):%Y%m%dT%H%M%SZ}"
                                     for h in range(4))
     written = sorted(k.split("/")[2] for k in open_store().list(f"monitoring/{NAME}") if k.endswith("/drift.json"))
     # a window reads its hours and the one before (a file is named by the hour of its first record): the second

@@ -57,7 +57,8 @@ def test_printed_config_loads_back_unchanged(capsys, tmp_path):
     (tmp_path / "printed.yaml").write_text(first)
     code, again, _ = run(capsys, "config", "--config", str(tmp_path / "printed.yaml"))
     assert code == 0 and again == first
-    assert PipelineConfig.model_validate(yaml.safe_load(again)).monitor.signal_thresholds["token_frequency"].psi_alert == 0.4
+    loaded = PipelineConfig.model_validate(yaml.safe_load(again))
+    assert loaded.monitor.signal_thresholds["token_frequency"].psi_alert == 0.4
 
 
 def test_train_data_paths_are_kept_exactly(tmp_path):
@@ -71,7 +72,8 @@ def test_train_data_paths_are_kept_exactly(tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("train.max_steps=abc", "defaults: 1 invalid field(s)\n  train.max_steps: Input should be a valid integer"),
     ("train.max_stpes=5", "defaults: 1 invalid field(s)\n  train.max_stpes: Extra inputs are not permitted"),
-    ("train.max_steps=0", "defaults: 1 invalid field(s)\n  train.max_steps: Input should be greater than or equal to 1 (got 0)"),
+    ("train.max_steps=0",
+     "defaults: 1 invalid field(s)\n  train.max_steps: Input should be greater than or equal to 1 (got 0)"),
     ("nonsense", "override 'nonsense' must look like section.field=value"),
     ("train.lr.value=1", "override 'train.lr.value=1': 'lr' is not a section"),
     ("data.sources=[a.txt", "override 'data.sources=[a.txt': the value is not valid YAML (expected ',' or ']'"),
@@ -159,7 +161,8 @@ def test_rollback_without_the_alias_is_an_error(capsys):
     assert code == 2 and out == ""
     assert err == "llmops rollback: error: model 'llmops-lm' has no 'staging' alias to roll back\n"
     code, _, err = run(capsys, "rollback", "--model", "never-registered")
-    assert code == 2 and err == "llmops rollback: error: model 'never-registered' has no 'production' alias to roll back\n"
+    assert code == 2 and err == ("llmops rollback: error: model 'never-registered' has no 'production' alias "
+                                 "to roll back\n")
 
 
 @pytest.mark.parametrize("args, missing", [
@@ -195,8 +198,11 @@ def test_monitor_reports_bad_inputs_without_a_traceback(capsys, tmp_path):
     code, _, err = run(capsys, *base, "--reference", str(good), "--current", str(good),
                        "--model-path", str(tmp_path / "nowhere"))
     assert code == 2
-    assert err == f"llmops monitor: error: --model-path {tmp_path / 'nowhere'} is not a saved model folder (no config.json)\n"
+    assert err == (f"llmops monitor: error: --model-path {tmp_path / 'nowhere'} is not a saved model folder "
+                   "(no config.json)\n")
 
-    code, _, err = run(capsys, "monitor", "--out", str(tmp_path / "out"), "--reference", str(good), "--current", str(good))
-    assert code == 2 and err == "llmops monitor: error: model 'llmops-lm' has no 'production' alias yet (versions: none)\n"
+    code, _, err = run(capsys, "monitor", "--out", str(tmp_path / "out"), "--reference", str(good),
+                       "--current", str(good))
+    assert code == 2 and err == ("llmops monitor: error: model 'llmops-lm' has no 'production' alias yet "
+                                 "(versions: none)\n")
     assert not (tmp_path / "out").exists()

@@ -1,4 +1,5 @@
-"""Deployment definitions, built without a Prefect server: names, schedules, the drift trigger, concurrency, parameters."""
+"""Deployment definitions, built without a Prefect server: names, schedules, the drift trigger, concurrency,
+parameters."""
 from __future__ import annotations
 
 import copy

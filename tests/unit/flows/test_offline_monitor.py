@@ -1,4 +1,5 @@
-"""``llmops monitor`` on files: reading texts, and drift between stdlib prose halves (quiet) vs prose and code (alert)."""
+"""``llmops monitor`` on files: reading texts, and drift between stdlib prose halves (quiet) vs prose and code
+(alert)."""
 from __future__ import annotations
 
 import contextlib
@@ -129,7 +130,8 @@ def test_read_texts_explains_missing_empty_and_unsupported_files(tmp_path):
         read_texts(blank, CONFIG)
     table = tmp_path / "texts.csv"
     table.write_text("text\nhello\n")
-    with pytest.raises(IngestError, match=r"texts.csv: unsupported file type '.csv'; use one of .txt, .md, .jsonl, .parquet"):
+    with pytest.raises(IngestError,
+                       match=r"texts.csv: unsupported file type '.csv'; use one of .txt, .md, .jsonl, .parquet"):
         read_texts(table, CONFIG)
 
 

@@ -64,7 +64,8 @@ def test_yaml_errors_name_the_file(tmp_path):
     with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
         PipelineConfig.from_yaml(bad)
     bad.write_text("train:\n  lr: -1\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: 1 invalid field\(s\)\n  train.lr: Input should be greater than 0"):
+    with pytest.raises(ConfigError,
+                       match=r"bad.yaml: 1 invalid field\(s\)\n  train.lr: Input should be greater than 0"):
         PipelineConfig.from_yaml(bad)
     with pytest.raises(ConfigError, match="does not exist"):
         PipelineConfig.from_yaml(tmp_path / "missing.yaml")

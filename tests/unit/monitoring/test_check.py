@@ -44,7 +44,8 @@ def test_drifted_traffic_alerts_on_the_signals_that_moved(profile, tmp_path, sha
 
 
 def test_latency_drift_is_reported_but_never_alerts(profile, tmp_path):
-    report = check_window(profile, synthetic_records(800, TrafficShape(latency_scale=3), seed=6), toy_tokenize, CFG, tmp_path)
+    report = check_window(profile, synthetic_records(800, TrafficShape(latency_scale=3), seed=6), toy_tokenize, CFG,
+                          tmp_path)
     assert report.signals["latency_ms"].status == "alert" and report.signals["latency_ms"].report_only
     assert report.verdict == "ok" and "latency_ms" not in report.alerting
 
@@ -66,12 +67,13 @@ def test_missing_feature_skips_the_signal_with_a_reason(profile, tmp_path):
 
 
 def test_drift_json_holds_every_statistic_and_the_summary_links_the_files(profile, tmp_path):
-    report = check_window(profile, synthetic_records(500, TrafficShape(words_mean=40), seed=8), toy_tokenize, CFG, tmp_path,
-                          window_id="w1")
+    report = check_window(profile, synthetic_records(500, TrafficShape(words_mean=40), seed=8), toy_tokenize, CFG,
+                          tmp_path, window_id="w1")
     saved = load_report((tmp_path / "drift.json").read_text())
     assert saved == report
     row = json.loads((tmp_path / "drift.json").read_text())["signals"]["prompt_chars"]
-    for key in ("psi", "kl", "js", "statistic", "p_value", "p_adjusted", "effect_size", "reference_counts", "current_counts"):
+    for key in ("psi", "kl", "js", "statistic", "p_value", "p_adjusted", "effect_size", "reference_counts",
+                "current_counts"):
         assert key in row
     summary = (tmp_path / "summary.md").read_text()
     assert "`w1`: **alert**" in summary and "[hist_prompt_chars.png](hist_prompt_chars.png)" in summary
@@ -79,7 +81,8 @@ def test_drift_json_holds_every_statistic_and_the_summary_links_the_files(profil
 
 
 def test_compare_records_and_check_files(tmp_path):
-    reference, current = synthetic_records(400, seed=9), synthetic_records(400, TrafficShape(surprisal_mean=4.0), seed=10)
+    reference, current = (synthetic_records(400, seed=9),
+                          synthetic_records(400, TrafficShape(surprisal_mean=4.0), seed=10))
     report = compare_records(reference, current, toy_tokenize, CFG, tmp_path / "a")
     assert "prompt_surprisal" in report.alerting and report.model_name == "adhoc"
     ref_file, cur_file = tmp_path / "ref.jsonl", tmp_path / "cur.jsonl"
@@ -87,7 +90,8 @@ def test_compare_records_and_check_files(tmp_path):
     cur_file.write_text("".join(json.dumps(r) + "\n" for r in current) + "{not json\n")
     from_files = check_files(ref_file, cur_file, toy_tokenize, CFG, tmp_path / "b")
     assert from_files.alerting == report.alerting
-    assert from_files.notes == [f"skipped 1 malformed line(s) of {cur_file}; first: {cur_file}:401: not JSON (Expecting property name enclosed in double quotes)"]
+    assert from_files.notes == [f"skipped 1 malformed line(s) of {cur_file}; first: {cur_file}:401: not JSON "
+                                "(Expecting property name enclosed in double quotes)"]
     profile_file = tmp_path / "profile.json"
     profile_file.write_text(build_profile(reference, toy_tokenize, CFG, model_name="lm", model_version=1).to_json())
     assert check_files(profile_file, cur_file, toy_tokenize, CFG, tmp_path / "c").alerting == report.alerting
@@ -102,7 +106,8 @@ def test_check_files_bad_inputs(tmp_path):
 
 
 def test_debiased_psi_keeps_small_undrifted_windows_from_warning(profile, tmp_path, monkeypatch):
-    monkeypatch.setattr("llmops.monitoring.report.write_histograms", lambda results, out_dir: {})  # verdicts only: no PNGs
+    monkeypatch.setattr("llmops.monitoring.report.write_histograms",
+                        lambda results, out_dir: {})  # verdicts only: no PNGs
     raw_cfg = CFG.model_copy(update={"psi_debias": False})
     debiased, raw = [], []
     for seed in range(100, 106):
@@ -119,7 +124,8 @@ def test_a_failing_evidently_report_costs_a_note_not_the_verdict(profile, tmp_pa
 
     monkeypatch.setattr("llmops.monitoring.report.write_evidently_report", broken)
     cfg = CFG.model_copy(update={"evidently_report": True})
-    report = check_window(profile, synthetic_records(200, TrafficShape(words_mean=40), seed=11), toy_tokenize, cfg, tmp_path)
+    report = check_window(profile, synthetic_records(200, TrafficShape(words_mean=40), seed=11), toy_tokenize, cfg,
+                          tmp_path)
     assert report.verdict == "alert" and "report_html" not in report.files
     assert report.notes == ["Evidently report not written: RuntimeError: evidently changed its API again"]
     assert "- Evidently report not written" in (tmp_path / "summary.md").read_text()
@@ -131,6 +137,7 @@ def test_monitoring_imports_no_orchestrator_no_torch_and_evidently_lazily():
 
     code = ("import sys, llmops.monitoring.check, llmops.monitoring.stream, llmops.infra.traffic.log, "
             "llmops.monitoring.trend, llmops.monitoring.synthetic; "
-            "print(sorted(m for m in ('prefect', 'torch', 'transformers', 'evidently', 'matplotlib') if m in sys.modules))")
+            "print(sorted(m for m in ('prefect', 'torch', 'transformers', 'evidently', 'matplotlib') "
+            "if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

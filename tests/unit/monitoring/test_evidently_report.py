@@ -60,7 +60,8 @@ def test_kl_equals_evidentlys_in_its_direction(samples):
 
 def test_js_equals_evidentlys_up_to_the_log_base(samples):
     ref_p, cur_p = _evidently_bins(*samples, fill=False)  # Evidently's JS does not fill zeros either
-    assert stats.js_distance(ref_p, cur_p) * math.sqrt(math.log(2)) == pytest.approx(_evidently(*samples, "jensenshannon"))
+    assert stats.js_distance(ref_p, cur_p) * math.sqrt(math.log(2)) == pytest.approx(
+        _evidently(*samples, "jensenshannon"))
 
 
 def test_ks_p_value_equals_evidentlys(samples):
@@ -81,7 +82,8 @@ def test_psi_verdicts_agree_with_evidently_on_its_own_bins(shift, drifted):
 def test_check_window_writes_evidentlys_report(tmp_path):
     cfg = MonitorConfig()
     profile = build_profile(synthetic_records(600, seed=1), toy_tokenize, cfg, model_name="lm", model_version=1)
-    report = check_window(profile, synthetic_records(400, TrafficShape(words_mean=40), seed=2), toy_tokenize, cfg, tmp_path)
+    report = check_window(profile, synthetic_records(400, TrafficShape(words_mean=40), seed=2), toy_tokenize, cfg,
+                          tmp_path)
     assert {"report_html", "report_json", "summary", "drift"} <= set(report.files)
     html = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert "Dataset Drift" in html and "root_metric_" in html and len(html) > 100_000  # Evidently's page

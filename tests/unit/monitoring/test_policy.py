@@ -56,7 +56,8 @@ def test_small_effect_with_a_huge_sample_does_not_alert():
 
 def test_judge_corrects_over_the_family_and_applies_per_signal_thresholds():
     cfg = MonitorConfig(signal_thresholds={"prompt_chars": SignalThresholds(psi_warn=0.5, psi_alert=1.0)})
-    measured = {"prompt_chars": _stats("prompt_chars", 0.6, 1e-9), "prompt_surprisal": _stats("prompt_surprisal", 0.3, 0.004),
+    measured = {"prompt_chars": _stats("prompt_chars", 0.6, 1e-9),
+                "prompt_surprisal": _stats("prompt_surprisal", 0.3, 0.004),
                 "latency_ms": _stats("latency_ms", 3.0, 1e-30)}
     results = judge(measured, cfg)
     assert results["prompt_chars"].status == "warn" and results["prompt_chars"].psi_alert == 1.0
@@ -70,9 +71,11 @@ def test_judge_corrects_over_the_family_and_applies_per_signal_thresholds():
 
 def test_window_verdict_min_samples_and_severity():
     cfg = MonitorConfig()
-    results = judge({"prompt_chars": _stats("prompt_chars", 0.3, 1e-9), "prompt_tokens": _stats("prompt_tokens", 0.7, 1e-9)}, cfg)
+    results = judge({"prompt_chars": _stats("prompt_chars", 0.3, 1e-9),
+                     "prompt_tokens": _stats("prompt_tokens", 0.7, 1e-9)}, cfg)
     decision = policy.window_verdict(results, 1000, cfg)
-    assert (decision.verdict, decision.severity, decision.alerting) == ("alert", "high", ["prompt_chars", "prompt_tokens"])
+    assert (decision.verdict, decision.severity, decision.alerting) == (
+        "alert", "high", ["prompt_chars", "prompt_tokens"])
     assert policy.window_verdict(results, 99, cfg) == policy.WindowDecision("insufficient_data", "none", [], [])
     medium = judge({"prompt_chars": _stats("prompt_chars", 0.3, 1e-9)}, cfg)
     assert policy.window_verdict(medium, 1000, cfg).severity == "medium"
@@ -122,5 +125,6 @@ def test_emission_decision_explains_itself():
     assert emission_decision(["ok", "alert"], cfg, now, None) == (False, "waiting for 2 alerting windows in a row")
     assert emission_decision(["alert", "alert"], cfg, now, None) == (True, "alert confirmed")
     recent = now - timedelta(minutes=10)
-    assert emission_decision(["alert", "alert"], cfg, now, recent) == (False, f"in cooldown since the event at {recent.isoformat()}")
+    assert emission_decision(["alert", "alert"], cfg, now, recent) == (
+        False, f"in cooldown since the event at {recent.isoformat()}")
     assert emission_decision(["alert", "alert"], cfg, now, now - timedelta(minutes=31)) == (True, "alert confirmed")

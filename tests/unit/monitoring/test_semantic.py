@@ -1,4 +1,5 @@
-"""Semantic drift: off by default; on, a tiny BERT's embeddings give a signal that moves with the topic of the prompts."""
+"""Semantic drift: off by default; on, a tiny BERT's embeddings give a signal that moves with the topic of the
+prompts."""
 from __future__ import annotations
 
 import shutil
@@ -14,12 +15,7 @@ from llmops.infra.traffic.log import write_records
 from llmops.monitoring.check import check_store_window
 from llmops.monitoring.profile import build_profile
 from llmops.monitoring.records import ReferenceProfile
-from llmops.monitoring.semantic import (
-    SentenceEmbedder,
-    cosine_distance,
-    embedder_for,
-    sample_prompts,
-)
+from llmops.monitoring.semantic import SentenceEmbedder, cosine_distance, embedder_for, sample_prompts
 from llmops.monitoring.synthetic import synthetic_records, toy_tokenize
 from tests.helpers import stdlib_texts, tiny_tokenizer
 
@@ -146,14 +142,16 @@ def test_a_window_larger_than_the_sample_embeds_a_uniform_sample_and_says_so(enc
                                 tmp_path / "sampled", embedder=embedder_for(cfg, profile.semantic))
     assert report.n_samples == 150 and report.signals["prompt_tokens"].n_current == 150
     assert report.signals["semantic_distance"].n_current == 100
-    assert "semantic_distance: 100 of 150 prompts embedded (uniform sample, monitor.semantic_window_sample)" in report.notes
+    assert ("semantic_distance: 100 of 150 prompts embedded "
+            "(uniform sample, monitor.semantic_window_sample)") in report.notes
     assert report.signals["semantic_distance"].status == "alert"
     sample, seen = sample_prompts([texts["different"][:70], texts["different"][70:]], 100)
     assert seen == 150 and len(set(sample)) == 100 and set(sample) <= set(texts["different"])
     assert sample_prompts([texts["different"]], 100)[0] == sample, "the sample does not depend on how the stream is cut"
 
 
-def test_a_profile_with_semantic_distance_checked_with_semantic_drift_off_skips_it_without_loading(encoder, texts, tmp_path):
+def test_a_profile_with_semantic_distance_checked_with_semantic_drift_off_skips_it_without_loading(
+        encoder, texts, tmp_path):
     cfg = MonitorConfig(semantic_model=encoder, evidently_report=False)
     profile = build_profile(records_of(texts["reference"], seed=1), toy_tokenize, cfg, model_name="lm",
                             model_version=1, embedder=embedder_for(cfg))

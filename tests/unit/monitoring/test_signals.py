@@ -74,14 +74,17 @@ def test_no_token_ids_no_tokenizer_or_no_records_skip_with_a_reason(records):
 
 
 @pytest.mark.parametrize("mutate, message", [
-    (lambda r: r["features"].update(prompt_tokens="31"), "record {id}: features.prompt_tokens must be a number, got '31'"),
+    (lambda r: r["features"].update(prompt_tokens="31"),
+     "record {id}: features.prompt_tokens must be a number, got '31'"),
     (lambda r: r["features"].update(latency_ms=True), "record {id}: features.latency_ms must be a number, got True"),
     (lambda r: r.update(prompt=None), "record {id}: prompt must be a string, got None"),
     (lambda r: r.update(features=[1]), "record {id}: features must be an object"),
     (lambda r: r["features"].update(stop_reason=3), "record {id}: features.stop_reason must be a string, got 3"),
     (lambda r: r.update(completions={"text": "x"}), "record {id}: completions must be a list of objects"),
-    (lambda r: r.update(prompt_token_ids=[1, True]), "record {id}: prompt_token_ids must be a list of non-negative integers"),
-    (lambda r: r.update(prompt_token_ids=[-3]), "record {id}: prompt_token_ids must be a list of non-negative integers"),
+    (lambda r: r.update(prompt_token_ids=[1, True]),
+     "record {id}: prompt_token_ids must be a list of non-negative integers"),
+    (lambda r: r.update(prompt_token_ids=[-3]),
+     "record {id}: prompt_token_ids must be a list of non-negative integers"),
     (lambda r: (r["features"].pop("completion_tokens"), r["completions"][0].update(tokens="x")),
      "record {id}: completions[0].tokens must be a number, got 'x'"),
 ])

@@ -116,7 +116,8 @@ def test_psi_noise_floor_predicts_the_null_psi():
     rng = np.random.default_rng(3)
     edges = np.quantile(rng.normal(size=20_000), np.linspace(0, 1, 11)[1:-1])
     ref_counts = stats.bin_counts(rng.normal(size=5000), edges)
-    null = [stats.divergences(ref_counts, stats.bin_counts(rng.normal(size=200), edges), 0.5)["psi"] for _ in range(300)]
+    null = [stats.divergences(ref_counts, stats.bin_counts(rng.normal(size=200), edges), 0.5)["psi"]
+            for _ in range(300)]
     floor = stats.psi_noise_floor(10, 5000, 200)
     assert floor == pytest.approx(9 * (1 / 5000 + 1 / 200))
     assert np.mean(null) == pytest.approx(floor, rel=0.25)

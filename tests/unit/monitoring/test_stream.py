@@ -99,7 +99,8 @@ def test_records_needing_fallbacks_or_with_bad_fields_take_the_row_path_with_the
 def test_only_the_partitions_the_window_touches_are_read(profile, tmp_path):
     store = ReadCountingStore(tmp_path / "store")
     _traffic(store, hours=5)  # 14:00 .. 18:59
-    check_store_window(store, "lm", T0 + timedelta(hours=2), T0 + timedelta(hours=3), profile, None, CFG, tmp_path / "o")
+    check_store_window(store, "lm", T0 + timedelta(hours=2), T0 + timedelta(hours=3), profile, None, CFG,
+                       tmp_path / "o")
     hours = {key.split("/")[5] for key in store.opened if key.startswith("traffic/")}
     assert hours == {"15", "16"}  # the window's hour and the one before it (a file flushed at 15:59)
 

@@ -134,7 +134,8 @@ def test_readers_never_read_a_record_twice_and_late_files_are_picked_up(store):
     with_late = read_window(store, "lm", start, end)
     assert _ids(with_late) == _ids(jsonl)[:120] + [r["id"] for r in late] + _ids(jsonl)[120:]
     first = store.get_json(f"{HOUR}/{MANIFEST}")
-    assert compact(store, "lm", T0 + timedelta(hours=2)) == [f"{HOUR}/{store.get_json(f'{HOUR}/{MANIFEST}')['parquet']}"]
+    assert compact(store, "lm", T0 + timedelta(hours=2)) == [
+        f"{HOUR}/{store.get_json(f'{HOUR}/{MANIFEST}')['parquet']}"]
     assert _ids(read_window(store, "lm", start, end)) == _ids(with_late)  # same records, same order
     assert compact(store, "lm", T0 + timedelta(hours=2)) == []  # idempotent
     second = store.get_json(f"{HOUR}/{MANIFEST}")
@@ -150,7 +151,8 @@ def test_open_hours_are_not_compacted(store):
     assert len(compact(store, "lm", T0 + timedelta(hours=1, minutes=50))) == 1
     assert compact_hour(store, "lm", T0 + timedelta(hours=1), before=T0 + timedelta(hours=1, minutes=50)) is None
     assert not store.exists(f"traffic/lm/2025/03/04/15/{MANIFEST}")
-    with pytest.raises(ValueError, match=r"grace period \(1 s\) must be longer than the server's flush interval \(2 s\)"):
+    with pytest.raises(ValueError,
+                       match=r"grace period \(1 s\) must be longer than the server's flush interval \(2 s\)"):
         closed_before(T0, timedelta(seconds=1), 2.0)
 
 

@@ -1,4 +1,5 @@
-"""int8 quantization: every Linear converted, the original untouched, save/load round trip, and compress_run's report."""
+"""int8 quantization: every Linear converted, the original untouched, save/load round trip, and compress_run's
+report."""
 from __future__ import annotations
 
 import json
@@ -33,7 +34,8 @@ def train_tiny_run(root: Path) -> tuple[LocalStore, TrainRef, list[str], Path]:
                   "eval_every": 30, "eval_batches": 2, "checkpoint_every": 60, "num_threads": 1},
     })
     done = train_stdlib_run(root, config)
-    short = [t for t in read_split(done.store, done.dataset, "test") if len(t) <= 400][:12]  # scoring cost grows with length
+    # scoring cost grows with length
+    short = [t for t in read_split(done.store, done.dataset, "test") if len(t) <= 400][:12]
     assert len(short) >= 8
     return done.store, done.run, short, done.cache
 
@@ -46,7 +48,8 @@ def trained(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model_and_ids():
     tok = tiny_tokenizer()
-    ids = tok(["Return the value of the key if it is in the dictionary, else default."], return_tensors="pt")["input_ids"]
+    ids = tok(["Return the value of the key if it is in the dictionary, else default."],
+              return_tensors="pt")["input_ids"]
     return tiny_model(tok, seed=3), ids
 
 

@@ -1,4 +1,5 @@
-"""Fine-tuning a locally saved model: LoRA learns, only adapters change, the merge is exact, checkpoints resume, the pipeline runs."""
+"""Fine-tuning a locally saved model: LoRA learns, only adapters change, the merge is exact, checkpoints resume,
+the pipeline runs."""
 from __future__ import annotations
 
 import copy
@@ -46,7 +47,8 @@ def base(tmp_path_factory):
     root = tmp_path_factory.mktemp("finetune")
     model = tiny_model(tok, context_length=CONTEXT)
     pretrain = pack_split(cycle_texts(words), tok, 32)
-    train(model, pretrain, pretrain[:8], config(max_steps=30, lr=1e-2, warmup_steps=3, eval_every=100, checkpoint_every=100),
+    train(model, pretrain, pretrain[:8],
+          config(max_steps=30, lr=1e-2, warmup_steps=3, eval_every=100, checkpoint_every=100),
           Checkpointer(LocalStore(root / "pretrain"), "ck"), root / "pretrain.jsonl")
     model.save_pretrained(root / "base")
     tok.save_pretrained(root / "base")
@@ -102,7 +104,8 @@ def test_the_merged_model_equals_base_plus_adapters(lora_run, base, tmp_path):
     with torch.no_grad():
         adapted = peft_model(input_ids=x).logits
         q = peft_model.base_model.model.model.layers[0].self_attn.q_proj
-        expected_q = q.base_layer.weight + (q.lora_B["default"].weight @ q.lora_A["default"].weight) * LORA.alpha / LORA.r
+        expected_q = (q.base_layer.weight
+                      + (q.lora_B["default"].weight @ q.lora_A["default"].weight) * LORA.alpha / LORA.r)
         merged = merge_for_deployment(peft_model)
         assert type(merged).__name__ == "LlamaForCausalLM" and not any("lora" in k for k in merged.state_dict())
         torch.testing.assert_close(merged.model.layers[0].self_attn.q_proj.weight, expected_q)
@@ -120,11 +123,14 @@ def test_lora_checkpoints_hold_only_the_adapters_and_resume_exactly(base, lora_r
     cfg = config(max_steps=20, lr=1e-2, warmup_steps=3)
     crashed = LocalStore(tmp_path / "crashed")
     with pytest.raises(CrashAt):
-        train(lora_model(path), blocks, blocks[:8], cfg, Checkpointer(crashed, "ck"), tmp_path / "c.jsonl", crash_at(15))
+        train(lora_model(path), blocks, blocks[:8], cfg, Checkpointer(crashed, "ck"), tmp_path / "c.jsonl",
+              crash_at(15))
     # the resumed run's fresh adapters differ: the checkpoint must bring them back
-    resumed = train(lora_model(path, seed=123), blocks, blocks[:8], cfg, Checkpointer(crashed, "ck"), tmp_path / "c.jsonl")
+    resumed = train(lora_model(path, seed=123), blocks, blocks[:8], cfg, Checkpointer(crashed, "ck"),
+                    tmp_path / "c.jsonl")
     assert resumed.resumed_from_step == 10
-    train(lora_model(path), blocks, blocks[:8], cfg, Checkpointer(LocalStore(tmp_path / "s"), "ck"), tmp_path / "s.jsonl")
+    train(lora_model(path), blocks, blocks[:8], cfg, Checkpointer(LocalStore(tmp_path / "s"), "ck"),
+          tmp_path / "s.jsonl")
     got, want = losses_after(tmp_path / "c.jsonl", 10), losses_after(tmp_path / "s.jsonl", 10)
     assert sorted(got) == list(range(11, 21)) and got == pytest.approx(want, rel=1e-5, abs=1e-6)
 
@@ -198,14 +204,17 @@ def test_the_pipeline_fine_tunes_with_lora_and_saves_a_plain_merged_model(base, 
     weights, original = load_file(str(final)), load_file(str(base[0] / "model.safetensors"))
     assert set(weights) == set(original)  # a plain model: no adapter tensors
     assert torch.equal(weights["model.embed_tokens.weight"], original["model.embed_tokens.weight"])
-    assert not torch.equal(weights["model.layers.0.self_attn.q_proj.weight"], original["model.layers.0.self_attn.q_proj.weight"])
+    assert not torch.equal(weights["model.layers.0.self_attn.q_proj.weight"],
+                           original["model.layers.0.self_attn.q_proj.weight"])
     assert AutoModelForCausalLM.from_pretrained(final.parent).num_parameters() == ref.parameters
-    assert run_training(store, packed, tok_ref, tokenizer, model_cfg, pipeline_config(lora=LORA), cache) == ref  # reused
+    assert run_training(store, packed, tok_ref, tokenizer, model_cfg, pipeline_config(lora=LORA),
+                        cache) == ref  # reused
 
 
 def test_the_pipeline_fine_tunes_every_weight_without_lora(base, corpus):
     store, cache, tok_ref, tokenizer, packed = corpus
-    ref = run_training(store, packed, tok_ref, tokenizer, ModelConfig(pretrained=str(base[0])), pipeline_config(), cache)
+    ref = run_training(store, packed, tok_ref, tokenizer,
+                       ModelConfig(pretrained=str(base[0])), pipeline_config(), cache)
     assert ref.method == "full" and ref.preflight.trainable_parameters == ref.preflight.parameters == ref.parameters
     rows = read_metrics(Path(store.local_path(store.key_for(ref.metrics_uri))))
     assert len(rows) == 10 and rows[-1]["loss"] < rows[0]["loss"]
@@ -213,7 +222,16 @@ def test_the_pipeline_fine_tunes_every_weight_without_lora(base, corpus):
 
 def test_the_card_names_the_base_model_and_the_method():
     from llmops.models.release.card import render_card
-    from tests.unit.models.release.test_card import CONFIG, DATASET, RUN, TOKENIZER, evaluation, section, store_key, table_rows
+    from tests.unit.models.release.test_card import (
+        CONFIG,
+        DATASET,
+        RUN,
+        TOKENIZER,
+        evaluation,
+        section,
+        store_key,
+        table_rows,
+    )
 
     run = RUN.model_copy(update={"method": "lora", "base_model": "/models/base@0123456789abcdef"})
     card = render_card(name="card-lm", version=1, config=CONFIG, dataset=DATASET, tokenizer=TOKENIZER, run=run,

@@ -70,7 +70,8 @@ def _losses(tmp_path, name: str, **overrides) -> list[float]:
     data = patterned_blocks()
     cfg = TrainConfig(max_steps=12, max_minutes=None, batch_size=8, block_size=data.shape[1], lr=1e-2, warmup_steps=2,
                       eval_every=6, eval_batches=2, checkpoint_every=100, device="cpu", precision="fp32", **overrides)
-    train(tiny_model(), data, data[:16], cfg, Checkpointer(LocalStore(tmp_path / name), "ck"), tmp_path / f"{name}.jsonl")
+    train(tiny_model(), data, data[:16], cfg, Checkpointer(LocalStore(tmp_path / name), "ck"),
+          tmp_path / f"{name}.jsonl")
     return [r["loss"] for r in read_metrics(tmp_path / f"{name}.jsonl")]
 
 

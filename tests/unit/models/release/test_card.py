@@ -1,4 +1,5 @@
-"""The model card: Hugging Face front matter that parses, metrics equal to the evaluation, lineage, gate and compression."""
+"""The model card: Hugging Face front matter that parses, metrics equal to the evaluation, lineage, gate and
+compression."""
 from __future__ import annotations
 
 import re
@@ -74,8 +75,8 @@ def store_key(uri: str) -> str:
 
 
 def card(promote: bool = True, quant: Optional[QuantReport] = QUANT, with_test: bool = True) -> str:
-    return render_card(store_key=store_key, name="card-lm", version=3, config=CONFIG, dataset=DATASET, tokenizer=TOKENIZER, run=RUN,
-                       evaluation=evaluation(promote, with_test), quant=quant)
+    return render_card(store_key=store_key, name="card-lm", version=3, config=CONFIG, dataset=DATASET,
+                       tokenizer=TOKENIZER, run=RUN, evaluation=evaluation(promote, with_test), quant=quant)
 
 
 def front_matter(text: str) -> dict:
@@ -179,8 +180,8 @@ def test_compression_section_only_with_a_quant_report():
 
 def test_a_run_without_a_loss_plot_or_resume_says_so():
     run = RUN.model_copy(update={"loss_plot_uri": None, "resumed_from_step": None, "final_val_loss": 4.0})
-    text = render_card(store_key=store_key, name="card-lm", version=1, config=CONFIG, dataset=DATASET, tokenizer=TOKENIZER, run=run,
-                       evaluation=evaluation(), quant=None)
+    text = render_card(store_key=store_key, name="card-lm", version=1, config=CONFIG, dataset=DATASET,
+                       tokenizer=TOKENIZER, run=run, evaluation=evaluation(), quant=None)
     training = dict(table_rows(section(text, "Training"))[1:])
     assert (training["loss curve"], training["resumed from step"], training["final validation loss"]) == (
         "n/a", "no", "4.0000")
@@ -195,8 +196,8 @@ def test_without_a_test_split_the_model_index_is_empty_but_the_card_renders():
 def fine_tune_card(base: str, method: str = "lora") -> str:
     config = PipelineConfig.from_dict({"model_name": "card-lm", "model": {"preset": "tiny", "pretrained": base}})
     run = RUN.model_copy(update={"method": method, "base_model": f"{base}@0123456789abcdef"})
-    return render_card(store_key=store_key, name="card-lm", version=1, config=config, dataset=DATASET, tokenizer=TOKENIZER, run=run,
-                       evaluation=evaluation(), quant=None)
+    return render_card(store_key=store_key, name="card-lm", version=1, config=config, dataset=DATASET,
+                       tokenizer=TOKENIZER, run=run, evaluation=evaluation(), quant=None)
 
 
 @pytest.mark.parametrize("method, tags", [("full", ["fine-tuned"]), ("lora", ["fine-tuned", "lora"])])

@@ -213,7 +213,8 @@ def test_smoke_test_fails_a_version_with_broken_weights(tmp_path):
     model.save_pretrained(tmp_path / "broken")
     tok.save_pretrained(tmp_path / "broken")
     ref = Registry(store, NAME).register(tmp_path / "broken")
-    with pytest.raises(RegistryError, match=rf"{NAME} version {ref.version} \(fp32\) failed its smoke test: log-prob nan"):
+    with pytest.raises(RegistryError,
+                       match=rf"{NAME} version {ref.version} \(fp32\) failed its smoke test: log-prob nan"):
         smoke_test(store, NAME, ref.version, tmp_path / "cache")
     with pytest.raises(RegistryError, match=f"model '{NAME}' has no version 7"):
         smoke_test(store, NAME, 7, tmp_path / "cache")

@@ -32,7 +32,8 @@ from tests.unit.models.training.test_training_features import patterned_document
 ROOT = Path(__file__).parents[4]
 STEPS = 12
 # (name, strategy, overrides): each trains the same run as one process does with the whole batch
-VARIANTS = [("ddp", "ddp", {}), ("fsdp", "fsdp", {}), ("fsdp-offload", "fsdp", {}), ("ddp-pad", "ddp", {"batching": "pad"})]
+VARIANTS = [("ddp", "ddp", {}), ("fsdp", "fsdp", {}), ("fsdp-offload", "fsdp", {}),
+            ("ddp-pad", "ddp", {"batching": "pad"})]
 
 
 def run_config(**overrides) -> TrainConfig:
@@ -98,8 +99,8 @@ def _rank_main(out: Path) -> None:
         shutil.copytree(out / "fsdp", resumed)
         (resumed / "ck" / "step-00000012" / "manifest.json").unlink()
     parallel.barrier()
-    outcome = train(rank_model(parallel, seed=99), *variant_data({}), run_config(), Checkpointer(LocalStore(resumed), "ck"),
-                    resumed / "m.jsonl", parallel=parallel)
+    outcome = train(rank_model(parallel, seed=99), *variant_data({}), run_config(),
+                    Checkpointer(LocalStore(resumed), "ck"), resumed / "m.jsonl", parallel=parallel)
     assert outcome.resumed_from_step == 8
     close_parallel()
 
@@ -147,17 +148,20 @@ def test_two_ranks_train_what_one_process_trains(distributed_runs, single_runs, 
     assert dist_ck.steps() == [8, 12]
     got_w, got_meta = weights(distributed_runs / name / "ck" / "step-00000012" / "model.safetensors")
     want_w, want_meta = weights(single / "ck" / "step-00000012" / "model.safetensors")
-    assert got_meta == want_meta and set(got_w) == set(want_w), "the single-process checkpoint format (tied weights too)"
+    assert got_meta == want_meta and set(got_w) == set(want_w), (
+        "the single-process checkpoint format (tied weights too)")
     for key in want_w:
         torch.testing.assert_close(got_w[key], want_w[key], rtol=1e-3, atol=1e-5)
-    optim = torch.load(distributed_runs / name / "ck" / "step-00000012" / "optimizer.pt", weights_only=True)["optimizer"]
+    optim = torch.load(distributed_runs / name / "ck" / "step-00000012" / "optimizer.pt",
+                       weights_only=True)["optimizer"]
     want_optim = torch.load(single / "ck" / "step-00000012" / "optimizer.pt", weights_only=True)["optimizer"]
     assert sorted(optim["state"]) == sorted(want_optim["state"]), "optimizer state keyed as Optimizer.state_dict()"
     torch.testing.assert_close(optim["state"][3]["exp_avg"], want_optim["state"][3]["exp_avg"], rtol=1e-3, atol=1e-6)
 
 
 def test_a_sharded_run_resumes_from_its_checkpoint_exactly(distributed_runs):
-    straight, resumed = read_metrics(distributed_runs / "fsdp" / "m.jsonl"), read_metrics(distributed_runs / "fsdp-resumed" / "m.jsonl")
+    straight, resumed = (read_metrics(distributed_runs / "fsdp" / "m.jsonl"),
+                         read_metrics(distributed_runs / "fsdp-resumed" / "m.jsonl"))
     assert [r["step"] for r in resumed] == list(range(1, STEPS + 1)), "the metrics file is rewound with the checkpoint"
     assert [r["loss"] for r in resumed[8:]] == pytest.approx([r["loss"] for r in straight[8:]], rel=1e-5)
     a = load_file(str(distributed_runs / "fsdp" / "ck" / "step-00000012" / "model.safetensors"))
@@ -228,15 +232,18 @@ def test_a_failing_worker_raises_with_the_tail_of_its_output(tmp_path, monkeypat
     store = LocalStore(tmp_path)
     _, tok_ref, packed = _stored_inputs(store)
     cfg = TrainConfig(block_size=BLOCK, distributed=DistributedSettings(nproc_per_node=2))
-    with pytest.raises(TrainingError, match=r"(?s)torchrun exited with 3.*rank 0 starting.*ValueError: something broke"):
-        worker.launch_run(store, packed, tok_ref, ModelConfig(preset="tiny"), cfg, tmp_path / "cache", on_line=lambda _: None)
+    with pytest.raises(TrainingError,
+                       match=r"(?s)torchrun exited with 3.*rank 0 starting.*ValueError: something broke"):
+        worker.launch_run(store, packed, tok_ref, ModelConfig(preset="tiny"), cfg, tmp_path / "cache",
+                          on_line=lambda _: None)
 
 
 def test_the_torchrun_command_follows_the_settings():
     one_node = torchrun_command(DistributedSettings(nproc_per_node=4), "abc", ["--job", "j"])
     assert one_node[1:3] == ["-m", "torch.distributed.run"] and "--standalone" in one_node
     assert "--nproc-per-node=4" in one_node and one_node[-4:] == ["-m", "llmops.models.training.worker", "--job", "j"]
-    nodes = torchrun_command(DistributedSettings(nproc_per_node=8, nnodes=2, node_rank=1, rdzv_endpoint="10.0.0.1:29500"), "abc")
+    nodes = torchrun_command(DistributedSettings(nproc_per_node=8, nnodes=2, node_rank=1,
+                                                 rdzv_endpoint="10.0.0.1:29500"), "abc")
     assert {"--nnodes=2", "--rdzv-backend=c10d", "--rdzv-endpoint=10.0.0.1:29500", "--rdzv-id=llmops-abc",
             "--node-rank=1"} <= set(nodes) and "--standalone" not in nodes
     named = torchrun_command(DistributedSettings(nnodes=2, rdzv_endpoint="h:1", rdzv_id="job-7"), "abc")
@@ -247,7 +254,8 @@ def test_the_torchrun_command_follows_the_settings():
     (["train.distributed.nnodes=2"], r"train.distributed: .*nnodes=2 needs rdzv_endpoint"),
     (["train.distributed.nnodes=2", "train.distributed.rdzv_endpoint=h:1", "train.distributed.node_rank=2"],
      r"node_rank \(2\) must be below nnodes \(2\)"),
-    (["train.distributed.nproc_per_node=3", "train.batch_size=16"], r"batch_size \(16\) is the global batch and must divide"),
+    (["train.distributed.nproc_per_node=3", "train.batch_size=16"],
+     r"batch_size \(16\) is the global batch and must divide"),
     (["train.distributed.strategy=fsdp", "train.lora={}"], "distributed.strategy=fsdp with lora"),
     (["train.distributed.backend=nccl", "train.device=cpu"], "distributed.backend=nccl needs CUDA"),
     (["train.distributed.rdzv_endpoint=nohostport"], r"train.distributed.rdzv_endpoint: String should match pattern"),
@@ -272,8 +280,10 @@ def test_preflight_counts_one_rank_and_fsdp_shards(tmp_path):
     base = dict(batch_size=16, block_size=128, device="cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(base["device"])
     one = pf.preflight(skeleton, TrainConfig(**base), device, "fp32", data)
-    ddp = pf.preflight(skeleton, TrainConfig(**base, distributed=DistributedSettings(nproc_per_node=4)), device, "fp32", data)
-    fsdp = pf.preflight(skeleton, TrainConfig(**base, distributed=DistributedSettings(nproc_per_node=4, strategy="fsdp")),
+    ddp = pf.preflight(skeleton, TrainConfig(**base, distributed=DistributedSettings(nproc_per_node=4)),
+                       device, "fp32", data)
+    fsdp = pf.preflight(skeleton,
+                        TrainConfig(**base, distributed=DistributedSettings(nproc_per_node=4, strategy="fsdp")),
                         device, "fp32", data)
     assert ddp.optimizer_bytes == one.optimizer_bytes and fsdp.optimizer_bytes == one.optimizer_bytes // 4
     assert fsdp.weights_bytes == one.weights_bytes // 4 and fsdp.gradients_bytes == one.gradients_bytes // 4

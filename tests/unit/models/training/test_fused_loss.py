@@ -96,9 +96,10 @@ def test_heads_that_transform_their_logits_are_not_fused():
 
 def _run(tmp_path, name, data, **overrides):
     cfg = TrainConfig(max_steps=10, max_minutes=None, batch_size=8, block_size=BLOCK, lr=1e-2, warmup_steps=2,
-                      eval_every=5, eval_batches=2, checkpoint_every=5, device="cpu", precision="fp32", cpu_matmul="aten",
-                      **overrides)
-    out = train(tiny_model(), data, data, cfg, Checkpointer(LocalStore(tmp_path / name), "ck"), tmp_path / f"{name}.jsonl")
+                      eval_every=5, eval_batches=2, checkpoint_every=5, device="cpu", precision="fp32",
+                      cpu_matmul="aten", **overrides)
+    out = train(tiny_model(), data, data, cfg, Checkpointer(LocalStore(tmp_path / name), "ck"),
+                tmp_path / f"{name}.jsonl")
     return out, read_metrics(tmp_path / f"{name}.jsonl")
 
 

@@ -1,4 +1,5 @@
-"""Preflight: parameter and memory arithmetic of known models, refusal before allocating, a warm-up that changes nothing."""
+"""Preflight: parameter and memory arithmetic of known models, refusal before allocating, a warm-up that changes
+nothing."""
 from __future__ import annotations
 
 import json
@@ -20,7 +21,16 @@ from llmops.models.training import preflight as pf
 from llmops.models.training.checkpoint import Checkpointer
 from llmops.models.training.loop import read_metrics, train, warmup_seconds
 from tests.helpers import stdlib_texts
-from tests.unit.models.release.test_card import DATASET, QUANT, RUN, TOKENIZER, evaluation, section, store_key, table_rows
+from tests.unit.models.release.test_card import (
+    DATASET,
+    QUANT,
+    RUN,
+    TOKENIZER,
+    evaluation,
+    section,
+    store_key,
+    table_rows,
+)
 from tests.unit.models.training.test_training import BLOCK, VOCAB, config, patterned_blocks, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -98,7 +108,8 @@ def test_flops_per_token_counts_weights_and_attention_as_nanogpt_does():
 def test_peak_flops_is_known_only_where_it_means_something():
     assert pf.peak_flops(CPU, "fp32") is None and pf.peak_flops(CPU, "bf16") is None
     assert pf.peak_flops(CPU, "fp32", override_tflops=2.5) == 2.5e12
-    assert pf.PEAK_TFLOPS["H100"] == 989.4 and list(pf.PEAK_TFLOPS).index("H100 PCIe") < list(pf.PEAK_TFLOPS).index("H100")
+    assert (pf.PEAK_TFLOPS["H100"] == 989.4
+            and list(pf.PEAK_TFLOPS).index("H100 PCIe") < list(pf.PEAK_TFLOPS).index("H100"))
 
 
 def test_metrics_carry_mfu_against_the_configured_peak(tmp_path):
@@ -177,7 +188,8 @@ def test_a_run_records_its_preflight_and_the_card_shows_it(packed_corpus):
     cfg = TrainConfig(max_steps=6, max_minutes=None, batch_size=8, block_size=BLOCK, eval_every=6, eval_batches=1,
                       checkpoint_every=6, num_threads=1)
     seen = []
-    ref = run_training(store, packed, tok_ref, tokenizer, ModelConfig(preset="tiny"), cfg, cache, on_preflight=seen.append)
+    ref = run_training(store, packed, tok_ref, tokenizer, ModelConfig(preset="tiny"), cfg, cache,
+                       on_preflight=seen.append)
     assert seen == [ref.preflight] and ref.preflight.measured_step_s > 0 and ref.preflight.estimated_duration_s > 0
     assert ref.preflight.parameters == ref.parameters and ref.preflight.available_tokens == packed.tokens["train"]
     assert store.get_json(f"runs/{ref.run_id}/preflight.json") == ref.preflight.model_dump(mode="json")
@@ -247,7 +259,8 @@ def test_lora_is_advised_only_when_fine_tuning_a_pretrained_model(monkeypatch):
 
 
 def _rank_bytes(world: int, checkpointing: bool = False) -> int:
-    """One FSDP rank of the tiny model (global batch 2) in bf16: its shard of 16 B/parameter, its slice's activations."""
+    """One FSDP rank of the tiny model (global batch 2) in bf16: its shard of 16 B/parameter, its slice's
+    activations."""
     acts = pf.activation_bytes(tiny_config(), -(-2 // world), BLOCK, "bf16", checkpointing)
     return 16 * tiny_parameters() // world + acts
 
@@ -285,8 +298,9 @@ def test_sharding_advice_goes_beyond_the_ranks_already_sharding_and_knows_its_li
     assert not any("fsdp" in t for t in lora_tips) and any("only a smaller model fits" in t for t in lora_tips)
 
 
-@pytest.mark.parametrize("native, caveat", [(True, ""), (False, "; slower than fp32 on this CPU, which lacks native bf16"),
-                                            (None, "; slower than fp32 on CPUs without native bf16 (AVX512-BF16, AMX)")])
+@pytest.mark.parametrize("native, caveat", [
+    (True, ""), (False, "; slower than fp32 on this CPU, which lacks native bf16"),
+    (None, "; slower than fp32 on CPUs without native bf16 (AVX512-BF16, AMX)")])
 def test_bf16_is_advised_on_a_cpu_too_with_the_caveat_that_applies(monkeypatch, native, caveat):
     monkeypatch.setattr(pf, "_native_cpu_bf16", lambda: native)
     cfg = config(fused_loss=False)
@@ -327,7 +341,8 @@ def test_a_smaller_batch_is_advised_only_as_a_multiple_of_the_ranks(monkeypatch,
 
 
 def test_the_skeleton_is_fp32_like_the_weights_that_train_even_for_a_bf16_checkpoint_config():
-    """A hub config saying bfloat16 must not halve the count, nor give FSDP's skeleton ranks other dtypes than rank 0."""
+    """A hub config saying bfloat16 must not halve the count, nor give FSDP's skeleton ranks other dtypes than
+    rank 0."""
     config = tiny_config()
     config.dtype = torch.bfloat16
     assert {p.dtype for p in pf.skeleton(config).parameters()} == {torch.float32}

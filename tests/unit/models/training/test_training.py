@@ -82,8 +82,8 @@ def test_tiny_model_learns_patterned_tokens(tmp_path):
 def test_checkpoints_keep_the_last_k_and_commit_manifests_last(tmp_path):
     store = LocalStore(tmp_path)
     blocks = patterned_blocks()
-    train(tiny_model(), blocks, blocks[:16], config(max_steps=30, keep_checkpoints=2), Checkpointer(store, "ck", keep=2),
-          tmp_path / "m.jsonl")
+    train(tiny_model(), blocks, blocks[:16], config(max_steps=30, keep_checkpoints=2),
+          Checkpointer(store, "ck", keep=2), tmp_path / "m.jsonl")
     ckpt = Checkpointer(store, "ck", keep=2)
     assert ckpt.steps() == [20, 30]
     assert store.get_json("ck/latest.json")["step"] == 30
@@ -108,7 +108,8 @@ from llmops.models.training.checkpoint import Checkpointer
 from llmops.models.training.loop import train
 cfg = config(**json.loads(sys.argv[2]))
 blocks = patterned_blocks()
-train(tiny_model(), blocks, blocks[:16], cfg, Checkpointer(LocalStore(sys.argv[1]), "ck"), __import__("pathlib").Path(sys.argv[1]) / "m.jsonl")
+train(tiny_model(), blocks, blocks[:16], cfg, Checkpointer(LocalStore(sys.argv[1]), "ck"),
+      __import__("pathlib").Path(sys.argv[1]) / "m.jsonl")
 """
 
 
@@ -118,7 +119,8 @@ def test_a_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
     killed_dir = tmp_path / "killed"
     script = WORKER.format(root=str(Path(__file__).parents[4]))
     proc = subprocess.Popen([sys.executable, "-c", script, str(killed_dir), json.dumps(overrides)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     manifest = killed_dir / "ck" / "step-00000020" / "manifest.json"
     deadline = time.monotonic() + 120
     while not manifest.exists():
@@ -140,7 +142,8 @@ def test_a_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
     train(tiny_model(), blocks, blocks[:16], config(**overrides), Checkpointer(LocalStore(straight_dir), "ck"),
           straight_dir / "m.jsonl")
     after = lambda rows: {r["step"]: r["loss"] for r in rows if r["step"] > resumed_at}  # noqa: E731
-    resumed_losses, straight_losses = after(read_metrics(killed_dir / "m.jsonl")), after(read_metrics(straight_dir / "m.jsonl"))
+    resumed_losses, straight_losses = (after(read_metrics(killed_dir / "m.jsonl")),
+                                       after(read_metrics(straight_dir / "m.jsonl")))
     assert sorted(resumed_losses) == list(range(resumed_at + 1, 41))
     assert resumed_losses == pytest.approx(straight_losses, rel=1e-5, abs=1e-6)
     steps = [r["step"] for r in read_metrics(killed_dir / "m.jsonl")]
@@ -153,7 +156,8 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp
     blocks = patterned_blocks()
     cfg = config(max_steps=30, lr=1e3, warmup_steps=0, grad_clip=0, checkpoint_every=1)
     with pytest.raises(TrainingError, match=r"(loss|the gradient norm) became (nan|inf) at step (\d+); the last good "
-                       r"checkpoint is step (\d+)\. Try: lower train.lr \(now 1000.0\); turn gradient clipping on") as err:
+                       r"checkpoint is step (\d+)\. Try: lower train.lr \(now 1000.0\); "
+                       r"turn gradient clipping on") as err:
         train(tiny_model(), blocks, blocks[:16], cfg, Checkpointer(store, "ck"), tmp_path / "m.jsonl")
     assert "fp32" not in str(err.value), "a run in fp32 is not told to use fp32"
     failed, last = (int(n) for n in re.search(r"at step (\d+); .* step (\d+)\.", str(err.value)).groups())
@@ -172,7 +176,8 @@ def test_cuda_requested_without_a_gpu_is_explained(tmp_path):
         pytest.skip("this machine has CUDA")
     blocks = patterned_blocks()
     with pytest.raises(TrainingError, match="train.device=cuda but no CUDA device is visible"):
-        train(tiny_model(), blocks, blocks, config(device="cuda"), Checkpointer(LocalStore(tmp_path), "ck"), tmp_path / "m")
+        train(tiny_model(), blocks, blocks, config(device="cuda"), Checkpointer(LocalStore(tmp_path), "ck"),
+              tmp_path / "m")
 
 
 def test_a_failed_run_still_publishes_its_metrics_and_plot(tmp_path):

@@ -1,4 +1,5 @@
-"""Training switches: fused AdamW, attention kernel, gradient checkpointing, padded length-grouped batches, precision, run ids."""
+"""Training switches: fused AdamW, attention kernel, gradient checkpointing, padded length-grouped batches, precision,
+run ids."""
 from __future__ import annotations
 
 import numpy as np
@@ -55,7 +56,8 @@ def resumed_matches_straight(tmp_path, data, val, cfg, crash: int = 15) -> None:
     last = Checkpointer(store, "ck").latest()
     resumed = train(tiny_model(seed=99), data, val, cfg, Checkpointer(store, "ck"), tmp_path / "crashed.jsonl")
     assert resumed.resumed_from_step == last < crash
-    train(tiny_model(), data, val, cfg, Checkpointer(LocalStore(tmp_path / "straight"), "ck"), tmp_path / "straight.jsonl")
+    train(tiny_model(), data, val, cfg, Checkpointer(LocalStore(tmp_path / "straight"), "ck"),
+          tmp_path / "straight.jsonl")
     got, want = losses_after(tmp_path / "crashed.jsonl", last), losses_after(tmp_path / "straight.jsonl", last)
     assert sorted(got) == list(range(last + 1, cfg.max_steps + 1))
     assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
@@ -87,7 +89,8 @@ def test_eager_and_sdpa_attention_compute_the_same_loss():
 def test_gradient_checkpointing_is_enabled_and_leaves_the_losses_unchanged(tmp_path):
     blocks = patterned_blocks()
     cfg = config(max_steps=8, eval_every=100, checkpoint_every=100)
-    plain = train(tiny_model(), blocks, blocks[:16], cfg, Checkpointer(LocalStore(tmp_path / "a"), "ck"), tmp_path / "a.jsonl")
+    plain = train(tiny_model(), blocks, blocks[:16], cfg, Checkpointer(LocalStore(tmp_path / "a"), "ck"),
+                  tmp_path / "a.jsonl")
     ckpt = train(tiny_model(), blocks, blocks[:16], cfg.model_copy(update={"gradient_checkpointing": True}),
                  Checkpointer(LocalStore(tmp_path / "b"), "ck"), tmp_path / "b.jsonl")
     assert ckpt.model.is_gradient_checkpointing and not plain.model.is_gradient_checkpointing
@@ -199,7 +202,8 @@ def test_pad_batching_stores_one_truncated_document_per_example_and_trains_throu
                       checkpoint_every=6, num_threads=1)
     with pytest.raises(TrainingError, match="batching=pack needs the blocks layout"):
         run_training(store, docs, tok_ref, tok, ModelConfig(preset="tiny"), cfg, cache)
-    ref = run_training(store, docs, tok_ref, tok, ModelConfig(preset="tiny"), cfg.model_copy(update={"batching": "pad"}), cache)
+    ref = run_training(store, docs, tok_ref, tok, ModelConfig(preset="tiny"),
+                       cfg.model_copy(update={"batching": "pad"}), cache)
     assert ref.steps == 6 and ref.tokens_seen < 6 * 8 * BLOCK and ref.final_val_loss is not None
     assert ref.preflight.available_tokens == data.size
 
