@@ -3,7 +3,7 @@
 A ``mini`` model is trained (time budget ``--train-seconds``) on part of the standard library's
 docstrings, or loaded with ``--model-path``. The reference profile is built from held-out
 docstrings scored by that model with the server's default sampling (``llmops.tasks.core.monitoring.serving_params``)
-through ``models.profiling.reference_records``, and ``build_profile`` with the default
+through ``llmops.models.model.reference.reference_records``, and ``build_profile`` with the default
 ``MonitorConfig``. Every window goes through the same scoring code and ``check_window``:
 
 * ``--no-drift`` windows of disjoint held-out docstrings (target: no alert at all);

@@ -3,7 +3,7 @@
 For each size in ``--sizes``, synthetic traffic (``monitoring.synthetic``, with ``prompt_token_ids``,
 drifted in prompt length and surprisal) is written into a temporary LocalStore's hour partitions,
 and a reference profile is built from ``--reference`` undrifted records. A copy of the store is
-compacted (``infra.traffic_compact.compact``: every hour into one Parquet file). Each measurement
+compacted (``llmops.infra.traffic.compaction.compact``: every hour into one Parquet file). Each measurement
 runs in its own subprocess, so its peak memory (max RSS) is its own:
 
 * ``compact``: compacting the copy, once (in production: once per closed hour, before the check).

@@ -5,13 +5,13 @@ vocab 32768 as configs/gpu-124m.yaml), 1024-token blocks, bf16 autocast, torch.c
 AdamW, one device. Both loops get the same fresh model (same seed), the same token blocks, the same
 batch and precision:
 
-- ours      ``models.training.train`` (train.device=cuda, precision=bf16, compile=true)
+- ours      ``llmops.models.training.loop.train`` (train.device=cuda, precision=bf16, compile=true)
 - trainer   ``transformers.Trainer`` with ``bf16=True, torch_compile=True``, its defaults otherwise
 
 Each runs ``--warmup`` steps (compilation happens there), then ``--steps`` timed steps; a callback
 synchronises the device and stamps the end of every step, the same clock for both. MFU = tokens/s x
 FLOPs per token (6·N + 12·layers·hidden·context, nanoGPT's and PaLM's count) / the card's dense
-bf16 peak (``models.preflight.PEAK_TFLOPS``, or ``--peak-tflops``). Throughput does not depend on
+bf16 peak (``llmops.models.training.preflight.PEAK_TFLOPS``, or ``--peak-tflops``). Throughput does not depend on
 what the tokens say, so the blocks are seeded random ids: no tokenizer or corpus is needed on the
 GPU machine.
 

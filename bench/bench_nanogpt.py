@@ -6,7 +6,7 @@
 Both train on exactly the first 90% of the characters and are scored on the last 10%
 (111,540 characters), as nanoGPT's prepare.py splits the text. nanoGPT is run unmodified from
 ../shared/anchors/nanogpt (its own script times it and scores it on the whole split). Ours runs
-the project's own code path — train_bpe, pack_split, models.training.train with a wall-clock
+the project's own code path — train_bpe, pack_split, llmops.models.training.loop.train with a wall-clock
 budget, score_documents — and the clock covers all of it (tokenizer training, packing, model
 construction, training with its evaluations and checkpoints). Bits per character: the summed
 NLL (nats) over every token of the validation text / ln 2 / its characters.

@@ -1,4 +1,4 @@
-"""Benchmark: tokenization throughput of our packing path (models.tokenizer.pack_split) vs raw
+"""Benchmark: tokenization throughput of our packing path (llmops.models.data.packing.pack_split) vs raw
 `tokenizers` encode_batch.
 
 One process, one corpus, one trained byte-level BPE; every path tokenizes the same documents:

@@ -1,5 +1,5 @@
-"""Benchmark: training throughput (tokens/s) of models.training.train vs a bare PyTorch loop and the HF Trainer,
-side by side.
+"""Benchmark: training throughput (tokens/s) of our loop (llmops.models.training.loop.train) vs a bare PyTorch loop
+and the HF Trainer, side by side.
 
 The BASELINES.md section 2 setting: a 7.36 M-parameter Llama (the `small` preset with 4 layers and
 an untied LM head: hidden 256, intermediate 688, 8 heads, vocab 8192), batches of 8 x 256 tokens,
@@ -7,10 +7,10 @@ fp32 on CPU, AdamW, torch's default thread count. Every variant gets a fresh mod
 seed, the same packed blocks (stdlib docstrings + Tiny Shakespeare when present, BPE of 8192
 tokens) and the same batch:
 
-- ours         ``models.training.train`` as the pipeline calls it (Checkpointer on a temporary LocalStore),
+- ours         ``llmops.models.training.loop.train`` as the pipeline calls it (Checkpointer on a temporary LocalStore),
                with its defaults: ``train.cpu_matmul=auto`` runs the fp32 linear layers through oneDNN on
-               CPUs where MKL's sgemm is slow (models.kernels), ``train.fused_loss`` computes the LM head
-               and the cross-entropy chunk by chunk (models.fused_loss)
+               CPUs where MKL's sgemm is slow (llmops.models.model.kernels), ``train.fused_loss`` computes the LM head
+               and the cross-entropy chunk by chunk (llmops.models.training.fused_loss)
 - ours_plain   the same loop with ``cpu_matmul=aten, fused_loss=false``: the model's own forward and loss on
                torch's default kernels, as every other variant computes them
 - bare         forward, backward, ``torch.optim.AdamW`` (default implementation), zero_grad; nothing else
@@ -158,7 +158,7 @@ def step_hook(run: Run, partner: Optional[BareLoop]) -> Callable[[], None]:
 
 def run_ours(model, data: tuple, batch: int, total: int, run: Run, hook: Callable[[], None], compile: bool = False,
              plain: bool = False, device: str = "cpu", precision: str = "fp32") -> None:
-    """models.training.train exactly as run_training calls it, with eval and checkpoints past the timed steps.
+    """Our loop (``train``) exactly as run_training calls it, with eval and checkpoints past the timed steps.
 
     The loop evaluates and saves a checkpoint once, at its last step, which is not timed; the
     checkpoint's save time is recorded on its own. One eval batch keeps that untimed tail short.
@@ -297,7 +297,8 @@ def phase_breakdown(data: tuple, args, steps: int, ours: bool = False) -> dict[s
     """Median seconds of each phase of a step (bare loop plus our clipping, fused AdamW): what a loop can save.
 
     With ``ours`` the forward computes as our loop's defaults do here: linear layers through oneDNN
-    where train.cpu_matmul=auto picks it (models.kernels), and the fused head and loss (models.fused_loss).
+    where train.cpu_matmul=auto picks it (llmops.models.model.kernels), and the fused head and loss
+    (llmops.models.training.fused_loss).
     """
     import torch
 

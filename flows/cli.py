@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from llmops import __version__
+
 
 def _environment_defaults() -> None:
     """Before anything imports Prefect: our loggers in Prefect run logs, telemetry off, patient start-up."""
@@ -65,7 +67,7 @@ def cmd_train(args) -> int:
 def cmd_serve(args) -> int:
     from llmops.infra.settings import get_settings
     from llmops.infra.store import open_store
-    from llmops.models.serving.app import serve
+    from llmops.models.serving import serve
 
     config = load_config(args)
     serve_cfg = config.serve.model_copy(update={k: v for k, v in {
@@ -101,7 +103,7 @@ def cmd_compact(args) -> int:
     delete = args.delete_jsonl or config.monitor.compact_delete_jsonl
     try:
         before, keys = compact_closed_hours(store(), config, datetime.now(timezone.utc), model=name, everything=True,
-                                            delete_jsonl=delete)
+                                            delete_jsonl=args.delete_jsonl)
     except ValueError as exc:  # a model name that is not a store key, a grace period shorter than a flush
         print(f"llmops compact: error: {exc}", file=sys.stderr)
         return 2
@@ -114,7 +116,7 @@ def cmd_compact(args) -> int:
 
 def cmd_rollback(args) -> int:
     from llmops.infra.store import open_store
-    from llmops.models.release.registry import Registry
+    from llmops.models.release import Registry
 
     name = args.model or load_config(args).model_name
     old, new = Registry(open_store(), name).rollback(args.alias, reason=args.reason)
@@ -124,7 +126,7 @@ def cmd_rollback(args) -> int:
 
 def cmd_models(args) -> int:
     from llmops.infra.store import open_store
-    from llmops.models.release.registry import ALIASES, Registry
+    from llmops.models.release import ALIASES, Registry
 
     name = args.model or load_config(args).model_name
     registry = Registry(open_store(), name)
@@ -199,8 +201,6 @@ COMMANDS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from llmops import __version__
-
     parser = argparse.ArgumentParser(prog="llmops", description=__doc__)
     parser.add_argument("--version", action="version", version=f"llmops {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -217,10 +217,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     _environment_defaults()
     from llmops.infra.config import ConfigError
     from llmops.infra.store import StoreError
-    from llmops.models.data.formats import IngestError
-    from llmops.models.data.tokenizer import TokenizerError
-    from llmops.models.release.registry import RegistryError
-    from llmops.models.training.checkpoint import TrainingError
+    from llmops.models.data import IngestError, TokenizerError
+    from llmops.models.release import RegistryError
+    from llmops.models.training import TrainingError
 
     args = build_parser().parse_args(argv)
     try:

@@ -97,13 +97,9 @@ class Demo:
                       f"— report: {outcome.report_html}")
         return outcome
 
-    def follow_retrain(self, alert: DriftOutcome, first: PipelineReport, handle: ServerHandle, since: datetime,
+    def follow_retrain(self, first: PipelineReport, handle: ServerHandle, since: datetime,
                        runner: ChildProcess) -> bool:
         """The retrain the drift event triggered, to its gate decision; the server reloads production."""
-        self.step("6/7 The drift event starts the retrain deployment (Prefect trigger)")
-        if not alert.event_emitted:
-            console.print("[red]no drift event was emitted, so no retrain was triggered")
-            return False
         run = wait_for_triggered_run("retrain", since=since, timeout=120)
         console.print(f"triggered flow run {run.name!r} ({run.id}); waiting for it to finish...")
         final = wait_for_final(run.id, timeout=900)
@@ -137,11 +133,15 @@ def run_demo(config: PipelineConfig, keep_running: bool = False) -> int:
         code = [d.text for d in stdlib_code(max_bytes=2_000_000)]
         alert = demo.traffic_phase(handle, "5/7 Traffic of a different kind (Python source code): monitoring should "
                                    "alert", code, seed=2)
+        demo.step("6/7 The drift event starts the retrain deployment (Prefect trigger)")
+        if not alert.event_emitted:
+            console.print("[red]no drift event was emitted, so no retrain was triggered")
+            return 1
         # the same window again: one drift, one retrain (the cooldown holds the second alert)
         again = monitor_drift(config, start=alert.start, end=alert.end)
         console.print(f"the same window checked again: {again.verdict}, event "
                       f"{'emitted' if again.event_emitted else 'held'} ({again.event_reason}): one drift, one retrain")
-        if not demo.follow_retrain(alert, first, handle, since=alert.end, runner=runner):
+        if not demo.follow_retrain(first, handle, since=alert.end, runner=runner):
             return 1
         demo.where_to_look(first, quiet, alert, again.trend_uri)
         if keep_running:

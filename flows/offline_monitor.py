@@ -7,7 +7,7 @@ from typing import Optional
 
 from llmops.infra.config import PipelineConfig
 from llmops.infra.store import ArtifactStore
-from llmops.infra.traffic.log import parse_ts, partition_hour
+from llmops.infra.traffic.log import parse_ts, partition_hour, traffic_prefix
 from llmops.models.data import IngestError, read_file
 from llmops.models.model import load_model
 from llmops.models.release import Registry
@@ -89,5 +89,5 @@ def backfill(config: PipelineConfig, out: Optional[Path] = None, *, start: Optio
 
 
 def _oldest_traffic(store: ArtifactStore, model: str) -> Optional[datetime]:
-    keys = store.list(f"traffic/{model}")
+    keys = store.list(traffic_prefix(model))
     return partition_hour(keys[0]) if keys else None

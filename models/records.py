@@ -128,7 +128,7 @@ class SplitEval(Record):
 
 
 class SampleParams(Record):
-    """The generation knobs a sample was drawn with (``models.generation.SamplingParams`` less stop strings)."""
+    """The generation knobs a sample was drawn with (``SamplingParams`` of models/model/generation.py, less stops)."""
 
     max_new_tokens: int
     do_sample: bool = Field(description="False: greedy decoding (temperature, top_k and top_p unused)")

@@ -13,8 +13,7 @@ import numpy as np
 from llmops.infra.config import MonitorConfig
 from llmops.infra.store import ArtifactStore
 from llmops.infra.traffic.log import read_jsonl_file
-from llmops.infra.traffic.log import window_id as make_window_id
-from llmops.monitoring import policy, report, stats
+from llmops.monitoring import layout, policy, report, stats
 from llmops.monitoring.accumulate import SignalSummary, WindowAccumulator, sampling_keys
 from llmops.monitoring.batch import Tokenize
 from llmops.monitoring.profile import build_profile
@@ -198,7 +197,7 @@ def _write_companions(profile: ReferenceProfile, summaries: Mapping[str, SignalS
 
 def _default_window_id(start: Optional[datetime], end: Optional[datetime], created: datetime) -> str:
     if start and end:
-        return make_window_id(start, end)
+        return layout.window_id(start, end)
     return f"adhoc-{created:%Y%m%dT%H%M%SZ}"
 
 
@@ -287,4 +286,4 @@ def check_store_window(store: ArtifactStore, model: str, start: datetime, end: d
             notes.append(f"semantic_distance: {len(prompts)} of {total} prompts embedded (uniform sample, "
                          f"monitor.semantic_window_sample)")
     return finish_window(profile, accumulator, cfg, out_dir, has_tokenizer=tokenize is not None,
-                         window_id=window_id or make_window_id(start, end), start=start, end=end, notes=notes)
+                         window_id=window_id or layout.window_id(start, end), start=start, end=end, notes=notes)

@@ -9,7 +9,8 @@ def model_prefix(model: str) -> str:
 
 
 def window_id(start: datetime, end: datetime) -> str:
-    """The folder name of a checked window; to the second, as scheduled windows end at "now"."""
+    """The id (and folder name) of a checked window, e.g. ``20261123T140000Z-20261123T150000Z``; to the second, as
+    scheduled windows end at "now"."""
     return f"{start.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{end.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}"
 
 

@@ -138,7 +138,7 @@ class _Stream:
             batch = columnar.table_batch(table if fast.all() else table.filter(fast))
             if batch is None:
                 raise ValueError("a compacted file holds a negative token id: it was not written by "
-                                 "infra.traffic_compact")
+                                 "llmops.infra.traffic.compaction")
             batch.keys = keys[fast]
             self.accumulator.add(batch)
         if accepted:
@@ -185,7 +185,7 @@ def stream_window(store: ArtifactStore, model: str, start: datetime, end: dateti
                   tokenize: Optional[Tokenize], *, version: int, chunk_bytes: int = CHUNK_BYTES) -> WindowScan:
     """Feed every record of ``model``/``version`` with ``start <= ts < end`` into ``accumulator``, file by file.
 
-    Only the hour partitions the window touches are listed and read (as :func:`infra.traffic.read_window`),
+    Only the hour partitions the window touches are listed and read (as :func:`llmops.infra.traffic.log.read_window`),
     in the same order, so the same records reach the accumulator in the same order as an in-memory check.
     A compacted hour is read from its Parquet file (only the columns the signals need, one row group
     at a time), then its JSONL files that came after the compaction.

@@ -7,8 +7,8 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from llmops.infra.config import CompressConfig, EvalConfig
-from llmops.models.compression.stage import compress_run
-from llmops.models.data.snapshot import read_split
+from llmops.models.compression import compress_run
+from llmops.models.data import read_split
 from llmops.models.records import DatasetRef, QuantReport, TrainRef
 from llmops.tasks.core.context import artifact_key, cache_dir, store
 

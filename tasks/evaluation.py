@@ -8,7 +8,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from llmops.infra.config import EvalConfig, GateConfig
 from llmops.infra.markdown import markdown_table
-from llmops.models.evaluation.stage import evaluate_run
+from llmops.models.evaluation import evaluate_run
 from llmops.models.records import DatasetRef, EvalReport, TrainRef
 from llmops.tasks.core.context import artifact_key, cache_dir, store
 

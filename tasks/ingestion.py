@@ -5,7 +5,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from llmops.infra.config import DataConfig
-from llmops.models.data.ingest import ingest
+from llmops.models.data import ingest
 from llmops.models.records import DatasetRef
 from llmops.tasks.core.context import artifact_key, cache_dir, store
 

@@ -17,8 +17,7 @@ from llmops.models.records import (
     TokenizerRef,
     TrainRef,
 )
-from llmops.models.release.registry import Registry
-from llmops.models.release.stage import register_candidate, release, smoke_test
+from llmops.models.release import Registry, register_candidate, release, smoke_test
 from llmops.tasks.core.context import artifact_key, cache_dir, link, store
 
 

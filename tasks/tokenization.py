@@ -6,10 +6,8 @@ from typing import Literal, Optional
 from prefect import get_run_logger, task
 
 from llmops.infra.config import ModelConfig, TokenizerConfig
-from llmops.models.data.packing import pack_dataset
-from llmops.models.data.snapshot import read_split
-from llmops.models.data.tokenizer import build_tokenizer, load_tokenizer
-from llmops.models.model.pretrained import tokenizer_config_for
+from llmops.models.data import build_tokenizer, load_tokenizer, pack_dataset, read_split
+from llmops.models.model import tokenizer_config_for
 from llmops.models.records import DatasetRef, PackedRef, TokenizerRef
 from llmops.tasks.core.context import cache_dir, store
 

@@ -14,13 +14,10 @@ from prefect.artifacts import (
 )
 
 from llmops.infra.config import ModelConfig, TrainConfig
-from llmops.models.data.tokenizer import load_tokenizer
+from llmops.models.data import load_tokenizer
 from llmops.models.records import PackedRef, PreflightReport, TokenizerRef, TrainRef
+from llmops.models.training import StepMetrics, launch_run, run_identity, run_training
 from llmops.models.training import preflight as pf
-from llmops.models.training.loop import StepMetrics
-from llmops.models.training.run import run_training
-from llmops.models.training.run_id import run_identity
-from llmops.models.training.worker import launch_run
 from llmops.tasks.core.context import artifact_key, cache_dir, link, store
 
 

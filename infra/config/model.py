@@ -7,7 +7,7 @@ from pydantic import Field
 
 from llmops.infra.config.base import ADDED_LATER, EXECUTION_ONLY, Frozen
 
-# The names of models.presets.PRESETS (a test keeps the two equal): checked when the config loads,
+# The names of llmops.models.model.presets.PRESETS (a test keeps the two equal): checked when the config loads,
 # not after ingest and tokenization have run.
 PresetName = Literal["tiny", "mini", "small", "gpt2-124m", "gpt2", "llama-1b"]
 
@@ -15,7 +15,7 @@ PresetName = Literal["tiny", "mini", "small", "gpt2-124m", "gpt2", "llama-1b"]
 class ModelConfig(Frozen):
     preset: PresetName = Field(
         "mini",
-        description="A preset from models/presets.py: tiny (tests), mini and small (CPU), gpt2-124m and gpt2 "
+        description="A preset from models/model/presets.py: tiny (tests), mini and small (CPU), gpt2-124m and gpt2 "
         "(GPT-2-124M class), llama-1b; ignored when `pretrained` is set.",
     )
     overrides: dict[str, Union[int, float, str, bool]] = Field(

@@ -122,13 +122,13 @@ class TrainConfig(Frozen):
         "auto",
         description="fp32 linear layers on CPU: onednn runs them through oneDNN (about 2x MKL's sgemm on AMD CPUs "
         "with AVX-512, where MKL takes its AVX2 path); aten keeps torch's default BLAS; auto picks onednn on "
-        "non-Intel CPUs with AVX-512 and MKL, aten elsewhere (models.kernels).",
+        "non-Intel CPUs with AVX-512 and MKL, aten elsewhere (llmops.models.model.kernels).",
     )
     fused_loss: Annotated[bool, EXECUTION_ONLY] = Field(
         True,
         description="Run the LM head and the cross-entropy together, chunk by chunk, so no (batch, tokens, vocab) "
         "logits are held: less memory and memory traffic (fp32 on CPU, not with distributed.strategy=fsdp; "
-        "models.fused_loss). Same loss and gradients to fp32 rounding.",
+        "llmops.models.training.fused_loss). Same loss and gradients to fp32 rounding.",
     )
     fused_adamw: Annotated[bool, EXECUTION_ONLY] = Field(
         True, description="Use the fused AdamW kernel where this torch supports it (falls back otherwise)."
@@ -158,7 +158,7 @@ class TrainConfig(Frozen):
     )
     peak_tflops: Annotated[Optional[float], EXECUTION_ONLY] = Field(
         None, gt=0, description="Peak dense TFLOP/s of one device at the run's precision, for the MFU in the metrics; "
-        "default: looked up for known GPUs in bf16/fp16 (models.preflight.PEAK_TFLOPS), none on CPU.",
+        "default: looked up for known GPUs in bf16/fp16 (llmops.models.training.preflight.PEAK_TFLOPS), none on CPU.",
     )
     num_threads: Annotated[Optional[int], EXECUTION_ONLY] = Field(
         None, ge=1, description="torch CPU threads; default: torch's choice."

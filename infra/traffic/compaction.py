@@ -21,7 +21,7 @@ from llmops.infra.traffic import parquet as tp
 from llmops.infra.traffic.log import (
     MANIFEST,
     Partition,
-    _utc,
+    as_utc,
     file_name,
     is_log_file,
     line_record,
@@ -29,6 +29,7 @@ from llmops.infra.traffic.log import (
     partition_hour,
     partition_prefix,
     read_partition,
+    traffic_prefix,
 )
 
 log = logging.getLogger("llmops.traffic")
@@ -50,7 +51,7 @@ def closed_before(now: datetime, grace: timedelta, flush_interval_s: float) -> d
     if grace.total_seconds() <= flush_interval_s:
         raise ValueError(f"the compaction grace period ({grace.total_seconds():g} s) must be longer than the server's "
                          f"flush interval ({flush_interval_s:g} s): set monitor.compact_grace_minutes higher")
-    return _utc(now, "now") - grace
+    return as_utc(now, "now") - grace
 
 
 def compact(store: ArtifactStore, model: str, before: datetime, *, since: Optional[datetime] = None,
@@ -67,11 +68,11 @@ def compact(store: ArtifactStore, model: str, before: datetime, *, since: Option
     Returns:
         The keys of the Parquet files written, oldest hour first.
     """
-    before = _utc(before, "before")
+    before = as_utc(before, "before")
     if since is None:
-        hours = sorted({partition_hour(key) for key in store.list(f"traffic/{model}") if is_log_file(key)} - {None})
+        hours = sorted({partition_hour(key) for key in store.list(traffic_prefix(model)) if is_log_file(key)} - {None})
     else:
-        hour, hours = _floor(_utc(since, "since")), []
+        hour, hours = _floor(as_utc(since, "since")), []
         while hour + timedelta(hours=1) <= before:
             hours.append(hour)
             hour += timedelta(hours=1)
@@ -99,8 +100,8 @@ def compact_hour(store: ArtifactStore, model: str, hour: datetime, *, before: Op
         The key of the Parquet file written; None when the hour is open, has no JSONL file that is
         not compacted yet, or another compaction holds it.
     """
-    hour = _floor(_utc(hour, "hour"))
-    before = _utc(before, "before") if before is not None else datetime.now(timezone.utc) - DEFAULT_GRACE
+    hour = _floor(as_utc(hour, "hour"))
+    before = as_utc(before, "before") if before is not None else datetime.now(timezone.utc) - DEFAULT_GRACE
     if hour + timedelta(hours=1) > before:
         return None  # open: the server may still flush into it
     prefix = partition_prefix(model, hour)

@@ -37,7 +37,8 @@ class TrafficWindow(list):
         self.files = files or []
 
 
-def _utc(moment: datetime, what: str) -> datetime:
+def as_utc(moment: datetime, what: str) -> datetime:
+    """``moment`` in UTC; a clear error naming ``what`` for a naive datetime (traffic is partitioned in UTC)."""
     if moment.tzinfo is None:
         raise ValueError(f"{what} must be timezone-aware (got naive {moment.isoformat()}); "
                          "traffic is partitioned in UTC")
@@ -52,9 +53,14 @@ def parse_ts(value: object) -> datetime:
     return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
+def traffic_prefix(model: str) -> str:
+    """``traffic/<model>``: every hour partition of the model's log is under it."""
+    return f"traffic/{model}"
+
+
 def partition_prefix(model: str, hour: datetime) -> str:
     """``traffic/<model>/<yyyy>/<mm>/<dd>/<hh>`` of the UTC hour containing ``hour``."""
-    return f"traffic/{model}/{hour.astimezone(timezone.utc):%Y/%m/%d/%H}"
+    return f"{traffic_prefix(model)}/{hour.astimezone(timezone.utc):%Y/%m/%d/%H}"
 
 
 def partition_hour(key: str) -> Optional[datetime]:
@@ -71,18 +77,13 @@ def window_hours(start: datetime, end: datetime) -> list[datetime]:
     Includes the hour before ``start``: a file is named by the hour its first record was flushed,
     so a file begun at 13:59 may hold records of 14:00.
     """
-    hour = _utc(start, "start").replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
-    last = _utc(end, "end")
+    hour = as_utc(start, "start").replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    last = as_utc(end, "end")
     hours = []
     while hour < last:
         hours.append(hour)
         hour += timedelta(hours=1)
     return hours
-
-
-def window_id(start: datetime, end: datetime) -> str:
-    """A store-safe id of a window, e.g. ``20261123T1400Z-20261123T1500Z``."""
-    return f"{_utc(start, 'start'):%Y%m%dT%H%MZ}-{_utc(end, 'end'):%Y%m%dT%H%MZ}"
 
 
 class MalformedLog:
@@ -222,7 +223,7 @@ def window_partitions(store: ArtifactStore, model: str, start: datetime, end: da
 
     Each is listed when the iteration reaches it, so a compaction committed meanwhile is seen.
     """
-    start, end = _utc(start, "start"), _utc(end, "end")
+    start, end = as_utc(start, "start"), as_utc(end, "end")
     if end <= start:
         raise ValueError(f"empty window: end {end.isoformat()} is not after start {start.isoformat()}")
     return (read_partition(store, partition_prefix(model, hour)) for hour in window_hours(start, end))
@@ -254,16 +255,16 @@ def read_window(store: ArtifactStore, model: str, start: datetime, end: datetime
     ``.malformed`` with file and line, and logged; they never fail the read. A compacted hour is
     read from its Parquet file (records as written, see ``traffic_parquet.table_records``), its
     malformed lines from what compaction kept of them, then its late JSONL files. The whole window
-    is held in memory: monitoring streams instead (``monitoring.window.check_store_window``).
+    is held in memory: monitoring streams instead (``llmops.monitoring.check.check_store_window``).
     """
-    start, end = _utc(start, "start"), _utc(end, "end")
+    start, end = as_utc(start, "start"), as_utc(end, "end")
     window = TrafficWindow()
     for part in window_partitions(store, model, start, end):
         window.files.extend(((part.parquet,) if part.parquet else ()) + part.jsonl)
         window.extend(partition_records(store, part, start, end, window.malformed))
     if window.malformed:
-        log.warning("traffic window %s: skipped %d malformed line(s), first: %s",
-                    window_id(start, end), len(window.malformed), window.malformed[0])
+        log.warning("traffic window %s to %s: skipped %d malformed line(s), first: %s",
+                    start.isoformat(), end.isoformat(), len(window.malformed), window.malformed[0])
     return window
 
 
@@ -305,7 +306,7 @@ def write_records(store: ArtifactStore, model: str, records: Sequence[TrafficRec
         raise ValueError("write_records needs at least one record")
     first = records[0]
     moment = flushed_at or (first.ts if isinstance(first, TrafficRecord) else parse_ts(first.get("ts")))
-    key = f"{partition_prefix(model, _utc(moment, 'flushed_at'))}/{uuid.uuid4().hex}.jsonl"
+    key = f"{partition_prefix(model, as_utc(moment, 'flushed_at'))}/{uuid.uuid4().hex}.jsonl"
     body = "".join((r.json_line() if isinstance(r, TrafficRecord) else json.dumps(r, ensure_ascii=False)) + "\n"
                    for r in records)
     store.put_bytes(key, body.encode("utf-8"))

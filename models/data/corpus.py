@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
+from llmops.infra.settings import get_settings
+
 logger = logging.getLogger("llmops.ingest")
 
 Kind = Literal["docstrings", "code"]
@@ -71,8 +73,6 @@ def _stdlib_dir() -> Path:
 
 def _cache_path(kind: Kind, cache_dir: Optional[Path]) -> Path:
     if cache_dir is None:
-        from llmops.infra.settings import get_settings
-
         cache_dir = get_settings().cache_dir / "corpus"
     # The stdlib location is part of the key so two interpreters of one version never share a cache.
     where = hashlib.sha256(str(_stdlib_dir()).encode()).hexdigest()[:8]

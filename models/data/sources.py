@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from llmops.infra.config import DataConfig
 from llmops.infra.store import ArtifactStore, StoreError, open_store
-from llmops.infra.traffic.log import Partition, malformed_lines, partition_hour, read_partition
+from llmops.infra.traffic.log import Partition, malformed_lines, partition_hour, read_partition, traffic_prefix
 from llmops.infra.traffic.parquet import open_parquet
 from llmops.models.data.corpus import BUILTIN_CORPORA
 from llmops.models.data.formats import (
@@ -181,7 +181,7 @@ def _traffic_units(spec: str, store: ArtifactStore, model_name: str, cfg: DataCo
     if parts.path.strip("/") or parts.query:
         raise IngestError(f"source {spec!r}: a traffic source looks like traffic:// or traffic://<model>")
     model = parts.netloc or model_name
-    prefix = f"traffic/{model}"
+    prefix = traffic_prefix(model)
     try:
         keys = store.list(prefix)
     except ValueError as exc:

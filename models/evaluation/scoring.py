@@ -48,7 +48,7 @@ def score_documents(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     jobs.sort(key=lambda j: len(j[1]))  # similar lengths together: less padding
     nll = np.zeros(len(ids))
     device = model.device
-    # scoring is batched matmuls, where oneDNN beats MKL on the CPUs models.kernels picks it for
+    # scoring is batched matmuls, where oneDNN beats MKL on the CPUs llmops.models.model.kernels picks it for
     onednn = use_onednn("auto", device, "fp32" if model.dtype == torch.float32 else str(model.dtype))
     for start in range(0, len(jobs), batch_size):
         batch = jobs[start:start + batch_size]

@@ -35,7 +35,6 @@ def generate_samples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     return samples
 
 
-
 def evaluate_run(store: ArtifactStore, run: TrainRef, dataset: DatasetRef, eval_cfg: EvalConfig,
                  gate_cfg: GateConfig, model_name: str, cache_dir: Path,
                  candidate_version: Optional[int] = None, attention: str = "sdpa") -> EvalReport:

@@ -11,7 +11,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, Pre
 from llmops.infra.config import ModelConfig, TokenizerConfig
 from llmops.infra.store import sha256_file
 
-log = logging.getLogger("llmops.finetune")
+log = logging.getLogger("llmops.pretrained")
 
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
 

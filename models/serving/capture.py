@@ -14,8 +14,8 @@ log = logging.getLogger("llmops.serving")
 
 
 class TrafficBuffer:
-    """Records waiting to be written, flushed as one JSONL object per flush (``infra.traffic.log.write_records``,
-    which writes each as :meth:`TrafficRecord.json_line`).
+    """Records waiting to be written, flushed as one JSONL object per flush (``write_records`` of
+    ``llmops.infra.traffic.log``, which writes each as :meth:`TrafficRecord.json_line`).
 
     Thread-safe. A failed write puts the records back (so the next flush retries them); beyond
     ``limit`` records the oldest are dropped and counted, so a store outage cannot exhaust memory.

@@ -52,7 +52,7 @@ class StepMetrics:
 
 @dataclass
 class TrainOutcome:
-    model: torch.nn.Module  # as trained: a LoRA model is still wrapped (see models.finetune.merge_for_deployment)
+    model: torch.nn.Module  # as trained: a LoRA model is still wrapped (see models/model/lora.py merge_for_deployment)
     state: TrainerState
     resumed_from_step: Optional[int]
     device: str
@@ -115,11 +115,11 @@ def train(model: torch.nn.Module, train_data: TokenData, val_data: TokenData, cf
     """Train ``model`` until ``max_steps`` or the time budget, resuming from the latest checkpoint.
 
     ``train_data``/``val_data`` are packed blocks (n, block_size) for train.batching=pack, or
-    ragged documents (models.batching.Ragged) for pad. Every step appends a line to
+    ragged documents (models/data/packing.py Ragged) for pad. Every step appends a line to
     ``metrics_path``. A non-finite loss stops the run with a TrainingError; the last good
     checkpoint stays in place.
 
-    Under torch.distributed (``parallel`` from :func:`models.distributed.init_parallel`) every rank
+    Under torch.distributed (``parallel`` from ``init_parallel`` in models/training/distributed.py) every rank
     calls this: each trains on its slice of the same global batch, the logged loss is the mean over
     ranks, and only rank 0 writes the metrics and checkpoints, which keep the single-process format.
     """
@@ -149,7 +149,8 @@ def _train(model, train_data, val_data, cfg, checkpointer, metrics_path, on_metr
     # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     if autocast.onednn:
-        log.info("fp32 linear layers run through oneDNN (train.cpu_matmul=%s; see models.kernels)", cfg.cpu_matmul)
+        log.info("fp32 linear layers run through oneDNN (train.cpu_matmul=%s; see llmops.models.model.kernels)",
+                 cfg.cpu_matmul)
     if head is not None:
         log.info("the LM head and the loss run fused, without (batch, tokens, vocab) logits (train.fused_loss)")
 

@@ -18,9 +18,9 @@ def resolve_device(requested: str) -> torch.device:
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
-    """bf16 on CUDA by default; fp32 on CPU, where models.kernels and models.fused_loss make fp32 nearly as fast as
-    bf16 autocast on CPUs with native bf16, and autocast is slower than fp32 on CPUs without it
-    (docs/architecture.md)."""
+    """bf16 on CUDA by default; fp32 on CPU, where the oneDNN kernels (models/model/kernels.py) and the fused loss
+    (models/training/fused_loss.py) make fp32 nearly as fast as bf16 autocast on CPUs with native bf16, and
+    autocast is slower than fp32 on CPUs without it (docs/architecture.md)."""
     if requested == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -37,7 +37,7 @@ def resolve_compile(requested, device: torch.device) -> bool:
 
 class ForwardContext:
     """Makes the forward pass's context: bf16/fp16 autocast with fp32 weights; for fp32, the oneDNN
-    linear layers of :mod:`models.kernels` where ``cpu_matmul`` picks them, or nothing."""
+    linear layers of :mod:`llmops.models.model.kernels` where ``cpu_matmul`` picks them, or nothing."""
 
     def __init__(self, device: torch.device, precision: str, cpu_matmul: CpuMatmul = "aten"):
         self.device, self.precision = device, precision

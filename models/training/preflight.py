@@ -92,7 +92,7 @@ def activation_bytes(config: PretrainedConfig, batch_size: int, seq_len: int, pr
     (Korthikanti et al. 2022, with memory-efficient attention so no s² term), twice that in fp32;
     with gradient checkpointing only each layer's input (h values) stays, plus one block's full
     set during recomputation. The logits and their gradient (batch·seq·vocab, fp32) come on top
-    and often dominate small models with large vocabularies; the fused loss (models.fused_loss)
+    and often dominate small models with large vocabularies; the fused loss (llmops.models.training.fused_loss)
     holds one chunk of them instead, and the gradients of the hidden states and of the head.
     """
     hidden, layers = _width_depth(config)

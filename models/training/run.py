@@ -28,7 +28,7 @@ from llmops.models.training.precision import resolve_device, resolve_precision
 from llmops.models.training.run_id import run_identity
 from llmops.models.training.setup import build_model
 
-log = logging.getLogger("llmops.runs")
+log = logging.getLogger("llmops.training")
 
 
 def model_config_for(model_cfg: ModelConfig, tokenizer_ref: TokenizerRef, block_size: int) -> PretrainedConfig:
@@ -85,10 +85,10 @@ def run_training(store: ArtifactStore, packed: PackedRef, tokenizer_ref: Tokeniz
     """Train (or resume, or reuse) the run for these inputs and return its record.
 
     Before training, a preflight estimates memory, compute and duration (``runs/<id>/preflight.json``)
-    and raises :class:`models.preflight.PreflightError`, saying what to change, when the run cannot
+    and raises :class:`llmops.models.training.preflight.PreflightError`, saying what to change, when the run cannot
     fit. A LoRA run's saved model has its adapters merged: the registry and serving load a plain model.
 
-    Under torch.distributed every rank calls this with its ``parallel`` (models.distributed_worker):
+    Under torch.distributed every rank calls this with its ``parallel`` (llmops.models.training.worker):
     they train together, rank 0 alone writes to the store and returns the record, the others None.
     """
     parallel = parallel or Parallel()

@@ -20,7 +20,7 @@ def micro_loss(model: torch.nn.Module, batch: Batch, accum_steps: int, window_ta
     Packed blocks all hold the same number of targets, so each micro-batch's mean counts
     1/accum_steps. Padded batches differ in size: their summed loss is divided by the targets of
     the whole accumulation window, so every real token weighs the same. With ``head`` (the model
-    inside :func:`models.fused_loss.fused_head`) the model returns hidden states and the head
+    inside :func:`llmops.models.training.fused_loss.fused_head`) the model returns hidden states and the head
     scores them without materializing the logits.
     """
     if head is not None:

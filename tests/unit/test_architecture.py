@@ -109,3 +109,17 @@ def test_task_and_flow_functions_stay_wiring_sized(folder):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 40:
                 long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
     assert long == []
+
+
+@pytest.mark.parametrize("folder", ["tasks", "flows"])
+def test_tasks_and_flows_use_the_public_surface_of_models(folder):
+    """They import ``llmops.models.<subpackage>`` (its ``__init__``) or ``llmops.models.records``, never a module
+    inside a subpackage: what a stage exports is its ``__init__``, the rest may move."""
+    modules = package_modules()
+    deep = []
+    for path in sorted((ROOT / folder).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            module = node.module if isinstance(node, ast.ImportFrom) and node.level == 0 else None
+            if module and module.startswith("llmops.models.") and module.count(".") > 2 and module in modules:
+                deep.append(f"{path.relative_to(ROOT)}:{node.lineno} {module}")
+    assert deep == []

@@ -26,8 +26,8 @@ def test_trend_collects_psi_per_signal_over_windows(tmp_path):
     store.put_text("monitoring/lm/broken/drift.json", "{}")
 
     result = trend(store, "lm", tmp_path / "trend")
-    assert [p.window_id for p in result.points] == ["20261123T1400Z-20261123T1500Z", "20261123T1500Z-20261123T1600Z",
-                                                    "20261123T1600Z-20261123T1700Z"]
+    assert [p.window_id for p in result.points] == [
+        "20261123T140000Z-20261123T150000Z", "20261123T150000Z-20261123T160000Z", "20261123T160000Z-20261123T170000Z"]
     chars = [p.psi["prompt_chars"] for p in result.points]
     assert chars == sorted(chars) and chars[-1] > 0.2
     assert result.points[-1].verdict == "alert" and result.unreadable == ["monitoring/lm/broken/drift.json"]

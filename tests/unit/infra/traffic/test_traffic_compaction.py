@@ -14,7 +14,7 @@ import pytest
 
 from llmops.flows.cli import main
 from llmops.flows.local.server import quiet_prefect_env
-from llmops.infra.config import DataConfig, MonitorConfig, PipelineConfig
+from llmops.infra.config import DataConfig, MonitorConfig
 from llmops.infra.store import LocalStore, open_store
 from llmops.infra.traffic import compaction as traffic_compact
 from llmops.infra.traffic import parquet as traffic_parquet
@@ -274,16 +274,3 @@ def test_the_compact_command(capsys, _cli_environment):
     assert "llmops compact: error: store key" in capsys.readouterr().err
     assert main(["compact", "--set", "monitor.compact_grace_minutes=0.01"]) == 2
     assert "must be longer than the server's flush interval" in capsys.readouterr().err
-
-
-def test_the_compact_traffic_task_compacts_closed_hours_within_its_lookback():
-    from prefect.logging import disable_run_logger
-
-    from llmops.tasks.monitoring import compact_traffic
-
-    store = open_store()
-    config = PipelineConfig(model_name="lm").with_overrides(["monitor.compact_lookback_hours=1"])
-    _hours(store, hours=3)
-    with disable_run_logger():  # closed before 16:55; the lookback starts in the hour of 15:55
-        keys = compact_traffic.fn(config, now=T0 + timedelta(hours=3, minutes=5))
-    assert [k.split("/")[5] for k in keys] == ["15"]  # 14:00 is beyond the lookback, 16:00 within the grace period

@@ -6,14 +6,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from llmops.infra.store import LocalStore
-from llmops.infra.traffic.log import (
-    partition_prefix,
-    read_jsonl_file,
-    read_window,
-    window_hours,
-    window_id,
-    write_records,
-)
+from llmops.infra.traffic.log import partition_prefix, read_jsonl_file, read_window, window_hours, write_records
 from llmops.monitoring.synthetic import synthetic_records
 
 T0 = datetime(2026, 11, 23, 14, tzinfo=timezone.utc)
@@ -79,7 +72,6 @@ def test_malformed_lines_are_counted_with_file_and_line_not_fatal(store):
 
 
 def test_window_helpers_and_bad_arguments(store, tmp_path):
-    assert window_id(T0, T0 + timedelta(hours=1)) == "20261123T1400Z-20261123T1500Z"
     assert window_hours(T0 + timedelta(minutes=30), T0 + timedelta(hours=1)) == [T0 - timedelta(hours=1), T0]
     with pytest.raises(ValueError, match="start must be timezone-aware"):
         read_window(store, "lm", datetime(2026, 11, 23, 14), T0)

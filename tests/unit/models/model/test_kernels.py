@@ -12,7 +12,7 @@ from llmops.models.model.kernels import linear_kernels, mkl_slow_here, onednn_av
 from llmops.models.training.checkpoint import Checkpointer
 from llmops.models.training.loop import read_metrics, train
 from llmops.models.training.precision import ForwardContext
-from tests.unit.models.training.test_training import patterned_blocks, tiny_model
+from tests.unit.models.training.test_loop import patterned_blocks, tiny_model
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
               pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN")]

@@ -25,7 +25,7 @@ from llmops.models.training.checkpoint import Checkpointer, TrainingError
 from llmops.models.training.distributed import Parallel, torchrun_command
 from llmops.models.training.loop import read_metrics, train
 from tests.helpers import stdlib_texts, tiny_tokenizer
-from tests.unit.models.training.test_training import BLOCK, VOCAB, config, patterned_blocks, tiny_model
+from tests.unit.models.training.test_loop import BLOCK, VOCAB, config, patterned_blocks, tiny_model
 from tests.unit.models.training.test_training_features import patterned_documents
 
 # the repository root: torchrun's workers import this module as tests.unit.models.training.test_distributed
@@ -192,8 +192,8 @@ def test_the_launcher_runs_torchrun_and_returns_the_record_of_one_process(tmp_pa
     Under FSDP rank 1 never builds the weights (a meta-device skeleton) and the preflight's
     warm-up runs on the sharded model.
     """
+    from llmops.models.training.launcher import launch_run
     from llmops.models.training.run import run_training
-    from llmops.models.training.worker import launch_run
 
     cfg = TrainConfig(max_steps=4, max_minutes=None, batch_size=8, block_size=BLOCK, eval_every=4, eval_batches=1,
                       checkpoint_every=2, num_threads=1, warmup_steps=1, preflight_steps=1,
@@ -225,17 +225,17 @@ def test_the_launcher_runs_torchrun_and_returns_the_record_of_one_process(tmp_pa
 
 
 def test_a_failing_worker_raises_with_the_tail_of_its_output(tmp_path, monkeypatch):
-    import llmops.models.training.worker as worker
+    import llmops.models.training.launcher as launcher
 
     script = "import sys; print('rank 0 starting'); print('ValueError: something broke', file=sys.stderr); sys.exit(3)"
-    monkeypatch.setattr(worker, "torchrun_command", lambda *a, **k: [sys.executable, "-c", script])
+    monkeypatch.setattr(launcher, "torchrun_command", lambda *a, **k: [sys.executable, "-c", script])
     store = LocalStore(tmp_path)
     _, tok_ref, packed = _stored_inputs(store)
     cfg = TrainConfig(block_size=BLOCK, distributed=DistributedSettings(nproc_per_node=2))
     with pytest.raises(TrainingError,
                        match=r"(?s)torchrun exited with 3.*rank 0 starting.*ValueError: something broke"):
-        worker.launch_run(store, packed, tok_ref, ModelConfig(preset="tiny"), cfg, tmp_path / "cache",
-                          on_line=lambda _: None)
+        launcher.launch_run(store, packed, tok_ref, ModelConfig(preset="tiny"), cfg, tmp_path / "cache",
+                            on_line=lambda _: None)
 
 
 def test_the_torchrun_command_follows_the_settings():

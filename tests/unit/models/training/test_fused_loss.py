@@ -15,7 +15,7 @@ from llmops.models.training.checkpoint import Checkpointer
 from llmops.models.training.fused_loss import HiddenStatesHead, LinearCrossEntropy, fusable_head, fused_head
 from llmops.models.training.loop import read_metrics, train
 from llmops.models.training.setup import build_model
-from tests.unit.models.training.test_training import BLOCK, VOCAB, patterned_blocks, tiny_model
+from tests.unit.models.training.test_loop import BLOCK, VOCAB, patterned_blocks, tiny_model
 from tests.unit.models.training.test_training_features import patterned_documents
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -31,7 +31,7 @@ from tests.unit.models.release.test_card import (
     store_key,
     table_rows,
 )
-from tests.unit.models.training.test_training import BLOCK, VOCAB, config, patterned_blocks, tiny_model
+from tests.unit.models.training.test_loop import BLOCK, VOCAB, config, patterned_blocks, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

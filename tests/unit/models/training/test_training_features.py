@@ -20,7 +20,7 @@ from llmops.models.training.run_id import run_id_for
 from llmops.models.training.setup import build_model
 from llmops.models.training.steps import micro_loss, optimizer_step, unscale_and_clip
 from tests.helpers import stdlib_texts, tiny_tokenizer
-from tests.unit.models.training.test_training import BLOCK, VOCAB, config, patterned_blocks, tiny_model
+from tests.unit.models.training.test_loop import BLOCK, VOCAB, config, patterned_blocks, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -24,7 +24,7 @@ from llmops.models.training.checkpoint import Checkpointer, TrainingError
 from llmops.models.training.loop import read_metrics, train
 from llmops.models.training.run import model_config_for, run_training
 from tests.helpers import stdlib_texts, tiny_model, tiny_tokenizer
-from tests.unit.models.training.test_training import config
+from tests.unit.models.training.test_loop import config
 from tests.unit.models.training.test_training_features import CrashAt, crash_at, losses_after
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -102,7 +102,7 @@ def test_an_incomplete_checkpoint_is_ignored(tmp_path):
 WORKER = """
 import sys, json, numpy as np
 sys.path.insert(0, {root!r})
-from tests.unit.models.training.test_training import patterned_blocks, tiny_model, config
+from tests.unit.models.training.test_loop import patterned_blocks, tiny_model, config
 from llmops.infra.store import LocalStore
 from llmops.models.training.checkpoint import Checkpointer
 from llmops.models.training.loop import train
