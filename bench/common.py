@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Optional
 
+from llmops.infra.markdown import markdown_table  # noqa: F401  (the scripts import it from here)
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"  # CI has it; a user's machine may not

@@ -85,6 +85,35 @@ class PreflightReport(Record):
     advice: list[str] = Field(default_factory=list)
 
 
+class KernelTiming(Record):
+    """One setting a calibration timed: a few optimizer steps of the run's own model and batch."""
+
+    setting: str = Field(description="What it is, in words, e.g. 'fp32 + oneDNN linear layers'")
+    precision: Literal["fp32", "bf16", "fp16"]
+    cpu_matmul: Literal["aten", "onednn"]
+    compile: bool
+    step_s: float = Field(description="Median seconds of an optimizer step, after a warm-up step")
+    loss: float = Field(description="Loss of the last step, trained from the same weights on the same batches")
+    passed: bool = Field(description="The loss is within the tolerance of fp32 with ATen matmuls (the reference)")
+    candidate: bool = Field(True, description="False for the reference when the configuration rules it out")
+
+
+class KernelChoice(Record):
+    """The precision and kernels a run trains with, how they were decided, and the measurements behind it."""
+
+    precision: Literal["fp32", "bf16", "fp16"]
+    cpu_matmul: Literal["aten", "onednn"]
+    compile: bool
+    label: str = Field(description="The choice in words")
+    source: Literal["calibrated", "cached", "run", "explicit", "default"] = Field(
+        description="calibrated now; cached: this machine's earlier calibration of the same shapes; run: the run's "
+        "own decision (a resumed run, a rank other than 0); explicit: the configuration leaves one setting; "
+        "default: not measured (too short a run to pay for it, or sharded)")
+    reason: str
+    fingerprint: str = Field(description="Hash of the machine, torch build, threads, model shape and batch")
+    timings: list[KernelTiming] = Field(default_factory=list)
+
+
 class TrainRef(Record):
     """A finished (or budget-stopped) training run: ``runs/<run_id>/``."""
 
@@ -107,6 +136,7 @@ class TrainRef(Record):
     base_model: Optional[str] = Field(
         None, description="The pretrained model fine-tuned: path or hub id @ content hash")
     preflight: Optional[PreflightReport] = None
+    kernels: Optional[KernelChoice] = Field(None, description="The precision and kernels it trained with, and why")
 
 
 class DocScores(Record):

@@ -111,7 +111,12 @@ class TrainConfig(Frozen):
     keep_checkpoints: int = Field(2, ge=1)
     seed: int = 1337
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="auto: measured (train.calibration_share): on CPU fp32, or bf16 autocast where the CPU computes "
+        "bf16 natively (AVX512-BF16, AMX) and it is faster; on CUDA bf16 (fp16 without it). Unmeasured: bf16 on CUDA, "
+        "fp32 on CPU. bf16 on a CPU without native bf16 runs, slowly; fp16 needs CUDA.",
+    )
     compile: Annotated[Union[Literal["auto"], bool], pinned(False)] = Field(
         "auto",
         description="torch.compile the model. auto: on CUDA, where it pays off (fused kernels, fewer launches); off "
@@ -121,8 +126,15 @@ class TrainConfig(Frozen):
     cpu_matmul: Annotated[Literal["auto", "aten", "onednn"], EXECUTION_ONLY] = Field(
         "auto",
         description="fp32 linear layers on CPU: onednn runs them through oneDNN (about 2x MKL's sgemm on AMD CPUs "
-        "with AVX-512, where MKL takes its AVX2 path); aten keeps torch's default BLAS; auto picks onednn on "
-        "non-Intel CPUs with AVX-512 and MKL, aten elsewhere (llmops.models.model.kernels).",
+        "with AVX-512, where MKL takes its AVX2 path); aten keeps torch's default BLAS; auto times both on the run's "
+        "own shapes (train.calibration_share), or, unmeasured, picks onednn on non-Intel CPUs with AVX-512 and MKL "
+        "(llmops.models.model.kernels).",
+    )
+    calibration_share: Annotated[float, EXECUTION_ONLY] = Field(
+        0.05, ge=0, le=1,
+        description="precision and cpu_matmul auto are decided by timing a few steps of each candidate on the run's "
+        "own shapes (cached per machine); the calibration may cost at most this share of the run's expected duration, "
+        "else the static rule decides (0: never calibrate; 1: always).",
     )
     fused_loss: Annotated[bool, EXECUTION_ONLY] = Field(
         True,

@@ -10,7 +10,15 @@ from huggingface_hub import metadata_load
 
 from llmops.infra.config import PipelineConfig
 from llmops.infra.markdown import markdown_table
-from llmops.models.records import DatasetRef, EvalReport, QuantReport, SampleParams, TokenizerRef, TrainRef
+from llmops.models.records import (
+    DatasetRef,
+    EvalReport,
+    KernelChoice,
+    QuantReport,
+    SampleParams,
+    TokenizerRef,
+    TrainRef,
+)
 from llmops.models.training.preflight import markdown
 
 _ORIGIN = {"scratch": "trained from scratch", "full": "fine-tuned (every weight)",
@@ -74,6 +82,7 @@ def render_card(*, name: str, version: int, config: PipelineConfig, dataset: Dat
         markdown_table(["what", "value"], [
             ["steps", run.steps], ["tokens seen", f"{run.tokens_seen:,}"], ["wall-clock", f"{run.wall_s:.1f} s"],
             ["device / precision", f"{run.device} / {run.precision}"],
+            *([["kernels", _kernels(run.kernels)]] if run.kernels else []),
             ["final train loss", f"{run.final_train_loss:.4f}"],
             ["final validation loss", f"{run.final_val_loss:.4f}" if run.final_val_loss is not None else "n/a"],
             ["resumed from step", run.resumed_from_step if run.resumed_from_step is not None else "no"],
@@ -108,6 +117,11 @@ def render_card(*, name: str, version: int, config: PipelineConfig, dataset: Dat
         + (f" Fine-tuned from `{base_name}`: that model's license and limitations apply too." if base else ""),
     ]
     return "\n\n".join(parts) + "\n"
+
+
+def _kernels(choice: KernelChoice) -> str:
+    """The kernels a run trained with and why: measured here, reused, configured, or not worth measuring."""
+    return f"{choice.label} ({choice.source}): {choice.reason}"
 
 
 def _link(key: str) -> str:

@@ -1,10 +1,8 @@
 """Preflight: will this run fit, how much compute is it, and how long will it take — before training starts."""
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -18,6 +16,7 @@ from llmops.models.model.lora import apply_lora, base_model
 from llmops.models.records import PreflightReport
 from llmops.models.training.batching import mean_tokens_per_example
 from llmops.models.training.fused_loss import chunk_rows, fusable_head, fuses_loss
+from llmops.models.training.precision import cpu_flags, native_bf16
 
 GiB = 2**30
 RULE_HOLD_BYTES = 4  # bytes/parameter to hold fp32 weights
@@ -229,15 +228,8 @@ def _offloaded(cfg: TrainConfig, device: torch.device) -> bool:
     return device.type == "cuda" and dist.strategy == "fsdp" and dist.world_size > 1 and dist.fsdp_cpu_offload
 
 
-@functools.lru_cache(maxsize=1)
 def _native_cpu_bf16() -> Optional[bool]:
-    """Whether the CPU has bf16 instructions (AVX512-BF16, AMX, Arm BF16), from /proc/cpuinfo; None if unknown."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return None
-    flags = {f for line in lines if line.startswith(("flags", "Features")) for f in line.split(":", 1)[-1].split()}
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"}) if flags else None
+    return native_bf16(cpu_flags())
 
 
 def _cpu_bf16_caveat() -> str:

@@ -20,6 +20,7 @@ from llmops.models.model.presets import build_config
 from llmops.models.model.pretrained import pretrained_config
 from llmops.models.records import PackedRef, PreflightReport, TokenizerRef, TrainRef
 from llmops.models.training import preflight as pf
+from llmops.models.training.calibration import choose_kernels, with_kernels
 from llmops.models.training.checkpoint import Checkpointer, TrainingError
 from llmops.models.training.distributed import Parallel
 from llmops.models.training.loop import StepMetrics, read_metrics, train, warmup_seconds
@@ -115,12 +116,16 @@ def run_training(store: ArtifactStore, packed: PackedRef, tokenizer_ref: Tokeniz
         log.info("preflight: %s", pf.summary(report))
         if on_preflight:
             on_preflight(report)
+    kernels = choose_kernels(model, train_data, train_cfg, device, store=store, run_prefix=prefix,
+                             cache_dir=Path(cache_dir), step_s=seconds, parallel=parallel)
+    if parallel.is_main:
+        log.info("kernels: %s (%s: %s)", kernels.label, kernels.source, kernels.reason)
     local = Path(cache_dir) / "runs" / run_id
     checkpointer = Checkpointer(store, f"{prefix}/checkpoints", keep=train_cfg.keep_checkpoints)
     title = f"run {run_id} ({model_cfg.pretrained or model_cfg.preset})"
     try:
-        outcome = train(model, train_data, load_packed(store, packed, "validation", cache_dir), train_cfg,
-                        checkpointer, local / "metrics.jsonl", on_metrics, parallel)
+        outcome = train(model, train_data, load_packed(store, packed, "validation", cache_dir),
+                        with_kernels(train_cfg, kernels), checkpointer, local / "metrics.jsonl", on_metrics, parallel)
     except BaseException:
         if parallel.is_main:  # a diverged or crashed run still shows what it did, up to the failing step
             _publish_metrics_after_failure(store, prefix, local, title)
@@ -155,6 +160,7 @@ def run_training(store: ArtifactStore, packed: PackedRef, tokenizer_ref: Tokeniz
         method="lora" if train_cfg.lora else ("full" if model_cfg.pretrained else "scratch"),
         base_model=base,
         preflight=report,
+        kernels=kernels,
     )
     store.put_json(f"{prefix}/manifest.json", ref.model_dump(mode="json"))
     return ref

@@ -28,6 +28,8 @@ def enable_checkpointing(model: torch.nn.Module, onednn: bool = False) -> None:
 
     With ``onednn`` the recomputation in the backward pass runs the linear layers through oneDNN
     too (the forward's TorchFunctionMode is closed by then), so it saves what the forward saved.
+    Enabled before with the other kernels (preflight's warm-up, then a calibration's choice), it is
+    enabled again with these.
     """
     base = base_model(model)
     if not base.supports_gradient_checkpointing:
@@ -35,8 +37,11 @@ def enable_checkpointing(model: torch.nn.Module, onednn: bool = False) -> None:
     enabled = getattr(base, "is_activation_checkpointing", None)
     if enabled is None:
         enabled = base.is_gradient_checkpointing
-    if enabled:
+    if enabled and getattr(base, "_llmops_recompute_onednn", onednn) == onednn:
         return
+    if enabled:  # the newer name where it exists, as below
+        getattr(base, "activation_checkpointing_disable", base.gradient_checkpointing_disable)()
+    base._llmops_recompute_onednn = onednn
     # non-reentrant checkpointing works when the inputs need no grad (LoRA's frozen embeddings)
     kwargs = {"use_reentrant": False}
     if onednn:

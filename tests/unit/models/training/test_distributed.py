@@ -18,9 +18,10 @@ from safetensors.torch import load_file
 from llmops.infra.config import ConfigError, DistributedSettings, ModelConfig, PipelineConfig, TrainConfig
 from llmops.infra.store import LocalStore
 from llmops.models.model.presets import build_config
-from llmops.models.records import DatasetRef, TokenizerRef
+from llmops.models.records import DatasetRef, KernelChoice, TokenizerRef
 from llmops.models.training import preflight as pf
 from llmops.models.training.batching import pad_batch
+from llmops.models.training.calibration import choose_kernels
 from llmops.models.training.checkpoint import Checkpointer, TrainingError
 from llmops.models.training.distributed import Parallel, torchrun_command
 from llmops.models.training.loop import read_metrics, train
@@ -93,6 +94,11 @@ def _rank_main(out: Path) -> None:
         store = LocalStore(out / name)  # the same paths on both ranks: a write by rank 1 would show
         train(rank_model(parallel), data, val, run_config(**overrides), Checkpointer(store, "ck"),
               out / name / "m.jsonl", parallel=parallel)
+    parallel = Parallel(first.rank, first.world_size, 0, "ddp")
+    kernels = choose_kernels(tiny_model(), patterned_blocks(), run_config(calibration_share=1.0), torch.device("cpu"),
+                             store=LocalStore(out / "calibration"), run_prefix="runs/r",
+                             cache_dir=out / f"cache-{parallel.rank}", step_s=0.001, parallel=parallel)
+    (out / f"kernels-{parallel.rank}.json").write_text(kernels.model_dump_json())
     parallel = Parallel(first.rank, first.world_size, 0, "fsdp")
     resumed = out / "fsdp-resumed"
     if parallel.is_main:  # as if killed between the step-8 and step-12 checkpoints
@@ -132,6 +138,13 @@ def single_runs(tmp_path_factory) -> Path:
               out / name / "m.jsonl")
     torch.set_num_threads(threads)
     return out
+
+
+def test_every_rank_trains_with_the_kernels_rank_0_measured(distributed_runs):
+    chosen = {rank: KernelChoice.model_validate_json((distributed_runs / f"kernels-{rank}.json").read_text())
+              for rank in (0, 1)}
+    assert chosen[0].source == "calibrated" and chosen[1] == chosen[0].model_copy(update={"source": "run"})
+    assert not (distributed_runs / "cache-1").exists(), "rank 1 read rank 0's decision and measured nothing"
 
 
 @pytest.mark.parametrize("name", [v[0] for v in VARIANTS])

@@ -17,6 +17,7 @@ from llmops.models.data.tokenizer import build_tokenizer, load_tokenizer
 from llmops.models.model.presets import build_config
 from llmops.models.records import PreflightReport
 from llmops.models.release.card import render_card
+from llmops.models.training import precision
 from llmops.models.training import preflight as pf
 from llmops.models.training.checkpoint import Checkpointer
 from llmops.models.training.loop import read_metrics, train, warmup_seconds
@@ -324,11 +325,12 @@ def test_bf16_is_not_advised_where_it_would_save_too_little(monkeypatch):
 
 
 def test_native_cpu_bf16_reads_the_cpu_flags(monkeypatch):
-    detect = pf._native_cpu_bf16.__wrapped__
     for text, native in [("flags\t: fpu avx512f avx512_bf16\n", True), ("flags\t: fpu amx_bf16\n", True),
                          ("Features\t: fp asimd bf16\n", True), ("flags\t: fpu avx2 avx512f\n", False), ("", None)]:
-        monkeypatch.setattr(pf.Path, "read_text", lambda self, text=text: text)
-        assert detect() is native
+        monkeypatch.setattr(precision.Path, "read_text", lambda self, text=text: text)
+        precision._cpuinfo.cache_clear()
+        assert precision.native_bf16(precision.cpu_flags()) is native
+    precision._cpuinfo.cache_clear()
 
 
 @pytest.mark.parametrize("batch, ranks, advised", [(8, 1, (4, 2)), (7, 1, (1, 7)), (12, 4, (4, 3)), (16, 4, (8, 2)),
