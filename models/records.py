@@ -114,6 +114,16 @@ class KernelChoice(Record):
     timings: list[KernelTiming] = Field(default_factory=list)
 
 
+class ModelSizing(Record):
+    """``model.preset=auto``: the shape chosen for the run's wall-clock budget on the machine that chose it."""
+
+    shape: str = Field(description="A name of llmops.models.training.budget.SHAPES, e.g. h96-l3")
+    overrides: dict[str, int] = Field(description="The transformers config fields of that shape")
+    speed: float = Field(description="This machine's speed on the reference shape, over the scaling table's")
+    budget_s: float
+    reason: str
+
+
 class TrainRef(Record):
     """A finished (or budget-stopped) training run: ``runs/<run_id>/``."""
 
@@ -137,6 +147,7 @@ class TrainRef(Record):
         None, description="The pretrained model fine-tuned: path or hub id @ content hash")
     preflight: Optional[PreflightReport] = None
     kernels: Optional[KernelChoice] = Field(None, description="The precision and kernels it trained with, and why")
+    sized: Optional[ModelSizing] = Field(None, description="model.preset=auto: the shape sized to the budget")
 
 
 class DocScores(Record):

@@ -41,8 +41,8 @@ def train_model(packed: PackedRef, tokenizer_ref: TokenizerRef, model_cfg: Model
     def report(m: StepMetrics) -> None:
         if m.step % every == 0 or m.val_loss is not None:
             done = m.step / train_cfg.max_steps
-            if train_cfg.max_minutes:  # a time-budgeted run ends at whichever limit it reaches first
-                done = max(done, m.elapsed_s / (train_cfg.max_minutes * 60))
+            if train_cfg.budget_s:  # a time-budgeted run ends at whichever limit it reaches first
+                done = max(done, m.elapsed_s / train_cfg.budget_s)
             update_progress_artifact(progress_id, min(100.0, 100.0 * done))
             val = f", val loss {m.val_loss:.4f}" if m.val_loss is not None else ""
             mfu = f", MFU {m.mfu:.1%}" if m.mfu is not None else ""

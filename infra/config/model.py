@@ -9,14 +9,15 @@ from llmops.infra.config.base import ADDED_LATER, EXECUTION_ONLY, Frozen
 
 # The names of llmops.models.model.presets.PRESETS (a test keeps the two equal): checked when the config loads,
 # not after ingest and tokenization have run.
-PresetName = Literal["tiny", "mini", "small", "gpt2-124m", "gpt2", "llama-1b"]
+PresetName = Literal["auto", "tiny", "mini", "small", "gpt2-124m", "gpt2", "llama-1b"]
 
 
 class ModelConfig(Frozen):
     preset: PresetName = Field(
         "mini",
         description="A preset from models/model/presets.py: tiny (tests), mini and small (CPU), gpt2-124m and gpt2 "
-        "(GPT-2-124M class), llama-1b; ignored when `pretrained` is set.",
+        "(GPT-2-124M class), llama-1b; auto: sized to the run's wall-clock budget on this machine "
+        "(train.time_budget_s or max_minutes; models/training/budget.py); ignored when `pretrained` is set.",
     )
     overrides: dict[str, Union[int, float, str, bool]] = Field(
         default_factory=dict, description="Fields of the transformers config to override, e.g. {num_hidden_layers: 2}."

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from llmops.infra.config.base import ConfigError, Frozen, apply_overrides, explain
 from llmops.infra.config.data import DataConfig, TokenizerConfig
@@ -31,6 +31,13 @@ class PipelineConfig(Frozen):
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     promote: bool = Field(True, description="Move the production alias when the gate passes.")
+
+    @model_validator(mode="after")
+    def _check(self) -> PipelineConfig:
+        if self.model.preset == "auto" and not self.model.pretrained and not self.train.budget_s:
+            raise ValueError("model.preset=auto sizes the model to a wall-clock budget: set train.time_budget_s "
+                             "(or train.max_minutes)")
+        return self
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: Optional[list[str]] = None) -> PipelineConfig:

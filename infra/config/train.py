@@ -95,6 +95,12 @@ class TrainConfig(Frozen):
     max_minutes: Optional[float] = Field(
         1.5, gt=0, description="Wall-clock budget; training stops cleanly when it is spent (null: train max_steps)."
     )
+    time_budget_s: Annotated[Optional[float], ADDED_LATER] = Field(
+        None, gt=0,
+        description="Wall-clock budget in seconds, instead of max_minutes when set. With model.preset=auto the model "
+        "is sized to it: the shape that reaches the fewest held-out bits in this many seconds on this machine "
+        "(models/training/budget.py).",
+    )
     batch_size: int = Field(16, ge=1)
     block_size: int = Field(128, ge=8, description="Tokens per training sequence (the context length).")
     grad_accum_steps: int = Field(1, ge=1)
@@ -179,6 +185,11 @@ class TrainConfig(Frozen):
         default_factory=DistributedSettings,
         description="Scale-out with torchrun (DDP or FSDP); batch_size stays the global batch, split across ranks.",
     )
+
+    @property
+    def budget_s(self) -> Optional[float]:
+        """The wall-clock budget of the training loop in seconds (time_budget_s, else max_minutes), or None."""
+        return self.time_budget_s or (self.max_minutes * 60 if self.max_minutes else None)
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

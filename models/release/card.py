@@ -83,6 +83,7 @@ def render_card(*, name: str, version: int, config: PipelineConfig, dataset: Dat
             ["steps", run.steps], ["tokens seen", f"{run.tokens_seen:,}"], ["wall-clock", f"{run.wall_s:.1f} s"],
             ["device / precision", f"{run.device} / {run.precision}"],
             *([["kernels", _kernels(run.kernels)]] if run.kernels else []),
+            *([["model shape", f"{run.sized.shape} (model.preset=auto): {run.sized.reason}"]] if run.sized else []),
             ["final train loss", f"{run.final_train_loss:.4f}"],
             ["final validation loss", f"{run.final_val_loss:.4f}" if run.final_val_loss is not None else "n/a"],
             ["resumed from step", run.resumed_from_step if run.resumed_from_step is not None else "no"],

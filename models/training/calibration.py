@@ -232,7 +232,7 @@ def _decide(model: torch.nn.Module, data: TokenData, cfg: TrainConfig, device: t
     if step_s is not None:  # preflight timed forward + backward of a micro-batch; the optimizer adds a little
         step = step_s * cfg.grad_accum_steps * 1.3
         cost, expected = runs * (STEPS + 1) * step, cfg.max_steps * step
-        expected = min(expected, cfg.max_minutes * 60) if cfg.max_minutes else expected
+        expected = min(expected, cfg.budget_s) if cfg.budget_s else expected
     if parallel.sharded:
         why = "not calibrated under FSDP"
     elif cost is None:

@@ -175,8 +175,8 @@ def _train(model, train_data, val_data, cfg, checkpointer, metrics_path, on_metr
     metrics = open(metrics_path, "a", encoding="utf-8") if parallel.is_main else contextlib.nullcontext()
     with metrics as metrics_file, _progress(cfg.max_steps, state.step, parallel.is_main) as bar:
         while state.step < cfg.max_steps:
-            if cfg.max_minutes and state.elapsed_s >= cfg.max_minutes * 60:
-                log.info("time budget of %.1f min spent at step %d", cfg.max_minutes, state.step)
+            if cfg.budget_s and state.elapsed_s >= cfg.budget_s:
+                log.info("time budget of %.0f s spent at step %d", cfg.budget_s, state.step)
                 break
             t0 = time.perf_counter()
             lr = lr_at(cfg, state.step, state.elapsed_s)

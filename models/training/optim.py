@@ -21,8 +21,8 @@ def lr_at(cfg: TrainConfig, step: int, elapsed_s: float) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / (cfg.warmup_steps + 1)
     progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-    if cfg.max_minutes:
-        progress = max(progress, elapsed_s / (cfg.max_minutes * 60))
+    if cfg.budget_s:
+        progress = max(progress, elapsed_s / cfg.budget_s)
     progress = min(1.0, progress)
     min_lr = cfg.lr * cfg.min_lr_ratio
     return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr - min_lr)

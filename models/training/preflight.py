@@ -168,8 +168,8 @@ def with_duration(report: PreflightReport, cfg: TrainConfig, step_seconds: float
     """The report with a duration estimated from one measured micro-batch (the budget caps it)."""
     per_step = step_seconds * cfg.grad_accum_steps * 1.1  # the optimizer step adds ~10% at these sizes
     duration, planned = per_step * cfg.max_steps, report.planned_tokens
-    if cfg.max_minutes and duration > cfg.max_minutes * 60:
-        duration = cfg.max_minutes * 60
+    if cfg.budget_s and duration > cfg.budget_s:
+        duration = cfg.budget_s
         planned = int(duration / per_step) * report.tokens_per_step
     return report.model_copy(update={
         "measured_step_s": step_seconds, "estimated_duration_s": duration, "planned_tokens": planned,

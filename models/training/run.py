@@ -18,7 +18,8 @@ from llmops.models.model.generation import config_context_length
 from llmops.models.model.lora import apply_lora, merge_for_deployment
 from llmops.models.model.presets import build_config
 from llmops.models.model.pretrained import pretrained_config
-from llmops.models.records import PackedRef, PreflightReport, TokenizerRef, TrainRef
+from llmops.models.records import ModelSizing, PackedRef, PreflightReport, TokenizerRef, TrainRef
+from llmops.models.training import budget
 from llmops.models.training import preflight as pf
 from llmops.models.training.calibration import choose_kernels, with_kernels
 from llmops.models.training.checkpoint import Checkpointer, TrainingError
@@ -99,8 +100,13 @@ def run_training(store: ArtifactStore, packed: PackedRef, tokenizer_ref: Tokeniz
     if store.exists(f"{prefix}/manifest.json"):
         log.info("run %s already finished; reusing it", run_id)
         return TrainRef.model_validate(store.get_json(f"{prefix}/manifest.json"))
-    config = model_config_for(model_cfg, tokenizer_ref, train_cfg.block_size)
     train_data = load_packed(store, packed, "train", cache_dir)
+    sized = None
+    if model_cfg.preset == "auto" and not model_cfg.pretrained:
+        sized = size_to_budget(store, prefix, model_cfg, train_cfg, tokenizer_ref, train_data, parallel)
+        model_cfg = model_cfg.model_copy(update={"preset": "mini", "overrides": {**sized.overrides,
+                                                                                 **model_cfg.overrides}})
+    config = model_config_for(model_cfg, tokenizer_ref, train_cfg.block_size)
     device = resolve_device(train_cfg.device)
     precision = resolve_precision(train_cfg.precision, device)
     report = _preflight(store, prefix, model_cfg, train_cfg, config, train_data, device, precision,
@@ -161,9 +167,31 @@ def run_training(store: ArtifactStore, packed: PackedRef, tokenizer_ref: Tokeniz
         base_model=base,
         preflight=report,
         kernels=kernels,
+        sized=sized,
     )
     store.put_json(f"{prefix}/manifest.json", ref.model_dump(mode="json"))
     return ref
+
+
+def size_to_budget(store: ArtifactStore, prefix: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                   tokenizer_ref: TokenizerRef, data, parallel: Parallel) -> ModelSizing:
+    """``model.preset=auto``: the shape for the run's budget on this machine, decided once by rank 0 and kept in
+    ``runs/<id>/sizing.json``, so a resumed run and every rank build the same model."""
+    key = f"{prefix}/sizing.json"
+    if parallel.is_main and not store.exists(key):
+        if not train_cfg.budget_s:
+            raise TrainingError("model.preset=auto sizes the model to a wall-clock budget: set train.time_budget_s "
+                                "(or train.max_minutes)")
+        mini = model_config_for(model_cfg.model_copy(update={"preset": "mini"}), tokenizer_ref, train_cfg.block_size)
+        speed = budget.machine_speed(mini, data, train_cfg.batch_size // parallel.world_size)
+        chosen = budget.plan(train_cfg.budget_s, speed)
+        store.put_json(key, ModelSizing(shape=chosen.shape, overrides=chosen.overrides, speed=chosen.speed,
+                                        budget_s=train_cfg.budget_s, reason=chosen.reason).model_dump(mode="json"))
+    parallel.barrier()
+    sizing = ModelSizing.model_validate(store.get_json(key))
+    if parallel.is_main:
+        log.info("model.preset=auto: %s", sizing.reason)
+    return sizing
 
 
 def _publish_metrics(store: ArtifactStore, prefix: str, local: Path, title: str) -> None:

@@ -33,7 +33,7 @@ def test_the_config_knows_exactly_the_presets_models_defines():
 
     from llmops.infra.config import PresetName
 
-    assert set(get_args(PresetName)) == set(PRESETS)
+    assert set(get_args(PresetName)) == {*PRESETS, "auto"}  # auto: sized to the budget (models/training/budget.py)
 
 
 def test_overrides_parse_values_as_yaml():
@@ -44,7 +44,7 @@ def test_overrides_parse_values_as_yaml():
 @pytest.mark.parametrize("overrides, message", [
     (["train.max_steps=0"], r"train\.max_steps: Input should be greater than or equal to 1"),
     (["train.nonsense=1"], r"train\.nonsense: Extra inputs are not permitted"),
-    (["model.preset=gpt2-125m"], r"model\.preset: Input should be 'tiny', 'mini', .* or 'llama-1b'"),
+    (["model.preset=gpt2-125m"], r"model\.preset: Input should be 'auto', 'tiny', 'mini', .* or 'llama-1b'"),
     (["train.precision=fp8"], r"train\.precision: Input should be 'auto', 'fp32', 'bf16' or 'fp16'"),
     (["data.min_chars=100", "data.max_chars=10"], "min_chars \\(100\\) exceeds max_chars \\(10\\)"),
     (["data.sources=[]"], "sources is empty"),
