@@ -16,8 +16,10 @@ from llmops.infra.traffic.log import read_jsonl_file
 from llmops.monitoring import layout, policy, report, stats
 from llmops.monitoring.accumulate import SignalSummary, WindowAccumulator, sampling_keys
 from llmops.monitoring.batch import Tokenize
+from llmops.monitoring.classifier import ClassifierOutcome, domain_classifier_test
 from llmops.monitoring.profile import build_profile
 from llmops.monitoring.records import (
+    CLASSIFIER_SIGNAL,
     CategoricalProfile,
     ContinuousProfile,
     DriftReport,
@@ -90,9 +92,11 @@ def measure(profile: ReferenceProfile, summaries: Mapping[str, SignalSummary], c
     return measured, skipped
 
 
-def judge(measured: Mapping[str, SignalStats], cfg: MonitorConfig) -> dict[str, SignalResult]:
-    """Apply the policy: correct p-values over every signal tested, then a status per signal."""
-    adjusted = policy.adjust_p_values({n: s.p_value for n, s in measured.items()}, cfg.correction)
+def judge(measured: Mapping[str, SignalStats], cfg: MonitorConfig,
+          adjusted: Optional[Mapping[str, float]] = None) -> dict[str, SignalResult]:
+    """Apply the policy: correct p-values over every signal tested (or take ``adjusted``, corrected over a larger
+    family), then a status per signal."""
+    adjusted = adjusted or policy.adjust_p_values({n: s.p_value for n, s in measured.items()}, cfg.correction)
     results = {}
     for name, s in measured.items():
         warn, alert = policy.thresholds_for(name, cfg)
@@ -106,10 +110,26 @@ def judge(measured: Mapping[str, SignalStats], cfg: MonitorConfig) -> dict[str, 
 
 def validate_config(cfg: MonitorConfig) -> None:
     """Signal names in the config must exist: a typo would otherwise silently alert on latency."""
-    named = set(cfg.report_only_signals) | set(cfg.signal_thresholds)
-    unknown = sorted(named - set(SIGNALS))
+    unknown = sorted(set(cfg.report_only_signals) - {*SIGNALS, CLASSIFIER_SIGNAL})
+    unknown += sorted(set(cfg.signal_thresholds) - set(SIGNALS))
     if unknown:
-        raise ValueError(f"monitor config names unknown signal(s) {unknown}; known: {sorted(SIGNALS)}")
+        raise ValueError(f"monitor config names unknown signal(s) {unknown}; known: {sorted(SIGNALS)} and "
+                         f"{CLASSIFIER_SIGNAL} (report_only_signals)")
+
+
+def run_classifier(profile: ReferenceProfile, prompts: Optional[Sequence[str]], cfg: MonitorConfig
+                   ) -> tuple[Optional[ClassifierOutcome], Optional[str]]:
+    """(the domain classifier's outcome, or why it did not run; None, None when it is off)."""
+    if not cfg.domain_classifier:
+        return None, None
+    if not profile.texts:
+        return None, "the reference profile keeps no prompts (made before the domain classifier): rebuild it"
+    if prompts is None:
+        return None, "no prompts were given for the window"
+    try:
+        return domain_classifier_test(profile.texts, prompts, sample=cfg.classifier_window_sample), None
+    except ValueError as exc:
+        return None, str(exc)
 
 
 def check_window(profile: ReferenceProfile, records: Sequence[dict], tokenize: Optional[Tokenize],
@@ -139,14 +159,20 @@ def check_window(profile: ReferenceProfile, records: Sequence[dict], tokenize: O
     accumulator = WindowAccumulator(profile, cfg.ks_window_sample)
     keys = sampling_keys().random(len(records))
     accumulator.add(rows_batch(records, tokenize, keys=keys))
+    # the sample a streamed window of these records in this order would read
+    prompts, _ = sample_prompts([[r.get("prompt") for r in records if isinstance(r, dict)]],
+                                cfg.classifier_window_sample)
     return finish_window(profile, accumulator, cfg, out_dir, has_tokenizer=tokenize is not None, window_id=window_id,
-                         start=start, end=end, notes=notes)
+                         start=start, end=end, notes=notes, prompts=prompts)
 
 
 def finish_window(profile: ReferenceProfile, accumulator: WindowAccumulator, cfg: MonitorConfig, out_dir: Path, *,
                   has_tokenizer: bool, window_id: Optional[str] = None, start: Optional[datetime] = None,
-                  end: Optional[datetime] = None, notes: Sequence[str] = ()) -> DriftReport:
+                  end: Optional[datetime] = None, notes: Sequence[str] = (),
+                  prompts: Optional[Sequence[str]] = None) -> DriftReport:
     """Statistics, verdict and files of an accumulated window; drift.json is written last.
+
+    ``prompts`` (the window's, or a uniform sample of them) feed the domain classifier.
 
     Files: report.html/report.json (Evidently, when ``cfg.evidently_report`` and a signal was
     tested), hist_<signal>.png for moved signals, summary.md, and drift.json: a reader trusts a
@@ -162,8 +188,16 @@ def finish_window(profile: ReferenceProfile, accumulator: WindowAccumulator, cfg
         skipped = {name: f"window has {n} records (min_samples={cfg.min_samples})" for name in profile.signals}
     else:
         measured, skipped = measure(profile, summaries, cfg, n_records=n, has_tokenizer=has_tokenizer)
-    results = judge(measured, cfg)
-    decision = policy.window_verdict(results, n, cfg)
+    outcome, why_not = run_classifier(profile, prompts, cfg) if n >= cfg.min_samples else (None, None)
+    if why_not:
+        skipped[CLASSIFIER_SIGNAL] = why_not
+    family = {name: s.p_value for name, s in measured.items()}
+    if outcome is not None:
+        family[CLASSIFIER_SIGNAL] = outcome.p_value
+    adjusted = policy.adjust_p_values(family, cfg.correction)
+    results = judge(measured, cfg, adjusted)
+    classifier = policy.judge_classifier(outcome, adjusted[CLASSIFIER_SIGNAL], cfg) if outcome else None
+    decision = policy.window_verdict(results, n, cfg, classifier)
     if profile.schema_version < 2:
         notes = [*notes, "reference profile schema 1: its bins were fitted and counted on the same records, "
                          "which biases PSI upward; rebuild it (build_profile) for this model version"]
@@ -172,8 +206,8 @@ def finish_window(profile: ReferenceProfile, accumulator: WindowAccumulator, cfg
         window_id=window_id or _default_window_id(start, end, created), model_name=profile.model_name,
         model_version=profile.model_version, start=start, end=end, created_at=created,
         verdict=decision.verdict, severity=decision.severity, n_samples=n, min_samples=cfg.min_samples,
-        alerting=decision.alerting, warning=decision.warning, signals=results, skipped=skipped,
-        correction=cfg.correction, alpha=cfg.alpha, n_tests=len(results), notes=[*notes, *problems],
+        alerting=decision.alerting, warning=decision.warning, signals=results, skipped=skipped, classifier=classifier,
+        correction=cfg.correction, alpha=cfg.alpha, n_tests=len(family), notes=[*notes, *problems],
         out_dir=str(out_dir.resolve()), files=files,
     )
     (out_dir / "summary.md").write_text(report.render_summary(drift), encoding="utf-8")
@@ -279,11 +313,19 @@ def check_store_window(store: ArtifactStore, model: str, start: datetime, end: d
         accumulator = SemanticAccumulator(profile, cfg.ks_window_sample, embedder)
     scan = stream_window(store, model, start, end, accumulator, tokenize, version=version, chunk_bytes=chunk_bytes)
     notes = [*notes, *scan.notes()]
+    prompts = None
+    sizes = ([cfg.semantic_window_sample] if embedder is not None else []) + (
+        [cfg.classifier_window_sample] if cfg.domain_classifier and profile.texts else [])
+    if sizes:  # one pass for both: a prefix of a bottom-k sample (sorted by key) is a uniform sample too
+        prompts, total = sample_prompts(window_prompts(store, model, start, end, version), max(sizes))
+        if embedder is not None and total > cfg.semantic_window_sample:
+            notes.append(f"semantic_distance: {cfg.semantic_window_sample} of {total} prompts embedded (uniform "
+                         f"sample, monitor.semantic_window_sample)")
+        if cfg.domain_classifier and profile.texts and total > cfg.classifier_window_sample:
+            notes.append(f"{CLASSIFIER_SIGNAL}: {cfg.classifier_window_sample} of {total} prompts read (uniform "
+                         f"sample, monitor.classifier_window_sample)")
     if embedder is not None:
-        prompts, total = sample_prompts(window_prompts(store, model, start, end, version), cfg.semantic_window_sample)
-        accumulator.add_prompts(prompts)
-        if total > len(prompts):
-            notes.append(f"semantic_distance: {len(prompts)} of {total} prompts embedded (uniform sample, "
-                         f"monitor.semantic_window_sample)")
+        accumulator.add_prompts(prompts[:cfg.semantic_window_sample])
     return finish_window(profile, accumulator, cfg, out_dir, has_tokenizer=tokenize is not None,
-                         window_id=window_id or layout.window_id(start, end), start=start, end=end, notes=notes)
+                         window_id=window_id or layout.window_id(start, end), start=start, end=end, notes=notes,
+                         prompts=prompts)

@@ -12,7 +12,17 @@ import numpy as np
 from llmops.infra.config import MonitorConfig
 from llmops.infra.store import ArtifactStore
 from llmops.monitoring import layout
-from llmops.monitoring.records import LedgerEntry, Severity, SignalResult, Status, Verdict
+from llmops.monitoring.classifier import ClassifierOutcome
+from llmops.monitoring.records import (
+    CLASSIFIER_SIGNAL,
+    ClassifierResult,
+    LedgerEntry,
+    NgramWeight,
+    Severity,
+    SignalResult,
+    Status,
+    Verdict,
+)
 
 
 @dataclass(frozen=True)
@@ -86,8 +96,31 @@ def severity_for(max_psi: float, verdict: Verdict, cfg: MonitorConfig) -> Severi
     return "none"
 
 
-def window_verdict(signals: Mapping[str, SignalResult], n_samples: int, cfg: MonitorConfig) -> WindowDecision:
-    """The window's verdict from its signals; report-only signals never count.
+def classifier_status(new_share: float, p_value: float, p_adjusted: float, *, min_share: float,
+                      alpha: float) -> Status:
+    """ok / warn / alert for the domain classifier: as for PSI, an effect (at least ``min_share`` of the window
+    new) and significance; alert after the correction, warn before it."""
+    if new_share < min_share:
+        return "ok"
+    return "alert" if p_adjusted < alpha else "warn" if p_value < alpha else "ok"
+
+
+def judge_classifier(outcome: ClassifierOutcome, p_adjusted: float, cfg: MonitorConfig) -> ClassifierResult:
+    """The domain classifier's result, its p-value corrected over the window's family (``p_adjusted``)."""
+    status = classifier_status(outcome.new_share, outcome.p_value, p_adjusted, min_share=cfg.classifier_min_share,
+                               alpha=cfg.alpha)
+    return ClassifierResult(
+        n_reference=outcome.n_reference, n_current=outcome.n_current, auc=outcome.auc, p_rank=outcome.p_rank,
+        p_tail=outcome.p_tail, p_value=outcome.p_value, p_adjusted=p_adjusted, significant=p_adjusted < cfg.alpha,
+        new_share=outcome.new_share, min_share=cfg.classifier_min_share, status=status,
+        report_only=CLASSIFIER_SIGNAL in cfg.report_only_signals,
+        reference_ngrams=[NgramWeight(ngram=g, weight=w) for g, w in outcome.reference_ngrams],
+        current_ngrams=[NgramWeight(ngram=g, weight=w) for g, w in outcome.current_ngrams], seconds=outcome.seconds)
+
+
+def window_verdict(signals: Mapping[str, SignalResult], n_samples: int, cfg: MonitorConfig,
+                   classifier: Optional[ClassifierResult] = None) -> WindowDecision:
+    """The window's verdict from its signals and the domain classifier; report-only signals never count.
 
     Fewer than ``cfg.min_samples`` records gives ``insufficient_data`` whatever the signals say.
     """
@@ -96,6 +129,8 @@ def window_verdict(signals: Mapping[str, SignalResult], n_samples: int, cfg: Mon
     counted = [s for s in signals.values() if not s.report_only]
     alerting = [s.name for s in counted if s.status == "alert"]
     warning = [s.name for s in counted if s.status == "warn"]
+    if classifier is not None and not classifier.report_only and classifier.status != "ok":
+        (alerting if classifier.status == "alert" else warning).append(classifier.name)
     verdict: Verdict = "alert" if alerting else "warn" if warning else "ok"
     moved = [s.psi_effect for s in counted if s.name in alerting or s.name in warning]
     return WindowDecision(verdict, severity_for(max(moved, default=0.0), verdict, cfg), alerting, warning)

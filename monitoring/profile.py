@@ -10,6 +10,7 @@ import numpy as np
 
 from llmops.infra.config import MonitorConfig
 from llmops.monitoring.batch import Batch, Tokenize, take
+from llmops.monitoring.classifier import reference_texts
 from llmops.monitoring.records import (
     SEMANTIC_SIGNAL,
     CategoricalProfile,
@@ -172,6 +173,10 @@ def build_profile(records: Sequence[dict], tokenize: Optional[Tokenize], cfg: Mo
     fit_rows, count_rows = split_halves(records)
     profile = profile_from_halves(take(batch, fit_rows), take(batch, count_rows), cfg, model_name=model_name,
                                   model_version=model_version, has_tokenizer=tokenize is not None)
+    if cfg.domain_classifier:
+        texts = reference_texts([r.get("prompt") if isinstance(r, dict) else None for r in records],
+                                cfg.classifier_reference_size)
+        profile = profile.model_copy(update={"texts": texts})
     return profile if embedder is None else with_semantic(profile, records, fit_rows, count_rows, embedder, cfg)
 
 

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from llmops.monitoring.signals import SIGNALS
 
 Status = Literal["ok", "warn", "alert"]
+CLASSIFIER_SIGNAL = "domain_classifier"
 Verdict = Literal["ok", "warn", "alert", "insufficient_data"]
 Severity = Literal["none", "low", "medium", "high"]
 
@@ -69,6 +70,33 @@ class SignalResult(SignalStats):
     psi_alert: float
 
 
+class NgramWeight(_Frozen):
+    ngram: str = Field(description="The n-gram and its kind, e.g. \"'thou' (word)\" or \"'def' (char)\"")
+    weight: float = Field(description="Its logistic-regression weight: > 0 leans to the window, < 0 to the reference")
+
+
+class ClassifierResult(_Frozen):
+    """The domain classifier of a window (``llmops.monitoring.classifier``): can its prompts be told from the
+    reference's? A multivariate signal judged beside the per-feature ones, in the same multiple-testing family."""
+
+    name: Literal["domain_classifier"] = CLASSIFIER_SIGNAL
+    n_reference: int = Field(description="Reference prompts used (half fitted the classifier, half were scored)")
+    n_current: int = Field(description="Window prompts used, a uniform sample when the window had more")
+    auc: float = Field(description="ROC AUC of the held-out scores (0.5: indistinguishable)")
+    p_rank: float = Field(description="Mann-Whitney U test of the held-out scores (a shift of the whole window)")
+    p_tail: float = Field(description="Fisher's exact test on the top decile of held-out scores (a minority shift)")
+    p_value: float = Field(description="2 x the smaller of p_rank and p_tail")
+    p_adjusted: float = Field(description="p_value after the window's multiple-testing correction")
+    significant: bool
+    new_share: float = Field(description="The least share of the window's prompts unlike the reference (the effect)")
+    min_share: float = Field(description="monitor.classifier_min_share: the effect an alert needs")
+    status: Status
+    report_only: bool
+    reference_ngrams: list[NgramWeight] = Field(description="The n-grams that most mark a reference prompt")
+    current_ngrams: list[NgramWeight] = Field(description="The n-grams that most mark a window prompt: what changed")
+    seconds: float
+
+
 class DriftReport(_Frozen):
     """The result of checking one traffic window against a reference profile (written as drift.json)."""
 
@@ -87,6 +115,7 @@ class DriftReport(_Frozen):
     warning: list[str] = Field(description="Signals whose status is warn (report-only ones excluded)")
     signals: dict[str, SignalResult]
     skipped: dict[str, str] = Field(default_factory=dict, description="Signals not tested, with the reason")
+    classifier: Optional[ClassifierResult] = Field(None, description="The domain classifier, when it ran")
     correction: Literal["bonferroni", "holm"]
     alpha: float
     n_tests: int = Field(description="Size of the family the p-values were corrected over")
@@ -232,6 +261,11 @@ class ReferenceProfile(_Plain):
     skipped: dict[str, str] = Field(default_factory=dict, description="Signals with no reference values, and why")
     semantic: Optional[SemanticProfile] = Field(
         None, description="The encoder and centroid of semantic_distance (None: off)"
+    )
+    texts: list[str] = Field(
+        default_factory=list,
+        description="A seeded sample of the reference prompts (monitor.classifier_reference_size, each cut to "
+        "2,000 characters) for the domain classifier; empty in profiles made before it, which skip that signal",
     )
 
     @property

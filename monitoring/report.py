@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 
 from llmops.monitoring.accumulate import SignalSummary
-from llmops.monitoring.records import DriftReport, ReferenceProfile, SignalResult
+from llmops.monitoring.records import ClassifierResult, DriftReport, ReferenceProfile, SignalResult
 from llmops.monitoring.signals import OTHER, SIGNALS
 
 EVIDENTLY_SAMPLE = 5000  # rows per side handed to Evidently: a visual companion, drift.json is authoritative
@@ -134,6 +134,8 @@ def render_summary(report: DriftReport, link_base: Optional[str] = None) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
         *(_row(r) for r in report.signals.values()),
     ]
+    if report.classifier:
+        lines += ["", *_classifier_lines(report.classifier)]
     if report.skipped:
         lines += ["", "Not tested: " + "; ".join(f"{k} ({v})" for k, v in report.skipped.items())]
     if report.notes:
@@ -141,3 +143,19 @@ def render_summary(report: DriftReport, link_base: Optional[str] = None) -> str:
     if report.files:
         lines += ["", "Files: " + ", ".join(f"[{name}]({base}{name})" for name in report.files.values())]
     return "\n".join(lines) + "\n"
+
+
+def _classifier_lines(c: ClassifierResult) -> list[str]:
+    """The domain classifier's verdict and what changed: the n-grams that most mark each side."""
+    def grams(weights: list) -> str:
+        return ", ".join(f"{w.ngram} {w.weight:+.2f}" for w in weights) or "none"
+
+    return [
+        f"**Domain classifier: {c.status}**{' (report only)' if c.report_only else ''}. Held-out AUC {c.auc:.3f} on "
+        f"{c.n_reference} reference and {c.n_current} window prompts; p {c.p_value:.3g} (rank {c.p_rank:.3g}, top "
+        f"decile {c.p_tail:.3g}), p adj. {c.p_adjusted:.3g}; at least {c.new_share:.1%} of the window's prompts are "
+        f"unlike the reference (an alert needs {c.min_share:.0%}).",
+        "",
+        f"- What marks the window: {grams(c.current_ngrams)}",
+        f"- What marks the reference: {grams(c.reference_ngrams)}",
+    ]

@@ -91,6 +91,23 @@ class MonitorConfig(Frozen):
     compact_delete_jsonl: bool = Field(
         False, description="Delete an hour's JSONL files once the manifest of its compacted Parquet file is committed.",
     )
+    domain_classifier: bool = Field(
+        True,
+        description="The domain_classifier signal: can a logistic regression on the prompts' character and word "
+        "n-grams tell the window from the reference? Catches a minority of new prompts the per-feature tests "
+        "dilute, and names the n-grams that changed (docs/monitoring.md).",
+    )
+    classifier_min_share: float = Field(
+        0.05, gt=0, lt=1,
+        description="domain_classifier alerts (or warns) only when at least this share of the window's prompts is "
+        "estimated to be unlike the reference, besides being significant.",
+    )
+    classifier_window_sample: int = Field(
+        2000, ge=100, description="Prompts of a window the domain classifier reads, a uniform sample when it has more.",
+    )
+    classifier_reference_size: int = Field(
+        2000, ge=100, description="Reference prompts kept in the reference profile for the domain classifier.",
+    )
     semantic_model: Optional[str] = Field(
         None,
         description="Semantic drift (off when null): a sentence encoder loadable by transformers "

@@ -22,7 +22,8 @@ def profile():
 def test_traffic_like_the_reference_is_ok(profile, tmp_path, seed):
     report = check_window(profile, synthetic_records(800, seed=seed), toy_tokenize, CFG, tmp_path)
     assert report.verdict == "ok", {n: (r.psi, r.p_adjusted) for n, r in report.signals.items()}
-    assert report.severity == "none" and report.n_tests == 11 and not report.skipped
+    assert report.severity == "none" and report.n_tests == 12 and not report.skipped
+    assert report.classifier.status == "ok"
     assert not any(f.endswith(".png") for f in report.files.values())
 
 
@@ -37,7 +38,7 @@ def test_drifted_traffic_alerts_on_the_signals_that_moved(profile, tmp_path, sha
     assert report.verdict == "alert" and report.drifted
     assert expected <= set(report.alerting)
     assert report.severity in ("medium", "high")
-    for name in report.alerting:
+    for name in set(report.alerting) - {"domain_classifier"}:  # the classifier has no PSI or histogram
         result = report.signals[name]
         assert result.psi >= CFG.psi_alert and result.significant
         assert (tmp_path / f"hist_{name}.png").stat().st_size > 1000
@@ -63,7 +64,7 @@ def test_missing_feature_skips_the_signal_with_a_reason(profile, tmp_path):
         del r["features"]["prompt_surprisal"]
     report = check_window(profile, records, toy_tokenize, CFG, tmp_path)
     assert report.skipped == {"prompt_surprisal": "no record carries features.prompt_surprisal"}
-    assert report.n_tests == 10 and report.verdict == "ok"
+    assert report.n_tests == 11 and report.verdict == "ok"
 
 
 def test_drift_json_holds_every_statistic_and_the_summary_links_the_files(profile, tmp_path):
