@@ -62,9 +62,7 @@ def run_ours(text: str, budget_s: float, args: argparse.Namespace) -> dict:
     blocks = pack_split(docs, tokenizer, args.block)
     overrides, sized = json.loads(args.overrides), None
     if args.preset == "auto":  # as model.preset=auto does: the shape for this budget on this machine
-        mini = build_config("mini", vocab_size=len(tokenizer), context_length=args.block,
-                            bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
-        sized = budget.plan(budget_s, budget.machine_speed(mini, blocks, args.batch))
+        sized = budget.plan(budget_s, budget.machine_speed())
         overrides = {**sized.overrides, **overrides}
     config = build_config("mini" if args.preset == "auto" else args.preset, vocab_size=len(tokenizer),
                           context_length=args.block, bos_token_id=tokenizer.eos_token_id,

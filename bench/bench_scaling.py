@@ -25,19 +25,6 @@ from common import RESULTS, SHAKESPEARE, load_average, markdown_table, run_meta,
 from llmops.models.training.budget import REFERENCE, SHAPES, probe_tokens_per_s, shape_overrides  # noqa: E402
 
 
-def reference_probe(text: str, args: argparse.Namespace) -> float:
-    """The probe ``budget.machine_speed`` runs, here, on this benchmark's tokenizer, blocks and batch."""
-    from llmops.models.data.packing import pack_split
-    from llmops.models.data.tokenizer import train_bpe
-    from llmops.models.model.presets import build_config
-
-    docs = [p for p in text[:int(len(text) * 0.9)].split("\n\n") if p.strip()]
-    tokenizer = train_bpe(docs, args.vocab)
-    config = build_config("mini", vocab_size=len(tokenizer), context_length=args.block,
-                          bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
-    return probe_tokens_per_s(config, pack_split(docs, tokenizer, args.block), args.batch, steps=5)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", default=["h64-l3", "h96-l2", "h96-l3", "h128-l3", "h128-l4"],
@@ -54,7 +41,7 @@ def main() -> None:
     if not SHAKESPEARE.is_file():
         raise SystemExit(f"{SHAKESPEARE} is missing: this benchmark needs the shared Tiny Shakespeare corpus")
     text, load_before, points = SHAKESPEARE.read_text(encoding="utf-8"), load_average(), []
-    probe = reference_probe(text, args)
+    probe = probe_tokens_per_s(steps=5)
     print(f"probe: the reference shape at {probe:,.0f} tokens/s (forward + backward)", flush=True)
     for budget in args.budgets:
         for shape in args.shapes:
@@ -76,8 +63,8 @@ def main() -> None:
           "warmup + cosine to the budget; scored with a sliding window (stride = block / 2) on the held-out 10%.\n\n"
           + markdown_table(["shape", "budget s", "parameters", "tokens/s", "tokens seen", "epochs", "bits/char"], rows)
           + "\n\nBest shape per budget: " + ", ".join(f"{b:.0f} s: **{s}**" for b, s in best.items()) + ".\n")
-    md += (f"\nThe probe (forward + backward of the reference shape, {REFERENCE}, at this batch and block) ran at "
-           f"{probe:,.0f} tokens/s here: `budget.plan` scales a run's budget by its own probe over this one.\n")
+    md += (f"\nThe probe (forward + backward of the reference shape, {REFERENCE}, on BPE 512, block 128, batch 16) "
+           f"ran at {probe:,.0f} tokens/s here: `budget.plan` scales a run's budget by its own probe over this one.\n")
     write_results("scaling", {"meta": meta, "points": points, "best": best}, md, args.out)
     print(md)
 

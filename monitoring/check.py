@@ -21,6 +21,7 @@ from llmops.monitoring.profile import build_profile
 from llmops.monitoring.records import (
     CLASSIFIER_SIGNAL,
     CategoricalProfile,
+    ClassifierResult,
     ContinuousProfile,
     DriftReport,
     ReferenceProfile,
@@ -123,11 +124,14 @@ def run_classifier(profile: ReferenceProfile, prompts: Optional[Sequence[str]], 
     if not cfg.domain_classifier:
         return None, None
     if not profile.texts:
-        return None, "the reference profile keeps no prompts (made before the domain classifier): rebuild it"
+        return None, ("the reference profile keeps no prompts (built before the domain classifier, or with "
+                      "monitor.domain_classifier off): rebuild it")
     if prompts is None:
         return None, "no prompts were given for the window"
     try:
-        return domain_classifier_test(profile.texts, prompts, sample=cfg.classifier_window_sample), None
+        return domain_classifier_test(profile.texts, prompts[:cfg.classifier_window_sample],
+                                      reference_sample=cfg.classifier_reference_size,
+                                      window_sample=cfg.classifier_window_sample), None
     except ValueError as exc:
         return None, str(exc)
 
@@ -159,9 +163,9 @@ def check_window(profile: ReferenceProfile, records: Sequence[dict], tokenize: O
     accumulator = WindowAccumulator(profile, cfg.ks_window_sample)
     keys = sampling_keys().random(len(records))
     accumulator.add(rows_batch(records, tokenize, keys=keys))
-    # the sample a streamed window of these records in this order would read
-    prompts, _ = sample_prompts([[r.get("prompt") for r in records if isinstance(r, dict)]],
-                                cfg.classifier_window_sample)
+    # the sample a streamed window of these records in this order would read (window_prompts keeps text prompts)
+    prompts, _ = sample_prompts([[r["prompt"] for r in records if isinstance(r, dict)
+                                  and isinstance(r.get("prompt"), str)]], cfg.classifier_window_sample)
     return finish_window(profile, accumulator, cfg, out_dir, has_tokenizer=tokenize is not None, window_id=window_id,
                          start=start, end=end, notes=notes, prompts=prompts)
 
@@ -201,7 +205,7 @@ def finish_window(profile: ReferenceProfile, accumulator: WindowAccumulator, cfg
     if profile.schema_version < 2:
         notes = [*notes, "reference profile schema 1: its bins were fitted and counted on the same records, "
                          "which biases PSI upward; rebuild it (build_profile) for this model version"]
-    files, problems = _write_companions(profile, summaries, results, cfg, out_dir)
+    files, problems = _write_companions(profile, summaries, results, classifier, cfg, out_dir)
     drift = DriftReport(
         window_id=window_id or _default_window_id(start, end, created), model_name=profile.model_name,
         model_version=profile.model_version, start=start, end=end, created_at=created,
@@ -216,13 +220,14 @@ def finish_window(profile: ReferenceProfile, accumulator: WindowAccumulator, cfg
 
 
 def _write_companions(profile: ReferenceProfile, summaries: Mapping[str, SignalSummary],
-                      results: dict[str, SignalResult], cfg: MonitorConfig,
+                      results: dict[str, SignalResult], classifier: Optional[ClassifierResult], cfg: MonitorConfig,
                       out_dir: Path) -> tuple[dict[str, str], list[str]]:
     """Evidently's report and the histograms: (role -> file name incl. the two written last, problems)."""
     files, problems = {}, []
     if cfg.evidently_report and results:
         try:
-            files.update(report.write_evidently_report(profile, summaries, list(results), out_dir))
+            files.update(report.write_evidently_report(profile, summaries, list(results), out_dir,
+                                                       banner=report.evidently_banner(results, classifier)))
         except Exception as exc:  # a third-party companion report must not cost us the verdict
             problems.append(f"Evidently report not written: {type(exc).__name__}: {exc}")
     files.update(report.write_histograms(results, out_dir))

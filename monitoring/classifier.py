@@ -3,12 +3,13 @@ reference? One multivariate signal over the text itself, beside the per-feature 
 
 The classifier two-sample test (Lopez-Paz & Oquab, 2017; the idea behind Evidently's text drift): both samples are
 split in halves; a logistic regression on TF-IDF n-grams (reference 0, window 1) is fitted on one half and scores
-the other. With no drift the held-out labels are exchangeable given those scores, so two exact tests apply to them:
+the other. With no drift the held-out labels are exchangeable given those scores, so two tests apply to them:
 
-* the rank test (Mann-Whitney U, whose statistic is the ROC AUC) sees a shift of the whole window;
-* the tail test (Fisher's exact test on who lands in the top decile of all held-out scores) sees a minority of new
-  prompts, which a rank test dilutes: a tenth of the window being new moves the AUC by at most 0.05, but about
-  doubles the window's share of the top decile.
+* the rank test (Mann-Whitney U, whose statistic is the ROC AUC; scipy's normal approximation at these sizes)
+  sees a shift of the whole window;
+* the tail test (Fisher's exact test on who lands in the top decile of all held-out scores, a label-blind cut)
+  sees a minority of new prompts, which a rank test dilutes: a tenth of the window being new moves the AUC by at
+  most 0.05, but about doubles the window's share of the top decile.
 
 The p-value is the smaller of the two, doubled (Bonferroni over the pair). Evidently alerts at a fixed AUC > 0.55,
 which is noise at 100 prompts and a trivial difference at 100,000: here significance is calibrated by the sample
@@ -96,17 +97,22 @@ def held_out_tests(ref_scores: np.ndarray, cur_scores: np.ndarray, tail: float =
     ref_above, cur_above = int((ref_scores > cut).sum()), int((cur_scores > cut).sum())
     table = [[cur_above, cur_scores.size - cur_above], [ref_above, ref_scores.size - ref_above]]
     p_tail = float(stats.fisher_exact(table, alternative="greater").pvalue)
-    return auc, p_rank, p_tail, new_share_from_tail(ref_above / ref_scores.size, cur_above / cur_scores.size)
+    # the effect at the reference's own top decile: at the pooled one the window could fill at most twice the tail
+    # (an exact test needs that label-blind cut; an estimate does not)
+    ref_cut = np.quantile(ref_scores, 1.0 - tail, method="inverted_cdf")
+    share = new_share_from_tail(float((ref_scores > ref_cut).mean()), float((cur_scores > ref_cut).mean()))
+    return auc, p_rank, p_tail, share
 
 
-def domain_classifier_test(reference: Sequence[str], current: Sequence[str], *, sample: int = 2000,
-                           top: int = 12) -> ClassifierOutcome:
+def domain_classifier_test(reference: Sequence[str], current: Sequence[str], *, reference_sample: int = 2000,
+                           window_sample: int = 2000, top: int = 12) -> ClassifierOutcome:
     """Whether ``current`` prompts can be told from ``reference`` prompts better than chance.
 
     Args:
         reference: Prompts of the reference (kept in the reference profile).
         current: Prompts of the window.
-        sample: At most this many prompts a side are used, a seeded uniform sample of each.
+        reference_sample: At most this many reference prompts are used (a seeded uniform sample).
+        window_sample: At most this many window prompts are used (a seeded uniform sample).
         top: How many n-grams to report each way.
 
     Raises:
@@ -115,8 +121,9 @@ def domain_classifier_test(reference: Sequence[str], current: Sequence[str], *, 
     t0 = time.perf_counter()
     rng = np.random.default_rng(_SEED)
     sides = []
-    for name, texts in (("reference", reference), ("window", current)):
-        texts = sorted(reference_texts(texts, sample))  # sorted: the same prompts in any order, the same result
+    for name, texts, size in (("reference", reference, reference_sample), ("window", current, window_sample)):
+        # sorted before sampling: the same prompts in any order give the same result
+        texts = reference_texts(sorted(t for t in texts if isinstance(t, str)), size)
         if len(texts) < MIN_PER_SIDE:
             raise ValueError(f"the {name} has {len(texts)} non-empty prompts; the domain classifier needs "
                              f"{MIN_PER_SIDE}")

@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from llmops.infra.config import MonitorConfig
 from llmops.infra.store import ArtifactStore
 from llmops.monitoring import layout
-from llmops.monitoring.classifier import ClassifierOutcome
 from llmops.monitoring.records import (
     CLASSIFIER_SIGNAL,
     ClassifierResult,
@@ -23,6 +22,9 @@ from llmops.monitoring.records import (
     Status,
     Verdict,
 )
+
+if TYPE_CHECKING:  # scikit-learn loads with the classifier, not with the policy
+    from llmops.monitoring.classifier import ClassifierOutcome
 
 
 @dataclass(frozen=True)
@@ -98,8 +100,9 @@ def severity_for(max_psi: float, verdict: Verdict, cfg: MonitorConfig) -> Severi
 
 def classifier_status(new_share: float, p_value: float, p_adjusted: float, *, min_share: float,
                       alpha: float) -> Status:
-    """ok / warn / alert for the domain classifier: as for PSI, an effect (at least ``min_share`` of the window
-    new) and significance; alert after the correction, warn before it."""
+    """ok / warn / alert for the domain classifier: an effect (an estimated ``min_share`` of the window new) and
+    significance, alert after the correction, warn before it (a PSI warn needs the effect alone: the share is a
+    noisier estimate than a debiased PSI)."""
     if new_share < min_share:
         return "ok"
     return "alert" if p_adjusted < alpha else "warn" if p_value < alpha else "ok"

@@ -88,7 +88,8 @@ class ClassifierResult(_Frozen):
     p_value: float = Field(description="2 x the smaller of p_rank and p_tail")
     p_adjusted: float = Field(description="p_value after the window's multiple-testing correction")
     significant: bool
-    new_share: float = Field(description="The least share of the window's prompts unlike the reference (the effect)")
+    new_share: float = Field(description="Estimated least share of the window's prompts unlike the reference (the "
+                             "effect): a point estimate, a few percent under no drift")
     min_share: float = Field(description="monitor.classifier_min_share: the effect an alert needs")
     status: Status
     report_only: bool

@@ -1,6 +1,8 @@
 """Report files of a window: Evidently's HTML/JSON (the only Evidently import), PNG histograms, markdown summary."""
 from __future__ import annotations
 
+import html
+import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -61,9 +63,28 @@ def evidently_frames(profile: ReferenceProfile, summaries: Mapping[str, SignalSu
     return pd.DataFrame(reference), pd.DataFrame(current), definition, methods
 
 
+def evidently_banner(results: Mapping[str, SignalResult], classifier: Optional[ClassifierResult] = None) -> str:
+    """The note report.html opens with: its numbers are Evidently's own, and the verdict is drift.json's."""
+    moved = [f"{n} ({r.status}, PSI {r.psi:.3f})" for n, r in results.items()
+             if r.status != "ok" and not r.report_only]
+    if classifier is not None and classifier.status != "ok" and not classifier.report_only:
+        moved.append(f"{classifier.name} ({classifier.status}, {classifier.new_share:.1%} of the window new)")
+    return (
+        '<div id="llmops-note" style="font-family:sans-serif;padding:10px 16px;margin:8px;border:2px solid #c77d00;'
+        'background:#fff6e0">'
+        "<b>llmops: this page is Evidently's own view of the window.</b> Its statistics are computed by Evidently on "
+        f"its own bins (equal-width, refitted to every window) and judged at its own thresholds, on at most "
+        f"{EVIDENTLY_SAMPLE} values per side, so its drift flags can differ from llmops'. The verdict is llmops' "
+        "drift.json (see summary.md beside this file): PSI on the reference's fixed quantile bins, "
+        "tests corrected over the window, and the domain classifier. Signals llmops flagged: "
+        f"{html.escape(', '.join(moved) or 'none')}.</div>"
+    )
+
+
 def write_evidently_report(profile: ReferenceProfile, summaries: Mapping[str, SignalSummary], signals: list[str],
-                           out_dir: Path) -> dict[str, str]:
-    """Write Evidently's DataDriftPreset report (report.html, report.json) of reference sample vs window.
+                           out_dir: Path, banner: str = "") -> dict[str, str]:
+    """Write Evidently's DataDriftPreset report (report.html, report.json) of reference sample vs window, with
+    ``banner`` (HTML) at the top of the page.
 
     Returns:
         ``{"report_html": "report.html", "report_json": "report.json"}`` (names inside ``out_dir``).
@@ -79,6 +100,11 @@ def write_evidently_report(profile: ReferenceProfile, summaries: Mapping[str, Si
         snapshot = report.run(current_data=Dataset.from_pandas(cur_df, data_definition=definition),
                               reference_data=Dataset.from_pandas(ref_df, data_definition=definition))
     snapshot.save_html(str(out_dir / "report.html"))
+    if banner:
+        page = (out_dir / "report.html").read_text(encoding="utf-8")
+        body = re.search(r"<body[^>]*>", page)
+        at = body.end() if body else 0
+        (out_dir / "report.html").write_text(page[:at] + banner + page[at:], encoding="utf-8")
     snapshot.save_json(str(out_dir / "report.json"))
     return {"report_html": "report.html", "report_json": "report.json"}
 
@@ -153,8 +179,8 @@ def _classifier_lines(c: ClassifierResult) -> list[str]:
     return [
         f"**Domain classifier: {c.status}**{' (report only)' if c.report_only else ''}. Held-out AUC {c.auc:.3f} on "
         f"{c.n_reference} reference and {c.n_current} window prompts; p {c.p_value:.3g} (rank {c.p_rank:.3g}, top "
-        f"decile {c.p_tail:.3g}), p adj. {c.p_adjusted:.3g}; at least {c.new_share:.1%} of the window's prompts are "
-        f"unlike the reference (an alert needs {c.min_share:.0%}).",
+        f"decile {c.p_tail:.3g}), p adj. {c.p_adjusted:.3g}; an estimated {c.new_share:.1%} of the window's prompts "
+        f"are unlike the reference (an alert needs {c.min_share:.0%}).",
         "",
         f"- What marks the window: {grams(c.current_ngrams)}",
         f"- What marks the reference: {grams(c.reference_ngrams)}",

@@ -8,6 +8,7 @@ built: with ``monitor.semantic_model`` unset nothing here loads.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Optional
 
@@ -16,6 +17,7 @@ import numpy as np
 from llmops.infra.config import MonitorConfig
 from llmops.infra.store import ArtifactStore
 from llmops.infra.traffic.log import partition_records, window_partitions
+from llmops.infra.traffic.parquet import read_prompts
 from llmops.monitoring.accumulate import Reservoir, WindowAccumulator, sampling_keys
 from llmops.monitoring.batch import Batch
 from llmops.monitoring.records import SEMANTIC_SIGNAL as SIGNAL
@@ -137,8 +139,10 @@ def window_prompts(store: ArtifactStore, model: str, start: datetime, end: datet
     """The prompts of ``version``'s records in [start, end), one hour partition in memory at a time, in
     the order the streaming check reads them."""
     for part in window_partitions(store, model, start, end):
-        yield [r["prompt"] for r in partition_records(store, part, start, end, [])
-               if r.get("version") == version and isinstance(r.get("prompt"), str)]
+        prompts = read_prompts(store, part.parquet, start, end, version) if part.parquet else []
+        prompts += [r["prompt"] for r in partition_records(store, replace(part, parquet=None), start, end, [])
+                    if r.get("version") == version and isinstance(r.get("prompt"), str)]
+        yield prompts
 
 
 def sample_prompts(batches: Iterable[Sequence[str]], size: int) -> tuple[list[str], int]:

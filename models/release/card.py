@@ -46,7 +46,7 @@ def render_card(*, name: str, version: int, config: PipelineConfig, dataset: Dat
         "library_name": "transformers",
         "pipeline_tag": "text-generation",
         **({"base_model": base} if base and not local_base else {}),  # a hub id: the Hub links it
-        "tags": ["llmops", "causal-lm", *_METHOD_TAGS.get(run.method, [config.model.preset])],
+        "tags": ["llmops", "causal-lm", *_METHOD_TAGS.get(run.method, [_shape(run, config)])],
         "datasets": [f"{dataset.name}@{dataset.sha256[:16]}"],
         "model-index": [{
             "name": f"{name}-v{version}",
@@ -65,7 +65,7 @@ def render_card(*, name: str, version: int, config: PipelineConfig, dataset: Dat
     parts = [
         "---\n" + yaml.safe_dump(metadata, sort_keys=False) + "---",
         f"# {name} — version {version}",
-        f"A {config.model.preset if run.method == 'scratch' else 'pretrained'} decoder-only language model "
+        f"A {_shape(run, config) if run.method == 'scratch' else 'pretrained'} decoder-only language model "
         f"{_ORIGIN[run.method]} by llmops ({run.parameters:,} parameters, context {config.train.block_size} tokens).",
         "## Data lineage",
         markdown_table(["what", "value"], [
@@ -182,3 +182,8 @@ def _preflight_section(run: TrainRef) -> list[str]:
     verdict = "fitted" if run.preflight.fits else "did not fit (train.preflight=warn)"
     return ["### Preflight", f"Estimated before training; the run {verdict} in memory.",
             markdown(run.preflight, actual_s=run.wall_s)]
+
+
+def _shape(run: TrainRef, config: PipelineConfig) -> str:
+    """The preset, or for ``model.preset=auto`` the shape sized to the budget."""
+    return run.sized.shape if run.sized else config.model.preset

@@ -182,9 +182,11 @@ def size_to_budget(store: ArtifactStore, prefix: str, model_cfg: ModelConfig, tr
         if not train_cfg.budget_s:
             raise TrainingError("model.preset=auto sizes the model to a wall-clock budget: set train.time_budget_s "
                                 "(or train.max_minutes)")
-        mini = model_config_for(model_cfg.model_copy(update={"preset": "mini"}), tokenizer_ref, train_cfg.block_size)
-        speed = budget.machine_speed(mini, data, train_cfg.batch_size // parallel.world_size)
-        chosen = budget.plan(train_cfg.budget_s, speed)
+        device = resolve_device(train_cfg.device)
+        if device.type != "cpu":
+            raise TrainingError(f"model.preset=auto sizes the model from a scaling table measured on CPU "
+                                f"(models/training/budget.py); training on {device.type}, choose a preset")
+        chosen = budget.plan(train_cfg.budget_s, budget.machine_speed())
         store.put_json(key, ModelSizing(shape=chosen.shape, overrides=chosen.overrides, speed=chosen.speed,
                                         budget_s=train_cfg.budget_s, reason=chosen.reason).model_dump(mode="json"))
     parallel.barrier()

@@ -63,6 +63,8 @@ def test_the_held_out_tests_on_known_scores():
     auc, p_rank, p_tail, share = held_out_tests(rng.normal(size=500), current)
     assert 0.52 < auc < 0.6 and p_tail < 1e-6 < p_rank and 0.08 < share < 0.12
     assert new_share_from_tail(0.1, 0.1) == 0 and new_share_from_tail(0.0, 0.25) == 0.25
+    half = held_out_tests(rng.normal(size=500), np.r_[rng.normal(size=250), rng.normal(10, 1, size=250)])
+    assert 0.45 < half[3] < 0.55, "the share is not capped by the size of the tail"
 
 
 def test_too_few_prompts_and_the_kept_sample():

@@ -87,6 +87,11 @@ def test_check_window_writes_evidentlys_report(tmp_path):
     assert {"report_html", "report_json", "summary", "drift"} <= set(report.files)
     html = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert "Dataset Drift" in html and "root_metric_" in html and len(html) > 100_000  # Evidently's page
+    # which opens by saying its numbers are Evidently's own and which signals llmops flagged
+    note = html[html.index('<div id="llmops-note"'):]
+    assert html.index('<div id="llmops-note"') < html.index("root_metric_")
+    assert "this page is Evidently's own view" in note
+    assert "prompt_chars (alert, PSI" in note[:note.index("</div>")]
     metrics = json.loads((tmp_path / "report.json").read_text())["metrics"]
     methods = {m["config"]["column"]: m["config"]["method"] for m in metrics if m["config"].get("column")}
     assert methods["prompt_chars"] == "psi" and methods["stop_reason"] == "chisquare"

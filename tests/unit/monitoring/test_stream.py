@@ -9,6 +9,7 @@ import pytest
 
 from llmops.infra.config import MonitorConfig
 from llmops.infra.store import LocalStore
+from llmops.infra.traffic.compaction import compact
 from llmops.infra.traffic.log import iter_chunks, read_window, write_records
 from llmops.monitoring.accumulate import Reservoir, WindowAccumulator, sampling_keys
 from llmops.monitoring.check import check_store_window, check_window, load_report
@@ -66,6 +67,7 @@ def test_streaming_equals_the_in_memory_check_of_the_same_records(profile, tmp_p
     in_memory = check_window(profile, window, toy_tokenize, CFG, tmp_path / "m", start=start, end=end)
     assert streamed.n_samples == len(window) == 270 and streamed.verdict == in_memory.verdict == "alert"
     assert _signals(streamed) == _signals(in_memory)  # counts, PSI, KL, JS and KS (same reservoir keys): exactly
+    assert streamed.classifier.model_dump(exclude={"seconds"}) == in_memory.classifier.model_dump(exclude={"seconds"})
     assert streamed.notes == ["30 record(s) served by other versions left out"]
     assert load_report((tmp_path / "s" / "drift.json").read_text()) == streamed
 
@@ -149,3 +151,20 @@ def test_chunks_end_on_line_boundaries_and_carry_line_numbers(tmp_path):
     numbers = [first + i for first, data in chunks for i, _ in enumerate(data.splitlines())]
     lines = [json.loads(line)["n"] for _, data in chunks for line in data.splitlines()]
     assert numbers == lines == list(range(1, 101))
+
+
+def test_the_classifier_reads_the_same_prompt_sample_from_jsonl_parquet_and_memory(profile, tmp_path):
+    store = LocalStore(tmp_path / "store")
+    _traffic(store, shape=TrafficShape(vocab_offset=1000))
+    cfg = MonitorConfig(evidently_report=False, classifier_window_sample=100)
+    start, end = T0, T0 + timedelta(hours=3)
+    window = [r for r in read_window(store, "lm", start, end) if r["version"] == 1]
+    in_memory = check_window(profile, window, toy_tokenize, cfg, tmp_path / "m", start=start, end=end)
+    from_jsonl = check_store_window(store, "lm", start, end, profile, toy_tokenize, cfg, tmp_path / "j")
+    compact(store, "lm", before=end + timedelta(hours=1))
+    from_parquet = check_store_window(store, "lm", start, end, profile, toy_tokenize, cfg, tmp_path / "p")
+    dumps = [r.classifier.model_dump(exclude={"seconds"}) for r in (in_memory, from_jsonl, from_parquet)]
+    assert dumps[0] == dumps[1] == dumps[2] and in_memory.classifier.status == "alert"
+    assert in_memory.classifier.n_current == 100
+    assert "domain_classifier: 100 of 405 prompts read (uniform sample, monitor.classifier_window_sample)" in \
+        from_parquet.notes

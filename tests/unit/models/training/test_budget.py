@@ -26,6 +26,8 @@ def test_bits_follow_the_log_of_the_budget_between_and_past_the_measured_ones(ta
     assert budget.predicted_bits("h128-l4", 120) == pytest.approx(2.80)  # halfway in log between 60 and 240
     assert budget.predicted_bits("h128-l4", 480) == pytest.approx(2.20)  # the last slope carried on
     assert budget.predicted_bits("h64-l3", 30) == pytest.approx(3.00)
+    # at most EXTRAPOLATE (4) times past the table's ends: a day of budget is not predicted to reach 0 bits
+    assert budget.predicted_bits("h128-l4", 86_400) == pytest.approx(1.90) == budget.predicted_bits("h128-l4", 960)
 
 
 def test_a_short_budget_gets_the_small_shape_a_long_one_the_big_one_and_speed_is_budget(table):

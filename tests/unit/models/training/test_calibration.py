@@ -49,10 +49,25 @@ def test_calibration_times_each_option_and_chooses_the_fastest_that_computes_wha
     assert [t.setting for t in choice.timings] == [FP32.label, ONEDNN.label, BF16.label]
     assert all(t.passed and t.step_s > 0 for t in choice.timings)
     fastest = min(choice.timings, key=lambda t: t.step_s)
-    assert (choice.label, choice.source) == (fastest.setting, "calibrated")
-    assert f"{choice.timings[0].step_s / fastest.step_s:.2f}x the speed of fp32 + ATen matmuls" in choice.reason
+    default = next(t for t in choice.timings if t.setting == calibration.static_default(config(), CPU).label)
+    chosen = fastest if fastest.step_s * (1 + calibration.MARGIN) <= default.step_s else default
+    assert (choice.label, choice.source) == (chosen.setting, "calibrated")
+    assert f"{choice.timings[0].step_s / chosen.step_s:.2f}x the speed of fp32 + ATen matmuls" in choice.reason
     # the same weights and batches: only rounding separates the settings' losses
     assert max(abs(t.loss - choice.timings[0].loss) for t in choice.timings) < 0.01 * choice.timings[0].loss
+
+
+@pytest.mark.parametrize("onednn_s, chosen", [(0.97, FP32), (0.90, ONEDNN)])
+def test_a_setting_must_beat_the_default_by_more_than_the_noise_to_replace_it(monkeypatch, native_bf16, onednn_s,
+                                                                             chosen):
+    native_bf16(False)
+    monkeypatch.setattr(calibration, "static_default", lambda cfg, device: calibration.REFERENCE)
+    seconds = {FP32.label: 1.0, ONEDNN.label: onednn_s}
+    monkeypatch.setattr(calibration, "measure", lambda kernels, *a, **k: (seconds[kernels.label], 2.0))
+    choice = calibrate(tiny_model(), patterned_blocks(), config(), CPU, "key")
+    assert choice.label == chosen.label
+    if chosen == FP32:
+        assert "(the default)" in choice.reason and "within the 5% that so few steps cannot tell" in choice.reason
 
 
 class HalfLinear(TorchFunctionMode):
