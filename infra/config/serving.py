@@ -26,6 +26,11 @@ class ServeConfig(Frozen):
     max_batch_prompts: int = Field(16, ge=1, description="Most prompts one completion request may send as a list.")
     capture_buffer_limit: int = Field(
         10_000, ge=1,
-        description="Most traffic records held in memory while the store cannot be written; the oldest are dropped "
-        "beyond it.",
+        description="Most traffic records held while the store cannot be written; beyond it requests get 503, "
+        "no record is dropped.",
+    )
+    capture_spool_mb: float = Field(
+        256.0, gt=0,
+        description="Most megabytes of the local write-ahead spool (<cache>/spool/<model>/) where each record is "
+        "fsynced before its response is sent; beyond it requests get 503.",
     )

@@ -3,6 +3,7 @@ hot reload."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import socket
 import threading
@@ -35,7 +36,7 @@ from llmops.models.serving.api import (
     install_error_handlers,
     parse_completion,
 )
-from llmops.models.serving.capture import TrafficBuffer
+from llmops.models.serving.capture import CaptureFull, TrafficBuffer
 from llmops.models.serving.engine import Engine, Generation, ReloadError
 
 log = logging.getLogger("llmops.serving")
@@ -59,7 +60,10 @@ def create_app(store: ArtifactStore, model_name: str, cfg: ServeConfig, cache_di
     app = FastAPI(title=f"llmops: {model_name}", lifespan=_lifespan)
     app.state.engine = engine
     app.state.cfg = cfg
-    app.state.buffer = TrafficBuffer(store, model_name, cfg.capture_buffer_limit) if cfg.capture else None
+    # per store and model: what was spooled for one store is never shipped to another
+    spool = Path(cache_dir) / "spool" / hashlib.sha256(store.uri.encode()).hexdigest()[:12] / model_name
+    app.state.buffer = (TrafficBuffer(store, model_name, cfg.capture_buffer_limit, spool,
+                                      int(cfg.capture_spool_mb * 2**20)) if cfg.capture else None)
     app.state.flush_wanted = None  # an asyncio.Event, created in the server's loop by _lifespan
     app.state.generation_threads = None  # an anyio.CapacityLimiter, likewise
     install_error_handlers(app)
@@ -86,6 +90,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.gather(*tasks, return_exceptions=True)
         if buffer is not None:
             await anyio.to_thread.run_sync(_flush_logged, buffer)
+            buffer.close()
 
 
 def _flush_logged(buffer: TrafficBuffer) -> bool:
@@ -147,8 +152,9 @@ def _model_cards(engine: Engine) -> list[dict]:
 
 
 def _capture(app: FastAPI, response_id: str, received: datetime, request: ParsedRequest, gen: Generation) -> None:
-    """One traffic record per prompt into the buffer; a failure here (a record outside the contract included) is
-    logged, never the user's problem."""
+    """One traffic record per prompt, spooled before the response is sent. A full spool (the store has been
+    unreachable) is a 503: no response goes out uncaptured; any other failure here (a record outside the contract
+    included) is logged, never the user's problem."""
     buffer: TrafficBuffer = app.state.buffer
     try:
         records: list[TrafficRecord] = [
@@ -162,6 +168,8 @@ def _capture(app: FastAPI, response_id: str, received: datetime, request: Parsed
         ]
         if buffer.add(records) >= app.state.cfg.flush_every and app.state.flush_wanted is not None:
             app.state.flush_wanted.set()
+    except CaptureFull as exc:
+        raise ApiError(503, f"{exc}; retry later", type="service_unavailable", code="capture_full") from None
     except Exception:
         log.exception("capturing request %s failed", response_id)
 

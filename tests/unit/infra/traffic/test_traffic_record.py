@@ -239,7 +239,7 @@ def test_captured_records_take_every_fast_path_and_come_back_as_written(tmp_path
                               n=1 + i % 2, latency_ms=None if i % 3 else 12.5, model="lm", version=1, variant="fp32",
                               ts=T0 + timedelta(seconds=i, microseconds=i % 2))
                for i in range(10)]
-    buffer = TrafficBuffer(store, "lm", limit=100)
+    buffer = TrafficBuffer(store, "lm", limit=100, spool=tmp_path / "spool")
     assert buffer.add(records) == 10 and buffer.flush() == 10
     (key,) = store.list("traffic/lm")
     data = store.get_bytes(key)

@@ -1,0 +1,64 @@
+"""kill -9 a real server right after it acknowledged 100 requests: the next start ships every one of them."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import httpx
+
+from llmops.infra.store import LocalStore
+from tests.helpers import make_registered_model
+
+# A server in a child process (so it can be killed) that never flushes by itself: every record the store gets
+# after the kill came from the spool.
+SERVER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from llmops.infra.config import ServeConfig
+    from llmops.infra.store import LocalStore
+    from llmops.models.serving.app import start_server
+    cfg = ServeConfig(port=0, reload_interval_s=0, flush_every=100_000, flush_interval_s=3600)
+    handle = start_server(LocalStore(sys.argv[1]), "lm", cfg, Path(sys.argv[2]))
+    print(handle.url, flush=True)
+    time.sleep(3600)
+""")
+
+
+def start(store_root, cache) -> tuple[subprocess.Popen, str]:
+    child = subprocess.Popen([sys.executable, "-c", SERVER, str(store_root), str(cache)], stdout=subprocess.PIPE,
+                             text=True)
+    url = child.stdout.readline().strip()
+    assert url.startswith("http://127.0.0.1:"), f"the server did not start (exit {child.poll()})"
+    return child, url
+
+
+def captured_ids(store: LocalStore) -> list[str]:
+    return [json.loads(line)["id"] for key in store.list("traffic/lm")
+            for line in store.get_text(key).splitlines() if line.strip()]
+
+
+def test_every_acknowledged_response_survives_kill_9(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    make_registered_model(store, "lm")
+    child, url = start(store.root, tmp_path / "cache")
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            acked = [client.post("/v1/completions", json={"model": "lm", "prompt": f"request {i}",
+                                                          "max_tokens": 2}).json()["id"] for i in range(100)]
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    assert captured_ids(store) == []  # nothing was shipped before the kill
+    child, url = start(store.root, tmp_path / "cache")
+    try:
+        health = httpx.get(f"{url}/health").json()["capture"]
+        assert health["recovered"] == 100
+        assert httpx.post(f"{url}/admin/flush", timeout=60).json()["written"] == 100
+    finally:
+        child.send_signal(signal.SIGTERM)
+        child.wait(timeout=60)
+    assert sorted(captured_ids(store)) == sorted(acked)
