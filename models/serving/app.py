@@ -143,11 +143,13 @@ def _health(app: FastAPI) -> JSONResponse:
 
 
 def _model_cards(engine: Engine) -> list[dict]:
+    """OpenAI's model objects, plus what is served behind each id: the alias, the version and the variant."""
     loaded = engine.loaded
     if loaded is None:
         return []
     created = int(loaded.manifest.created_at.timestamp())
-    return [{"id": model_id, "object": "model", "created": created, "owned_by": "llmops"}
+    served = {"alias": engine.cfg.alias, "version": loaded.version, "variant": loaded.variant}
+    return [{"id": model_id, "object": "model", "created": created, "owned_by": "llmops", **served}
             for model_id in (loaded.name, f"{loaded.name}:{loaded.version}")]
 
 

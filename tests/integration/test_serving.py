@@ -156,6 +156,9 @@ def test_models_and_health(server, client):
     ids = [m.id for m in client.models.list().data]
     assert ids == [MODEL, f"{MODEL}:1"]
     assert client.models.retrieve(f"{MODEL}:1").id == f"{MODEL}:1"
+    listed = httpx.get(f"{server.url}/v1/models").json()["data"]
+    assert [{k: m[k] for k in ("alias", "version", "variant")} for m in listed] == [
+        {"alias": "production", "version": 1, "variant": "fp32"}] * 2
     health = httpx.get(f"{server.url}/health").json()
     assert {k: health[k] for k in ("status", "model", "version", "variant", "alias")} == {
         "status": "ok", "model": MODEL, "version": 1, "variant": "fp32", "alias": "production"}
