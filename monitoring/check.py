@@ -163,9 +163,10 @@ def check_window(profile: ReferenceProfile, records: Sequence[dict], tokenize: O
     accumulator = WindowAccumulator(profile, cfg.ks_window_sample)
     keys = sampling_keys().random(len(records))
     accumulator.add(rows_batch(records, tokenize, keys=keys))
-    # the sample a streamed window of these records in this order would read (window_prompts keeps text prompts)
-    prompts, _ = sample_prompts([[r["prompt"] for r in records if isinstance(r, dict)
-                                  and isinstance(r.get("prompt"), str)]], cfg.classifier_window_sample)
+    prompts = None
+    if cfg.domain_classifier:  # the sample a streamed window of these records in this order would read
+        prompts, _ = sample_prompts([[r["prompt"] for r in records if isinstance(r, dict)
+                                      and isinstance(r.get("prompt"), str)]], cfg.classifier_window_sample)
     return finish_window(profile, accumulator, cfg, out_dir, has_tokenizer=tokenize is not None, window_id=window_id,
                          start=start, end=end, notes=notes, prompts=prompts)
 
@@ -318,15 +319,15 @@ def check_store_window(store: ArtifactStore, model: str, start: datetime, end: d
         accumulator = SemanticAccumulator(profile, cfg.ks_window_sample, embedder)
     scan = stream_window(store, model, start, end, accumulator, tokenize, version=version, chunk_bytes=chunk_bytes)
     notes = [*notes, *scan.notes()]
-    prompts = None
+    prompts, classify = None, cfg.domain_classifier and bool(profile.texts)
     sizes = ([cfg.semantic_window_sample] if embedder is not None else []) + (
-        [cfg.classifier_window_sample] if cfg.domain_classifier and profile.texts else [])
+        [cfg.classifier_window_sample] if classify else [])
     if sizes:  # one pass for both: a prefix of a bottom-k sample (sorted by key) is a uniform sample too
         prompts, total = sample_prompts(window_prompts(store, model, start, end, version), max(sizes))
         if embedder is not None and total > cfg.semantic_window_sample:
             notes.append(f"semantic_distance: {cfg.semantic_window_sample} of {total} prompts embedded (uniform "
                          f"sample, monitor.semantic_window_sample)")
-        if cfg.domain_classifier and profile.texts and total > cfg.classifier_window_sample:
+        if classify and total > cfg.classifier_window_sample:
             notes.append(f"{CLASSIFIER_SIGNAL}: {cfg.classifier_window_sample} of {total} prompts read (uniform "
                          f"sample, monitor.classifier_window_sample)")
     if embedder is not None:

@@ -169,28 +169,31 @@ def open_parquet(store: ArtifactStore, key: str) -> Iterator[pq.ParquetFile]:
             yield parquet
 
 
+def _groups_in_window(store: ArtifactStore, key: str, start: datetime, end: datetime,
+                      columns: Optional[list[str]] = None) -> Iterator[pa.Table]:
+    """Each row group of a compacted file (``columns`` of it, default all) with only its rows of ``start <= ts <
+    end``, in file order."""
+    bounds = pa.scalar(start, TIMESTAMP), pa.scalar(end, TIMESTAMP)
+    with open_parquet(store, key) as parquet:
+        for i in range(parquet.num_row_groups):
+            group = parquet.read_row_group(i, columns=columns)
+            ts = group.column("ts")
+            yield group.filter(pc.and_(pc.greater_equal(ts, bounds[0]), pc.less(ts, bounds[1])))
+
+
 def read_prompts(store: ArtifactStore, key: str, start: datetime, end: datetime, version: int) -> list[str]:
     """The prompts of ``version``'s records of a compacted file with ``start <= ts < end``, in file order; only
     the three columns are read (the prompt-level drift signals read a window a second time)."""
-    bounds = pa.scalar(start, TIMESTAMP), pa.scalar(end, TIMESTAMP)
     prompts: list[str] = []
-    with open_parquet(store, key) as parquet:
-        for i in range(parquet.num_row_groups):
-            group = parquet.read_row_group(i, columns=["ts", "version", "prompt"])
-            ts = group.column("ts")
-            keep = pc.and_(pc.and_(pc.greater_equal(ts, bounds[0]), pc.less(ts, bounds[1])),
-                           pc.equal(group.column("version"), version))
-            prompts += [p for p in group.filter(keep).column("prompt").to_pylist() if isinstance(p, str)]
+    for group in _groups_in_window(store, key, start, end, ["ts", "version", "prompt"]):
+        served = group.filter(pc.equal(group.column("version"), version))
+        prompts += [p for p in served.column("prompt").to_pylist() if isinstance(p, str)]
     return prompts
 
 
 def read_records(store: ArtifactStore, key: str, start: datetime, end: datetime) -> list[dict]:
     """The records of a compacted file with ``start <= ts < end``, in file order."""
-    bounds = pa.scalar(start, TIMESTAMP), pa.scalar(end, TIMESTAMP)
     records: list[dict] = []
-    with open_parquet(store, key) as parquet:
-        for i in range(parquet.num_row_groups):
-            group = parquet.read_row_group(i)
-            ts = group.column("ts")
-            records += table_records(group.filter(pc.and_(pc.greater_equal(ts, bounds[0]), pc.less(ts, bounds[1]))))
+    for group in _groups_in_window(store, key, start, end):
+        records += table_records(group)
     return records

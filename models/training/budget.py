@@ -10,6 +10,7 @@ The lr schedule already ends at the budget (warmup, then cosine on time progress
 """
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from dataclasses import dataclass
@@ -64,10 +65,9 @@ def predicted_bits(shape: str, effective_budget_s: float) -> float:
         return TABLE_BITS[budgets[0]][shape]
     x = min(max(math.log(effective_budget_s), math.log(budgets[0] / EXTRAPOLATE)),
             math.log(budgets[-1] * EXTRAPOLATE))
-    lo, hi = (budgets[0], budgets[1]) if x < math.log(budgets[1]) else (budgets[-2], budgets[-1])
-    for a, b in zip(budgets, budgets[1:]):
-        if math.log(a) <= x <= math.log(b):
-            lo, hi = a, b
+    # the measured pair around x, or the nearest pair past either end
+    i = min(max(bisect.bisect_right([math.log(b) for b in budgets], x) - 1, 0), len(budgets) - 2)
+    lo, hi = budgets[i], budgets[i + 1]
     y0, y1 = TABLE_BITS[lo][shape], TABLE_BITS[hi][shape]
     return y0 + (y1 - y0) * (x - math.log(lo)) / (math.log(hi) - math.log(lo))
 

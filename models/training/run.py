@@ -103,7 +103,7 @@ def run_training(store: ArtifactStore, packed: PackedRef, tokenizer_ref: Tokeniz
     train_data = load_packed(store, packed, "train", cache_dir)
     sized = None
     if model_cfg.preset == "auto" and not model_cfg.pretrained:
-        sized = size_to_budget(store, prefix, model_cfg, train_cfg, tokenizer_ref, train_data, parallel)
+        sized = size_to_budget(store, prefix, train_cfg, parallel)
         model_cfg = model_cfg.model_copy(update={"preset": "mini", "overrides": {**sized.overrides,
                                                                                  **model_cfg.overrides}})
     config = model_config_for(model_cfg, tokenizer_ref, train_cfg.block_size)
@@ -173,8 +173,7 @@ def run_training(store: ArtifactStore, packed: PackedRef, tokenizer_ref: Tokeniz
     return ref
 
 
-def size_to_budget(store: ArtifactStore, prefix: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
-                   tokenizer_ref: TokenizerRef, data, parallel: Parallel) -> ModelSizing:
+def size_to_budget(store: ArtifactStore, prefix: str, train_cfg: TrainConfig, parallel: Parallel) -> ModelSizing:
     """``model.preset=auto``: the shape for the run's budget on this machine, decided once by rank 0 and kept in
     ``runs/<id>/sizing.json``, so a resumed run and every rank build the same model."""
     key = f"{prefix}/sizing.json"

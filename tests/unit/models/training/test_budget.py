@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmops.infra.config import ConfigError, ModelConfig, PipelineConfig, TrainConfig
+from llmops.infra.config import ConfigError, PipelineConfig, TrainConfig
 from llmops.infra.store import LocalStore
 from llmops.models.records import ModelSizing
 from llmops.models.training import budget
@@ -65,8 +65,7 @@ def test_an_auto_run_builds_the_planned_shape_and_keeps_the_plan_for_its_resume(
     assert (config["hidden_size"], config["num_hidden_layers"]) == (hidden, budget.SHAPES[sizing.shape][3])
     # a resumed run (or another rank) reads the plan back instead of planning again on its own machine
     monkeypatch.setattr(budget, "plan", lambda *a, **k: pytest.fail("planned again"))
-    again = size_to_budget(done.store, f"runs/{done.run.run_id}", ModelConfig(preset="auto"),
-                             auto_config(time_budget_s=60).train, done.tokenizer_ref, None, Parallel())
+    again = size_to_budget(done.store, f"runs/{done.run.run_id}", auto_config(time_budget_s=60).train, Parallel())
     assert again == sizing
 
 
@@ -75,5 +74,4 @@ def test_auto_without_a_budget_says_what_to_set(tmp_path, table):
     with pytest.raises(ConfigError, match=message):  # when the configuration loads
         auto_config()
     with pytest.raises(TrainingError, match=message):  # and for a caller without a PipelineConfig
-        size_to_budget(LocalStore(tmp_path), "runs/r", ModelConfig(preset="auto"),
-                       TrainConfig(max_minutes=None), None, None, Parallel())
+        size_to_budget(LocalStore(tmp_path), "runs/r", TrainConfig(max_minutes=None), Parallel())
