@@ -20,6 +20,30 @@ class SplitRef(Record):
     bytes: int
 
 
+class Adaptation(Record):
+    """How a drift-triggered retrain's data was made: traffic of the event's window, cleaned, mixed with a replay.
+
+    In an adaptation snapshot the ``validation`` split is the held-out traffic (the gate's new slice and the new
+    reference profile) and ``test`` is production's own test split (the gate's old slice).
+    """
+
+    base_version: int = Field(description="The production version the retrain continues from")
+    base_dataset: str = Field(description="URI of the base version's dataset snapshot (replay and old test split)")
+    window_start: datetime
+    window_end: datetime
+    traffic_records: int = Field(description="Records read from the window (after sampling down to the cap)")
+    sampled_from: int = Field(description="Records in the window before sampling")
+    duplicates: int = Field(description="Prompts equal to an earlier one")
+    invalid: dict[str, int] = Field(default_factory=dict, description="Prompts unusable as text, per reason")
+    redacted: int = Field(description="Prompts the redaction patterns or hook changed")
+    dropped_by_hook: int = Field(description="Prompts the redaction hook dropped")
+    eval_overlap: int = Field(description="Prompts excluded because they overlap an evaluation document")
+    holdout_overlap: int = Field(description="Training prompts excluded because they overlap a held-out prompt")
+    holdout: int = Field(description="Traffic prompts held out (never trained on)")
+    traffic_train: int = Field(description="Traffic prompts in the training split")
+    replay: int = Field(description="Documents replayed from the base version's training split")
+
+
 class DatasetRef(Record):
     """An immutable dataset snapshot: ``datasets/<name>/<sha256>/`` with a manifest committed last."""
 
@@ -30,6 +54,7 @@ class DatasetRef(Record):
     rejected: dict[str, int] = Field(default_factory=dict, description="Quarantined records per reason")
     quarantine_uri: Optional[str] = None
     sources: list[str]
+    adaptation: Optional[Adaptation] = Field(None, description="Set for a drift-triggered retrain's snapshot")
 
 
 class TokenizerRef(Record):
@@ -187,6 +212,22 @@ class Sample(Record):
     completion: str
 
 
+class GateSlice(Record):
+    """One slice a gate judges: candidate minus production bits/byte on the same documents, with a paired CI."""
+
+    name: str = Field(description="e.g. 'held-out traffic', 'production test split'")
+    split: str = Field(description="The dataset split it was scored on")
+    rule: Literal["improve", "no_regression"]
+    documents: int
+    candidate_bits_per_byte: float
+    production_bits_per_byte: float
+    difference: float
+    ci_low: float
+    ci_high: float
+    limit: float = Field(description="The CI's upper end must stay below this")
+    passed: bool
+
+
 class GateDecision(Record):
     promote: bool
     reason: str
@@ -199,6 +240,10 @@ class GateDecision(Record):
     ci_high: Optional[float] = None
     threshold: float
     documents: int
+    slices: list[GateSlice] = Field(
+        default_factory=list, description="An adaptation's gate: every slice judged (the top-level numbers are the "
+        "production test split's)",
+    )
 
 
 class EvalReport(Record):

@@ -6,18 +6,21 @@ from typing import Optional
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from llmops.infra.config import EvalConfig, GateConfig
+from llmops.infra.config import AdaptConfig, EvalConfig, GateConfig
 from llmops.infra.markdown import markdown_table
 from llmops.models.evaluation import evaluate_run
-from llmops.models.records import DatasetRef, EvalReport, TrainRef
+from llmops.models.records import DatasetRef, EvalReport, GateDecision, TrainRef
+from llmops.models.release import gate_slices_table
 from llmops.tasks.core.context import artifact_key, cache_dir, store
 
 
 @task(name="evaluate-model")
 def evaluate_model(run: TrainRef, dataset: DatasetRef, eval_cfg: EvalConfig, gate_cfg: GateConfig,
-                   model_name: str, candidate_version: Optional[int] = None, attention: str = "sdpa") -> EvalReport:
+                   model_name: str, candidate_version: Optional[int] = None, attention: str = "sdpa",
+                   adapt: Optional[AdaptConfig] = None) -> EvalReport:
+    """An adaptation's snapshot is gated on two slices (held-out traffic, production's test split) by ``adapt``."""
     report = evaluate_run(store(), run, dataset, eval_cfg, gate_cfg, model_name, cache_dir(), candidate_version,
-                          attention)
+                          attention, adapt)
     table = markdown_table(
         ["split", "documents", "perplexity", "bits/byte"],
         [[s.split, s.documents, f"{s.perplexity:.2f}", f"{s.bits_per_byte:.4f}"] for s in report.splits.values()],
@@ -26,6 +29,20 @@ def evaluate_model(run: TrainRef, dataset: DatasetRef, eval_cfg: EvalConfig, gat
                              [[s.setting, s.prompt, s.completion] for s in report.samples])
     g = report.gate
     verdict = "PROMOTE" if g.promote else "KEEP PRODUCTION"
+    create_markdown_artifact(
+        f"# Evaluation of run {run.run_id}\n\n{table}\n\n## Gate: {verdict}\n\n{_gate_numbers(g)}\n\n"
+        f"{g.reason}\n\n## Samples\n\n{samples}\n",
+        key=artifact_key(model_name, "evaluation"),
+        description=f"gate: {verdict}",
+    )
+    get_run_logger().info("gate: %s (%s)", verdict, g.reason)
+    return report
+
+
+def _gate_numbers(g: GateDecision) -> str:
+    """The gate's numbers: one row per slice of an adaptation's gate, else candidate and production on test."""
+    if g.slices:
+        return gate_slices_table(g)
     numbers = markdown_table(
         ["", "version", "test bits/byte"],
         [["candidate", _v(g.candidate_version), f"{g.candidate_bits_per_byte:.4f}"],
@@ -33,15 +50,7 @@ def evaluate_model(run: TrainRef, dataset: DatasetRef, eval_cfg: EvalConfig, gat
           "-" if g.production_bits_per_byte is None else f"{g.production_bits_per_byte:.4f}"]],
     )
     interval = "" if g.ci_low is None else f"difference {g.difference:+.4f}, CI [{g.ci_low:+.4f}, {g.ci_high:+.4f}], "
-    create_markdown_artifact(
-        f"# Evaluation of run {run.run_id}\n\n{table}\n\n## Gate: {verdict}\n\n{numbers}\n\n"
-        f"{interval}threshold {g.threshold:+.4f} over {g.documents} documents\n\n{g.reason}\n\n"
-        f"## Samples\n\n{samples}\n",
-        key=artifact_key(model_name, "evaluation"),
-        description=f"gate: {verdict}",
-    )
-    get_run_logger().info("gate: %s (%s)", verdict, g.reason)
-    return report
+    return f"{numbers}\n\n{interval}threshold {g.threshold:+.4f} over {g.documents} documents"
 
 
 def _v(version: Optional[int]) -> str:

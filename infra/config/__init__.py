@@ -2,6 +2,7 @@
 
 One module per section; everything is importable from here.
 """
+from llmops.infra.config.adapt import AdaptConfig
 from llmops.infra.config.base import (
     ADDED_LATER,
     EXECUTION_ONLY,
@@ -11,7 +12,7 @@ from llmops.infra.config.base import (
     apply_overrides,
     pinned,
 )
-from llmops.infra.config.data import DataConfig, TokenizerConfig
+from llmops.infra.config.data import DataConfig, RedactSettings, TokenizerConfig
 from llmops.infra.config.evaluation import CompressConfig, EvalConfig, GateConfig, GenerationSettings
 from llmops.infra.config.model import ModelConfig, PresetName
 from llmops.infra.config.monitoring import MonitorConfig, ScheduleConfig, SignalThresholds
@@ -20,7 +21,8 @@ from llmops.infra.config.serving import ServeConfig
 from llmops.infra.config.train import DistributedSettings, LoraSettings, TrainConfig
 
 __all__ = [
-    "ADDED_LATER", "EXECUTION_ONLY", "CompressConfig", "ConfigError", "DataConfig", "DistributedSettings", "EvalConfig",
+    "ADDED_LATER", "AdaptConfig", "RedactSettings",
+    "EXECUTION_ONLY", "CompressConfig", "ConfigError", "DataConfig", "DistributedSettings", "EvalConfig",
     "Frozen", "GateConfig", "GenerationSettings", "LoraSettings", "ModelConfig", "MonitorConfig", "PipelineConfig",
     "PresetName", "RunIdRule", "ScheduleConfig", "ServeConfig", "SignalThresholds", "TokenizerConfig", "TrainConfig",
     "apply_overrides", "pinned",

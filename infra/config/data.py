@@ -1,11 +1,49 @@
 """The data and tokenizer sections: where the text comes from, how it is validated and split, how it is tokenized."""
 from __future__ import annotations
 
+import re
 from typing import Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from llmops.infra.config.base import Frozen
+
+# Secrets and personal data that must not become training data: e-mail addresses, card or phone-like digit runs,
+# and provider keys (OpenAI-style sk-..., AWS access key ids, GitHub tokens, bearer tokens).
+DEFAULT_REDACT_PATTERNS = [
+    r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}",
+    r"(?<![\w.])\+?\d(?:[ -]?\d){12,18}(?![\w.])",
+    r"\bsk-[A-Za-z0-9_-]{16,}",
+    r"\bAKIA[0-9A-Z]{16}\b",
+    r"\bgh[pousr]_[A-Za-z0-9]{30,}\b",
+    r"(?i)\bbearer\s+[A-Za-z0-9._~+/-]{20,}=*",
+]
+
+
+class RedactSettings(Frozen):
+    """What runs on every captured prompt before it becomes training data (traffic:// and adaptation alike)."""
+
+    patterns: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_REDACT_PATTERNS),
+        description="Regular expressions whose matches are replaced by `replacement` (default: e-mail addresses, "
+        "13-19 digit runs such as card or phone numbers, API keys and bearer tokens).",
+    )
+    replacement: str = Field("[REDACTED]", description="What a match is replaced with.")
+    hook: Optional[str] = Field(
+        None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="`package.module:function` called with each prompt after the patterns: it returns the text to "
+        "keep (possibly changed) or None to drop the record.",
+    )
+
+    @field_validator("patterns")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for i, pattern in enumerate(patterns):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"patterns[{i}] {pattern!r} is not a valid regular expression: {exc}") from None
+        return patterns
 
 
 class DataConfig(Frozen):
@@ -30,6 +68,10 @@ class DataConfig(Frozen):
     test_fraction: float = Field(0.05, gt=0, lt=0.5)
     split_seed: int = Field(0, description="Salt of the hash that assigns a record to a split.")
     traffic_days: int = Field(30, ge=1, description="How far back traffic:// reads captured prompts.")
+    redact: RedactSettings = Field(
+        default_factory=RedactSettings,
+        description="Redaction of captured prompts before they become training data (traffic:// and adaptation).",
+    )
     chunk_chars: int = Field(
         2000, ge=1,
         description="Plain-text files (.txt/.md) are cut into records of at most this many characters, "

@@ -7,6 +7,7 @@ from typing import Any, Optional
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from llmops.infra.config.adapt import AdaptConfig
 from llmops.infra.config.base import ConfigError, Frozen, apply_overrides, explain
 from llmops.infra.config.data import DataConfig, TokenizerConfig
 from llmops.infra.config.evaluation import CompressConfig, EvalConfig, GateConfig
@@ -30,6 +31,7 @@ class PipelineConfig(Frozen):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    adapt: AdaptConfig = Field(default_factory=AdaptConfig)
     promote: bool = Field(True, description="Move the production alias when the gate passes.")
 
     @model_validator(mode="after")

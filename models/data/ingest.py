@@ -24,7 +24,7 @@ __all__ = ["IngestError", "REASONS", "assign_splits", "check_text", "ingest", "l
 logger = logging.getLogger("llmops.ingest")
 
 REASONS = ("invalid_utf8", "binary", "empty", "too_short", "too_long",
-           "malformed_json", "missing_field", "not_text", "duplicate")
+           "malformed_json", "missing_field", "not_text", "duplicate", "redaction_dropped")
 # Control characters other than tab, newline and carriage return mark binary data.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from llmops.infra.config import DataConfig
 from llmops.infra.store import ArtifactStore, sha256_bytes
-from llmops.models.records import DatasetRef, SplitRef
+from llmops.models.records import Adaptation, DatasetRef, SplitRef
 
 logger = logging.getLogger("llmops.ingest")
 
@@ -111,6 +111,7 @@ def load_ref(store: ArtifactStore, manifest_uri: str) -> DatasetRef:
         name=manifest["name"], uri=manifest_uri, sha256=manifest["sha256"], splits=splits,
         rejected=manifest["rejected"], quarantine_uri=store.uri_for(f"{folder}/{manifest['quarantine']['file']}"),
         sources=manifest["sources"],
+        adaptation=Adaptation.model_validate(manifest["adaptation"]) if manifest.get("adaptation") else None,
     )
 
 

@@ -30,6 +30,7 @@ from llmops.models.data.formats import (
     read_file,
     rejected,
 )
+from llmops.models.data.redaction import Redactor
 
 logger = logging.getLogger("llmops.ingest")
 
@@ -193,11 +194,12 @@ def _traffic_units(spec: str, store: ArtifactStore, model_name: str, cfg: DataCo
         if _in_window(key, since):
             hours.setdefault(key.rsplit("/", 1)[0], []).append(key)
     units = []
+    redactor = Redactor(cfg.redact)  # captured prompts are redacted before they become training data
     for folder, listed in sorted(hours.items()):
         part = read_partition(store, folder, listed)  # a compacted hour: its Parquet file, then late JSONL files
         if part.parquet:
-            units.append(Unit(store.uri_for(part.parquet), partial(_read_compacted, store, part)))
-        units += [Unit(store.uri_for(k), partial(_read_traffic, store, k)) for k in part.jsonl]
+            units.append(Unit(store.uri_for(part.parquet), partial(_redacted, redactor, _read_compacted, store, part)))
+        units += [Unit(store.uri_for(k), partial(_redacted, redactor, _read_traffic, store, k)) for k in part.jsonl]
     logger.info("traffic://%s: %d log file(s) in %d hour(s) within the last %d days",
                 model, len(units), len(hours), cfg.traffic_days)
     return units
@@ -209,6 +211,16 @@ def _in_window(key: str, since: datetime) -> bool:
         logger.warning("ignoring %s: not under traffic/<model>/<yyyy>/<mm>/<dd>/<hh>/", key)
         return False
     return hour > since
+
+
+def _redacted(redactor: Redactor, read: Callable[..., Iterator[Candidate]], *args) -> Iterator[Candidate]:
+    for candidate in read(*args):
+        if candidate.text is None:
+            yield candidate
+            continue
+        text, _ = redactor(candidate.text)
+        yield (replace(candidate, text=text) if text is not None else
+               rejected(candidate.source, candidate.line, "redaction_dropped", "data.redact.hook dropped it"))
 
 
 def _read_traffic(store: ArtifactStore, key: str) -> Iterator[Candidate]:

@@ -6,10 +6,10 @@ from typing import Optional
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from llmops.infra.config import EvalConfig, GateConfig
+from llmops.infra.config import AdaptConfig, EvalConfig, GateConfig
 from llmops.infra.store import ArtifactStore
 from llmops.models.data.snapshot import read_split
-from llmops.models.evaluation.gate import gate
+from llmops.models.evaluation.gate import adaptation_gate, gate
 from llmops.models.evaluation.scoring import score_documents, summarize
 from llmops.models.model.generation import SamplingParams, complete
 from llmops.models.model.loading import download_run_model, load_model
@@ -37,25 +37,36 @@ def generate_samples(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 
 def evaluate_run(store: ArtifactStore, run: TrainRef, dataset: DatasetRef, eval_cfg: EvalConfig,
                  gate_cfg: GateConfig, model_name: str, cache_dir: Path,
-                 candidate_version: Optional[int] = None, attention: str = "sdpa") -> EvalReport:
+                 candidate_version: Optional[int] = None, attention: str = "sdpa",
+                 adapt: Optional[AdaptConfig] = None) -> EvalReport:
     """Score the run's model on validation and test, sample from it, and gate it (as ``candidate_version``)
     against production.
 
     Production is scored on the candidate's own test documents, so both numbers describe the
     same text (bits per byte stay comparable across tokenizers). ``attention`` is the candidate's
-    attention kernel (``model.attention``). Writes ``runs/<id>/eval.json``.
+    attention kernel (``model.attention``). For an adaptation snapshot (``dataset.adaptation``) production
+    is scored on the held-out traffic (validation) too and the two-slice gate of ``adapt`` decides.
+    Writes ``runs/<id>/eval.json``.
     """
     model, tokenizer = load_model(download_run_model(store, run, cache_dir), attention=attention)
     texts = {s: read_split(store, dataset, s)[:eval_cfg.max_docs] for s in ("validation", "test")}
     scores = {s: score_documents(model, tokenizer, t, eval_cfg.stride, eval_cfg.batch_size) for s, t in texts.items()}
     registry = Registry(store, model_name)
     production_version = registry.alias("production")
-    production_scores = None
+    adaptive = dataset.adaptation is not None and production_version is not None
+    production_scores = {}
     if production_version is not None:
         champion = registry.load(production_version, cache_dir=cache_dir)
-        production_scores = score_documents(champion.model, champion.tokenizer, texts["test"],
-                                            eval_cfg.stride, eval_cfg.batch_size)
-    decision = gate(scores["test"], production_scores, gate_cfg, production_version, candidate_version)
+        production_scores = {s: score_documents(champion.model, champion.tokenizer, texts[s], eval_cfg.stride,
+                                                eval_cfg.batch_size)
+                             for s in (("validation", "test") if adaptive else ("test",))}
+    if adaptive:
+        decision = adaptation_gate((scores["validation"], production_scores["validation"]),
+                                   (scores["test"], production_scores["test"]), gate_cfg, adapt or AdaptConfig(),
+                                   production_version, candidate_version)
+    else:
+        decision = gate(scores["test"], production_scores.get("test"), gate_cfg, production_version,
+                        candidate_version)
     splits = {s: summarize(s, sc) for s, sc in scores.items()}
     samples = generate_samples(model, tokenizer, eval_cfg)
     key = f"runs/{run.run_id}/eval.json"
@@ -64,7 +75,10 @@ def evaluate_run(store: ArtifactStore, run: TrainRef, dataset: DatasetRef, eval_
         "splits": {s: e.model_dump() for s, e in splits.items()},
         "samples": [s.model_dump() for s in samples], "gate": decision.model_dump(),
         "test_documents": {"candidate": scores["test"].model_dump(),
-                           "production": production_scores.model_dump() if production_scores else None},
+                           "production": production_scores["test"].model_dump() if production_scores else None},
+        **({"validation_documents": {"candidate": scores["validation"].model_dump(),
+                                     "production": production_scores["validation"].model_dump()}}
+           if adaptive else {}),
     }
     sha = store.put_json(key, body)
     return EvalReport(uri=store.uri_for(key), sha256=sha, splits=splits, samples=samples, gate=decision)

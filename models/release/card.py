@@ -13,6 +13,7 @@ from llmops.infra.markdown import markdown_table
 from llmops.models.records import (
     DatasetRef,
     EvalReport,
+    GateDecision,
     KernelChoice,
     QuantReport,
     SampleParams,
@@ -78,6 +79,7 @@ def render_card(*, name: str, version: int, config: PipelineConfig, dataset: Dat
             ["training run", f"`{run.run_id}`"],
             *([["base model", _base_lineage(run.base_model, base_name, local_base)]] if run.base_model else []),
         ]),
+        *_adaptation_section(dataset, store_key),
         "## Training",
         markdown_table(["what", "value"], [
             ["steps", run.steps], ["tokens seen", f"{run.tokens_seen:,}"], ["wall-clock", f"{run.wall_s:.1f} s"],
@@ -100,6 +102,7 @@ def render_card(*, name: str, version: int, config: PipelineConfig, dataset: Dat
         ]),
         "## Gate decision",
         f"**{'promoted' if gate.promote else 'not promoted'}** — {gate.reason}",
+        *([gate_slices_table(gate)] if gate.slices else []),
         "## Samples",
         markdown_table(["setting", "knobs", "prompt", "completion"], [
             [s.setting, _knobs(s.params), s.prompt, s.completion]
@@ -118,6 +121,39 @@ def render_card(*, name: str, version: int, config: PipelineConfig, dataset: Dat
         + (f" Fine-tuned from `{base_name}`: that model's license and limitations apply too." if base else ""),
     ]
     return "\n\n".join(parts) + "\n"
+
+
+def gate_slices_table(gate: GateDecision) -> str:
+    """An adaptation gate's slices: candidate and production bits/byte, the paired CI, the rule, the verdict."""
+    return markdown_table(
+        ["slice", "documents", "candidate", "production", "difference", "95% CI", "rule", "verdict"],
+        [[s.name, s.documents, f"{s.candidate_bits_per_byte:.4f}", f"{s.production_bits_per_byte:.4f}",
+          f"{s.difference:+.4f}", f"[{s.ci_low:+.4f}, {s.ci_high:+.4f}]",
+          f"CI below {s.limit:+.4f} ({'must improve' if s.rule == 'improve' else 'no regression'})",
+          "passes" if s.passed else "fails"] for s in gate.slices],
+    )
+
+
+def _adaptation_section(dataset: DatasetRef, store_key: Callable[[str], str]) -> list[str]:
+    """How a drift-triggered retrain made its data (empty for any other version)."""
+    a = dataset.adaptation
+    if a is None:
+        return []
+    return ["## Adaptation", (
+        f"Warm-started from version {a.base_version} on the traffic of {a.window_start.isoformat()} to "
+        f"{a.window_end.isoformat()} (prompts only, never the model's completions), mixed with a replay of "
+        f"v{a.base_version}'s training data ({_link(store_key(a.base_dataset))}). The validation split is held-out "
+        "traffic the model never trained on; the test split is the base version's own."),
+        markdown_table(["what", "records"], [
+            ["traffic records read", f"{a.traffic_records} (of {a.sampled_from} in the window)"],
+            ["duplicates", a.duplicates],
+            ["invalid", ", ".join(f"{k}: {v}" for k, v in sorted(a.invalid.items())) or "none"],
+            ["redacted (changed)", a.redacted], ["dropped by the redaction hook", a.dropped_by_hook],
+            ["excluded: overlap an evaluation document", a.eval_overlap],
+            ["excluded: overlap a held-out prompt", a.holdout_overlap],
+            ["held out (gate and reference profile)", a.holdout], ["traffic trained on", a.traffic_train],
+            ["replayed documents", a.replay],
+        ])]
 
 
 def _kernels(choice: KernelChoice) -> str:
