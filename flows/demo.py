@@ -5,6 +5,7 @@ import random
 import time
 from contextlib import ExitStack
 from datetime import datetime, timezone
+from typing import Optional
 
 import httpx
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -23,6 +24,9 @@ from llmops.tasks.core.context import cache_dir, store
 
 console = Console(soft_wrap=True)
 TRAFFIC_PER_PHASE = 150
+# the drifted phase sends more: the warm start holds out monitor.min_samples prompts (the gate's new slice and v2's
+# reference profile) and trains on the rest
+DRIFT_TRAFFIC = 300
 
 
 def send_traffic(base_url: str, model: str, prompts: list[str], max_tokens: int) -> tuple[datetime, datetime]:
@@ -43,19 +47,27 @@ def _sample(texts: list[str], k: int, limit: int, seed: int) -> list[str]:
     return random.Random(seed).sample(usable, min(k, len(usable)))
 
 
+def _split_pool(texts: list[str], first: int, limit: int, seed: int) -> tuple[list[str], list[str]]:
+    """Two disjoint lists of servable texts: ``first`` of them, and the rest (fresh traffic for a later phase)."""
+    usable = list(dict.fromkeys(t for t in texts if len(t) <= limit))
+    random.Random(seed).shuffle(usable)
+    return usable[:first], usable[first:]
+
+
 class Demo:
-    """The seven steps of the main job, sharing what they started (closed by ``stack`` at the end)."""
+    """The eight steps of the main job, sharing what they started (closed by ``stack`` at the end)."""
 
     def __init__(self, config: PipelineConfig, stack: ExitStack):
         self.config, self.stack = config, stack
         self.store, self.cache = store(), cache_dir()
+        self.retrained: Optional[int] = None
 
     def step(self, title: str) -> None:
         console.rule(f"[bold]{title}")
 
     def start_prefect(self) -> ChildProcess:
         """A local Prefect server (unless PREFECT_API_URL names one) and the runner serving the deployments."""
-        self.step("1/7 Prefect: a local server and the deployments (schedule + drift trigger)")
+        self.step("1/8 Prefect: a local server and the deployments (schedule + drift trigger)")
         api_url = PREFECT_API_URL.value()
         if not api_url:
             server = LocalPrefectServer(self.cache / "prefect").start()
@@ -71,25 +83,23 @@ class Demo:
         return runner
 
     def train_first(self) -> PipelineReport:
-        self.step("2/7 Train, evaluate, quantize, register and promote the first model")
+        self.step("2/8 Train, evaluate, quantize, register and promote the first model")
         first = training_pipeline(self.config)
         console.print(f"v{first.version.version}: {first.evaluation.gate.reason}")
         return first
 
     def serve(self) -> ServerHandle:
-        self.step("3/7 Serve the production model (OpenAI-compatible) on loopback")
+        self.step("3/8 Serve the production model (OpenAI-compatible) on loopback")
         handle = start_server(self.store, self.config.model_name, self.config.serve.model_copy(update={"port": 0}),
                               self.cache)
         self.stack.callback(handle.stop)
         console.print(f"serving {self.config.model_name} at {handle.url}/v1/completions")
         return handle
 
-    def traffic_phase(self, handle: ServerHandle, title: str, texts: list[str], seed: int) -> DriftOutcome:
-        """Send a sample of ``texts`` through the server, flush its capture, and run the monitor flow on that window."""
+    def traffic_phase(self, handle: ServerHandle, title: str, prompts: list[str]) -> DriftOutcome:
+        """Send ``prompts`` through the server, flush its capture, and run the monitor flow on that window."""
         self.step(title)
-        serve = self.config.serve
-        prompts = _sample(texts, TRAFFIC_PER_PHASE, serve.max_prompt_chars, seed)
-        start, end = send_traffic(handle.url, self.config.model_name, prompts, serve.default_max_tokens)
+        start, end = send_traffic(handle.url, self.config.model_name, prompts, self.config.serve.default_max_tokens)
         httpx.post(f"{handle.url}/admin/flush", timeout=60)
         outcome = monitor_drift(self.config, start=start, end=end)
         signals = ", ".join(outcome.alerting_signals) or "no signal"
@@ -108,16 +118,26 @@ class Demo:
         if gate is None:
             console.print(f"[red]the retrain registered no new version; see {runner.log_path}")
             return False
+        self.retrained = gate.candidate_version
         console.print(f"gate decision for v{gate.candidate_version}: "
                       f"[bold]{'promoted' if gate.promote else 'not promoted'}[/] — {gate.reason}")
+        for s in gate.slices:
+            console.print(f"  {s.name}: v{gate.candidate_version} {s.candidate_bits_per_byte:.4f} vs "
+                          f"v{gate.production_version} {s.production_bits_per_byte:.4f} bits/byte, difference "
+                          f"{s.difference:+.4f}, 95% CI [{s.ci_low:+.4f}, {s.ci_high:+.4f}] "
+                          f"({'must improve' if s.rule == 'improve' else 'no regression'}: "
+                          f"{'passes' if s.passed else 'fails'})")
         reloaded = httpx.post(f"{handle.url}/admin/reload", timeout=120).json()
         console.print(f"server reloaded the production alias: v{reloaded['old_version']} -> v{reloaded['new_version']}")
         return True
 
-    def where_to_look(self, first: PipelineReport, quiet: DriftOutcome, alert: DriftOutcome, trend_uri: str) -> None:
-        self.step("7/7 Where to look")
-        console.print(f"model card:    {first.model_card_uri}\nloss curve:    {first.run.loss_plot_uri}\n"
-                      f"drift reports: {quiet.report_html}\n               {alert.report_html}\n"
+    def where_to_look(self, first: PipelineReport, reports: list[DriftOutcome], trend_uri: str) -> None:
+        self.step("8/8 Where to look")
+        second = first.model_card_uri.replace(f"/versions/{first.version.version}/", f"/versions/{self.retrained}/")
+        console.print(f"model cards:   {first.model_card_uri}\n               {second}\n"
+                      f"loss curve:    {first.run.loss_plot_uri}\n"
+                      f"drift reports: {reports[0].report_html}\n"
+                      + "".join(f"               {r.report_html}\n" for r in reports[1:]) +
                       f"drift trend:   {trend_uri}\nstore:         {self.store.uri}")
 
 
@@ -128,12 +148,13 @@ def run_demo(config: PipelineConfig, keep_running: bool = False) -> int:
         runner = demo.start_prefect()
         first = demo.train_first()
         handle = demo.serve()
-        quiet = demo.traffic_phase(handle, "4/7 Traffic like the training data: monitoring should stay quiet",
-                                   read_split(demo.store, first.dataset, "test"), seed=1)
-        code = [d.text for d in stdlib_code(max_bytes=2_000_000)]
-        alert = demo.traffic_phase(handle, "5/7 Traffic of a different kind (Python source code): monitoring should "
-                                   "alert", code, seed=2)
-        demo.step("6/7 The drift event starts the retrain deployment (Prefect trigger)")
+        limit = config.serve.max_prompt_chars
+        quiet = demo.traffic_phase(handle, "4/8 Traffic like the training data: monitoring should stay quiet",
+                                   _sample(read_split(demo.store, first.dataset, "test"), TRAFFIC_PER_PHASE, limit, 1))
+        code, fresh_code = _split_pool([d.text for d in stdlib_code(max_bytes=2_000_000)], DRIFT_TRAFFIC, limit, 2)
+        alert = demo.traffic_phase(handle, "5/8 Traffic of a different kind (Python source code): monitoring should "
+                                   "alert", code)
+        demo.step("6/8 The drift event starts the retrain deployment (Prefect trigger): a warm start on that traffic")
         if not alert.event_emitted:
             console.print("[red]no drift event was emitted, so no retrain was triggered")
             return 1
@@ -143,7 +164,9 @@ def run_demo(config: PipelineConfig, keep_running: bool = False) -> int:
                       f"{'emitted' if again.event_emitted else 'held'} ({again.event_reason}): one drift, one retrain")
         if not demo.follow_retrain(first, handle, since=alert.end, runner=runner):
             return 1
-        demo.where_to_look(first, quiet, alert, again.trend_uri)
+        after = demo.traffic_phase(handle, "7/8 Fresh Python code, served by the production model now: monitoring "
+                                   "should stay quiet if the retrain was promoted", fresh_code[:TRAFFIC_PER_PHASE])
+        demo.where_to_look(first, [quiet, alert, after], after.trend_uri)
         if keep_running:
             console.print("servers stay up; Ctrl-C stops them")
             while True:

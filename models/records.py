@@ -38,7 +38,8 @@ class Adaptation(Record):
     redacted: int = Field(description="Prompts the redaction patterns or hook changed")
     dropped_by_hook: int = Field(description="Prompts the redaction hook dropped")
     eval_overlap: int = Field(description="Prompts excluded because they overlap an evaluation document")
-    holdout_overlap: int = Field(description="Training prompts excluded because they overlap a held-out prompt")
+    holdout_overlap: int = Field(
+        description="Training prompts and replayed documents excluded because they overlap a held-out prompt")
     holdout: int = Field(description="Traffic prompts held out (never trained on)")
     traffic_train: int = Field(description="Traffic prompts in the training split")
     replay: int = Field(description="Documents replayed from the base version's training split")

@@ -25,9 +25,10 @@ class AdaptConfig(Frozen):
         "data.sources.",
     )
     traffic_share: float = Field(
-        0.5, gt=0, le=1,
+        0.3, gt=0, le=1,
         description="Share of the training documents that are drifted traffic; the rest is a replay of production's "
-        "training split (1: no replay).",
+        "training split (1: no replay). Measured on make run's shift: 0.3 keeps production's test split from "
+        "regressing where 0.5 forgot 0.8% (docs/adaptation.md).",
     )
     holdout_fraction: float = Field(
         0.3, gt=0, lt=1,

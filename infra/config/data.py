@@ -12,7 +12,7 @@ from llmops.infra.config.base import Frozen
 # and provider keys (OpenAI-style sk-..., AWS access key ids, GitHub tokens, bearer tokens).
 DEFAULT_REDACT_PATTERNS = [
     r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}",
-    r"(?<![\w.])\+?\d(?:[ -]?\d){12,18}(?![\w.])",
+    r"(?<![\w.])\+?\d(?:[ -]?\d){12,18}(?!\w|\.\d)",
     r"\bsk-[A-Za-z0-9_-]{16,}",
     r"\bAKIA[0-9A-Z]{16}\b",
     r"\bgh[pousr]_[A-Za-z0-9]{30,}\b",

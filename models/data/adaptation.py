@@ -67,10 +67,9 @@ def adaptation_snapshot(store: ArtifactStore, *, model_name: str, data: DataConf
             f"adapt.min_traffic_records is {adapt.min_traffic_records}")
     held = OverlapIndex(holdout, adapt.leakage_ngram)
     traffic_train = [p for p in trains if not held.overlaps(p)]
-    stats["holdout_overlap"] = len(trains) - len(traffic_train)
-    base_train = read_split(store, base_dataset, "train")
     wanted = round(len(traffic_train) * (1 - adapt.traffic_share) / adapt.traffic_share)
-    replay = random.Random(1).sample(base_train, min(wanted, len(base_train)))
+    replay, skipped = _replay(read_split(store, base_dataset, "train"), wanted, held)
+    stats["holdout_overlap"] = len(trains) - len(traffic_train) + skipped
     source = f"traffic://{model_name}?start={start.isoformat()}&end={end.isoformat()}"
     train = [Kept(t, source, i) for i, t in enumerate(traffic_train, 1)]
     train += [Kept(t, f"replay:{base_dataset.uri}", i) for i, t in enumerate(replay, 1)]
@@ -89,6 +88,23 @@ def adaptation_snapshot(store: ArtifactStore, *, model_name: str, data: DataConf
     logger.info("adaptation data from v%d's traffic: %s -> %s", base_version,
                 adaptation.model_dump(exclude={"base_dataset", "window_start", "window_end"}), ref.uri)
     return load_ref(store, ref.uri)
+
+
+def _replay(base_train: list[str], wanted: int, held: OverlapIndex) -> tuple[list[str], int]:
+    """(``wanted`` documents of the base training split in a seeded order, how many were skipped because they
+    overlap a held-out prompt: a held-out prompt is never trained on, not even as a replayed copy)."""
+    order = list(range(len(base_train)))
+    random.Random(1).shuffle(order)
+    replay: list[str] = []
+    skipped = 0
+    for i in order:
+        if len(replay) == wanted:
+            break
+        if held.overlaps(base_train[i]):
+            skipped += 1
+        else:
+            replay.append(base_train[i])
+    return replay, skipped
 
 
 def _clean(records: list[dict], data: DataConfig, redactor: Redactor,

@@ -29,8 +29,8 @@ def test_llmops_run_closes_the_loop(tmp_path):
 
     store = tmp_path / "llmops-store"
     windows = sorted((store / "monitoring" / "llmops-tiny").glob("*/drift.json"))
-    assert len(windows) == 2, out[-3000:]
-    familiar, drifted = (DriftReport.model_validate_json(p.read_text()) for p in windows)
+    assert len(windows) == 3, out[-3000:]
+    familiar, drifted, after = (DriftReport.model_validate_json(p.read_text()) for p in windows)
     assert familiar.verdict != "alert" and drifted.verdict == "alert"
     assert (windows[1].parent / "report.html").stat().st_size > 100_000  # Evidently's HTML
     assert "event: alert confirmed" in out
@@ -41,8 +41,15 @@ def test_llmops_run_closes_the_loop(tmp_path):
     second = json.loads((versions / "2" / "manifest.json").read_text())
     gate = second["metadata"]["gate"]
     assert f"gate decision for v2: {'promoted' if gate['promote'] else 'not promoted'}" in out
+    # the drift retrain is a warm start on the drifted window, judged on held-out traffic and the old test split
+    assert [s["rule"] for s in gate["slices"]] == ["improve", "no_regression"]
+    assert "held-out traffic: v2" in out and "production test split: v2" in out
+    assert "## Adaptation" in (versions / "2" / "README.md").read_text()
     production = json.loads((store / "models" / "llmops-tiny" / "aliases" / "production.json").read_text())
     assert production["version"] == (2 if gate["promote"] else 1)
     assert list(store.glob("runs/*/loss.png")), "the loss curve is saved as a PNG"
     traffic = list(store.glob("traffic/llmops-tiny/*/*/*/*/*.jsonl"))
-    assert sum(len(p.read_text().splitlines()) for p in traffic) == familiar.n_samples + drifted.n_samples
+    assert sum(len(p.read_text().splitlines()) for p in traffic) == (familiar.n_samples + drifted.n_samples
+                                                                     + after.n_samples)
+    if gate["promote"]:  # v2 was adapted to code and its reference profile is held-out code: fresh code is familiar
+        assert after.model_version == 2 and after.verdict != "alert", out[-3000:]

@@ -53,7 +53,7 @@ def test_a_drift_retrain_adapts_production_to_the_window_and_gates_both_slices()
     assert a is not None and a.base_version == 1
     assert a.traffic_records == 123 and a.duplicates == 2 and a.redacted >= 1 and a.eval_overlap == 1
     assert a.holdout + a.traffic_train + a.holdout_overlap == 120
-    assert a.replay == a.traffic_train, "traffic_share 0.5: as many replayed documents as traffic prompts"
+    assert a.replay == round(a.traffic_train * 0.7 / 0.3), "traffic_share 0.3: 7 replayed documents per 3 prompts"
     train, held = read_split(store, report.dataset, "train"), read_split(store, report.dataset, "validation")
     assert test_doc not in train and not set(train) & set(held), "no evaluation text is trained on"
     assert not any("jane.doe@example.com" in t for t in train + held) and any("[REDACTED]" in t for t in train + held)
