@@ -220,7 +220,7 @@ def test_the_held_out_prompts_are_those_of_the_smallest_split_hashes(world):
 def test_the_same_inputs_give_the_same_snapshot(world):
     first, again = snapshot(world), snapshot(world)
     assert first.sha256 == again.sha256 and first.uri == again.uri
-    other = snapshot(world, traffic_share=0.25)
+    other = snapshot(world, traffic_share=0.6)  # fewer replayed documents than the base split holds
     assert other.sha256 != first.sha256
 
 
