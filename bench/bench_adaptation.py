@@ -95,7 +95,7 @@ def base_config(args: argparse.Namespace):
                                               "max_steps": 1_000_000, "device": "cpu"}),
         "compress": cfg.compress.model_copy(update={"quantize": "none"}),
         "adapt": cfg.adapt.model_copy(update={"max_minutes": args.adapt_seconds / 60}),
-    })
+    }).with_overrides(args.set)
 
 
 def train_arm(store, config, dataset, cache: Path) -> tuple[Any, Any, dict]:
@@ -275,6 +275,8 @@ def main() -> None:
     parser.add_argument("--new-test", type=int, default=300, help="new-domain test speeches (never in the traffic)")
     parser.add_argument("--max-docs", type=int, help="old-domain and held-out documents scored at most "
                                                      "(default: eval.max_docs, as the gate scores them)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="configuration override, e.g. --set adapt.lr=3e-3 (repeatable)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 20 s + 10 s budgets, 300 prompts, 150 tests")
     parser.add_argument("--work", type=Path, help="folder for the store and cache (default: a fresh temp dir)")
     parser.add_argument("--out", type=Path,
