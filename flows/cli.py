@@ -67,12 +67,17 @@ def cmd_train(args) -> int:
 def cmd_serve(args) -> int:
     from llmops.infra.settings import get_settings
     from llmops.infra.store import open_store
-    from llmops.models.serving import serve
+    from llmops.models.serving import InsecureBind, serve
 
     config = load_config(args)
     serve_cfg = config.serve.model_copy(update={k: v for k, v in {
-        "host": args.host, "port": args.port, "alias": args.alias, "variant": args.variant}.items() if v is not None})
-    serve(open_store(), config.model_name, serve_cfg, Path(get_settings().cache_dir))
+        "host": args.host, "port": args.port, "alias": args.alias, "variant": args.variant,
+        "insecure": args.insecure or None}.items() if v is not None})
+    try:
+        serve(open_store(), config.model_name, serve_cfg, Path(get_settings().cache_dir))
+    except InsecureBind as exc:
+        print(f"llmops serve: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -173,7 +178,9 @@ COMMANDS = [
     ("serve", "serve the production model (OpenAI-compatible /v1/completions)", cmd_serve, [
         _arg("--host"), _arg("--port", type=int),
         _arg("--alias", help="registry alias to serve (default: production)"),
-        _arg("--variant", choices=["fp32", "int8"])]),
+        _arg("--variant", choices=["fp32", "int8"]),
+        _arg("--insecure", action="store_true",
+             help="serve a non-loopback --host without an API key (LLMOPS_API_KEY); refused otherwise")]),
     ("monitor", "drift check between two text files, or replay stored traffic windows", cmd_monitor, [
         _arg("--reference", type=Path, help="reference texts (.jsonl with {'text': ...} or .txt)"),
         _arg("--current", type=Path, help="current texts, same formats"),

@@ -29,11 +29,12 @@ TRAFFIC_PER_PHASE = 150
 DRIFT_TRAFFIC = 300
 
 
-def send_traffic(base_url: str, model: str, prompts: list[str], max_tokens: int) -> tuple[datetime, datetime]:
+def send_traffic(base_url: str, model: str, prompts: list[str], max_tokens: int,
+                 api_key: Optional[str] = None) -> tuple[datetime, datetime]:
     """Send each prompt through the official OpenAI client; return the window that covers them."""
     from openai import OpenAI
 
-    client = OpenAI(base_url=f"{base_url}/v1", api_key="not-needed", max_retries=2)
+    client = OpenAI(base_url=f"{base_url}/v1", api_key=api_key or "not-needed", max_retries=2)
     start = datetime.now(timezone.utc)
     for i, prompt in enumerate(prompts, 1):
         client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens)
@@ -45,6 +46,10 @@ def send_traffic(base_url: str, model: str, prompts: list[str], max_tokens: int)
 def _sample(texts: list[str], k: int, limit: int, seed: int) -> list[str]:
     usable = [t for t in texts if len(t) <= limit]
     return random.Random(seed).sample(usable, min(k, len(usable)))
+
+
+def _admin(handle: ServerHandle) -> dict[str, str]:
+    return {"Authorization": f"Bearer {handle.admin_key}"}
 
 
 def _split_pool(texts: list[str], first: int, limit: int, seed: int) -> tuple[list[str], list[str]]:
@@ -99,8 +104,9 @@ class Demo:
     def traffic_phase(self, handle: ServerHandle, title: str, prompts: list[str]) -> DriftOutcome:
         """Send ``prompts`` through the server, flush its capture, and run the monitor flow on that window."""
         self.step(title)
-        start, end = send_traffic(handle.url, self.config.model_name, prompts, self.config.serve.default_max_tokens)
-        httpx.post(f"{handle.url}/admin/flush", timeout=60)
+        start, end = send_traffic(handle.url, self.config.model_name, prompts, self.config.serve.default_max_tokens,
+                                  handle.admin_key if handle.app.state.keys.required else None)
+        httpx.post(f"{handle.url}/admin/flush", headers=_admin(handle), timeout=60)
         outcome = monitor_drift(self.config, start=start, end=end)
         signals = ", ".join(outcome.alerting_signals) or "no signal"
         console.print(f"verdict: [bold]{outcome.verdict}[/] ({signals}; event: {outcome.event_reason}) "
@@ -127,7 +133,7 @@ class Demo:
                           f"{s.difference:+.4f}, 95% CI [{s.ci_low:+.4f}, {s.ci_high:+.4f}] "
                           f"({'must improve' if s.rule == 'improve' else 'no regression'}: "
                           f"{'passes' if s.passed else 'fails'})")
-        reloaded = httpx.post(f"{handle.url}/admin/reload", timeout=120).json()
+        reloaded = httpx.post(f"{handle.url}/admin/reload", headers=_admin(handle), timeout=120).json()
         console.print(f"server reloaded the production alias: v{reloaded['old_version']} -> v{reloaded['new_version']}")
         return True
 

@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     s3_region: Optional[str] = Field(default=None, description="Region for the S3 client.")
     s3_access_key_id: Optional[SecretStr] = None
     s3_secret_access_key: Optional[SecretStr] = None
+    api_key: Optional[SecretStr] = Field(
+        default=None,
+        description="API key(s) the model server requires (comma-separated): `Authorization: Bearer <key>` on every "
+        "route but /health.",
+    )
+    api_key_file: Optional[Path] = Field(default=None, description="A file of API keys, one per line (# comments).")
     prefect_api_url: Optional[str] = Field(
         default=None,
         description="Prefect API to use; unset means Prefect's own PREFECT_API_URL or an ephemeral server.",
@@ -40,6 +46,18 @@ class Settings(BaseSettings):
         return f"Settings(store_uri={self.store_uri!r}, s3_endpoint_url={self.s3_endpoint_url!r})"
 
     __str__ = __repr__
+
+
+def api_keys(settings: Settings) -> list[str]:
+    """The server's API keys: ``LLMOPS_API_KEY`` (comma-separated) and the lines of ``LLMOPS_API_KEY_FILE``."""
+    keys = settings.api_key.get_secret_value().split(",") if settings.api_key else []
+    if settings.api_key_file is not None:
+        try:
+            lines = Path(settings.api_key_file).expanduser().read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ValueError(f"LLMOPS_API_KEY_FILE={settings.api_key_file}: cannot read it: {exc}") from None
+        keys += [line for line in lines if not line.lstrip().startswith("#")]
+    return [k.strip() for k in keys if k.strip()]
 
 
 @lru_cache(maxsize=1)

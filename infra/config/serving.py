@@ -29,6 +29,17 @@ class ServeConfig(Frozen):
         description="Most traffic records held while the store cannot be written; beyond it requests get 503, "
         "no record is dropped.",
     )
+    max_queue: int = Field(
+        64, ge=1,
+        description="Most completion requests admitted at once (generating or waiting); beyond them 429 with "
+        "Retry-After, never an unbounded wait.",
+    )
+    retry_after_s: int = Field(1, ge=1, description="The Retry-After a 429 answers with.")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body; beyond it 413.")
+    insecure: bool = Field(
+        False,
+        description="Allow binding a non-loopback host without an API key (LLMOPS_API_KEY); refused otherwise.",
+    )
     capture_spool_mb: float = Field(
         256.0, gt=0,
         description="Most megabytes of the local write-ahead spool (<cache>/spool/<model>/) where each record is "

@@ -9,8 +9,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,9 +21,10 @@ import anyio.to_thread
 import httpx
 import uvicorn
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from llmops.infra.config import ServeConfig
+from llmops.infra.settings import api_keys, get_settings
 from llmops.infra.store import ArtifactStore
 from llmops.infra.traffic.record import TrafficRecord
 from llmops.models.model.traffic import traffic_record
@@ -38,6 +39,8 @@ from llmops.models.serving.api import (
 )
 from llmops.models.serving.capture import CaptureFull, TrafficBuffer
 from llmops.models.serving.engine import Engine, Generation, ReloadError
+from llmops.models.serving.guard import Guard, Keys, check_bind
+from llmops.models.serving.metrics import CONTENT_TYPE_LATEST, ServerMetrics
 
 log = logging.getLogger("llmops.serving")
 
@@ -46,11 +49,14 @@ log = logging.getLogger("llmops.serving")
 GENERATION_THREADS = 4
 
 
-def create_app(store: ArtifactStore, model_name: str, cfg: ServeConfig, cache_dir: Path) -> FastAPI:
+def create_app(store: ArtifactStore, model_name: str, cfg: ServeConfig, cache_dir: Path,
+               keys: Optional[list[str]] = None) -> FastAPI:
     """The app serving ``model_name`` at alias ``cfg.alias`` in variant ``cfg.variant``.
 
     The model is loaded here; without one (no alias yet, a load error) the app still starts and
-    answers 503 saying what is missing until a reload finds a model.
+    answers 503 saying what is missing until a reload finds a model. ``keys`` (default: ``LLMOPS_API_KEY`` and
+    ``LLMOPS_API_KEY_FILE``) are required on every route but /health; without any, only /admin/* needs one:
+    the process's own admin key (``app.state.keys.admin``).
     """
     engine = Engine(Registry(store, model_name), cfg, Path(cache_dir))
     try:
@@ -66,6 +72,10 @@ def create_app(store: ArtifactStore, model_name: str, cfg: ServeConfig, cache_di
                                       int(cfg.capture_spool_mb * 2**20)) if cfg.capture else None)
     app.state.flush_wanted = None  # an asyncio.Event, created in the server's loop by _lifespan
     app.state.generation_threads = None  # an anyio.CapacityLimiter, likewise
+    app.state.keys = Keys(api_keys(get_settings()) if keys is None else keys)
+    app.state.metrics = ServerMetrics()
+    app.state.in_flight = 0
+    app.add_middleware(Guard, keys=app.state.keys, max_body_bytes=cfg.max_body_bytes, metrics=app.state.metrics)
     install_error_handlers(app)
     _add_routes(app)
     return app
@@ -171,9 +181,45 @@ def _capture(app: FastAPI, response_id: str, received: datetime, request: Parsed
         if buffer.add(records) >= app.state.cfg.flush_every and app.state.flush_wanted is not None:
             app.state.flush_wanted.set()
     except CaptureFull as exc:
+        app.state.metrics.rejected.labels("capture_full").inc()
         raise ApiError(503, f"{exc}; retry later", type="service_unavailable", code="capture_full") from None
     except Exception:
         log.exception("capturing request %s failed", response_id)
+
+
+@contextmanager
+def _admitted(app: FastAPI) -> Iterator[None]:
+    """Admit a completion request, or answer 429 with Retry-After when ``serve.max_queue`` are already in."""
+    cfg: ServeConfig = app.state.cfg
+    if app.state.in_flight >= cfg.max_queue:
+        app.state.metrics.rejected.labels("queue_full").inc()
+        raise ApiError(429, f"{app.state.in_flight} requests are already admitted (serve.max_queue); retry after "
+                       f"{cfg.retry_after_s} s", type="rate_limit_error", code="queue_full",
+                       headers={"Retry-After": str(cfg.retry_after_s)})
+    app.state.in_flight += 1  # the event loop's thread only: no lock needed
+    try:
+        yield
+    finally:
+        app.state.in_flight -= 1
+
+
+def _count_tokens(metrics: ServerMetrics, gen: Generation) -> None:
+    metrics.prompt_tokens.inc(sum(gen.prompt_tokens))
+    metrics.completion_tokens.inc(sum(c.tokens for per_prompt in gen.results for c in per_prompt))
+    metrics.generation_seconds.inc(gen.latency_ms / 1000)
+
+
+def _refresh_gauges(app: FastAPI, metrics: ServerMetrics) -> None:
+    """The gauges that mirror state: admitted requests, what is served, the capture backlog."""
+    metrics.in_flight.set(app.state.in_flight)
+    loaded = app.state.engine.loaded
+    metrics.served.clear()
+    if loaded is not None:
+        metrics.served.labels(str(loaded.version), loaded.variant).set(1)
+    if app.state.buffer is not None:
+        stats = app.state.buffer.stats()
+        metrics.capture_backlog.set(stats["buffered"])
+        metrics.capture_spool.set(stats["spooled_bytes"])
 
 
 def _add_routes(app: FastAPI) -> None:
@@ -200,12 +246,19 @@ def _add_routes(app: FastAPI) -> None:
         received = datetime.now(timezone.utc)
         parsed = parse_completion(request, app.state.cfg, engine.served())
         capture = app.state.buffer is not None
-        gen = await anyio.to_thread.run_sync(engine.generate, parsed, capture, limiter=app.state.generation_threads)
+        with _admitted(app):
+            gen = await anyio.to_thread.run_sync(engine.generate, parsed, capture,
+                                                 limiter=app.state.generation_threads)
         response_id = f"cmpl-{uuid.uuid4().hex}"
         if capture:
             _capture(app, response_id, received, parsed, gen)
+        _count_tokens(app.state.metrics, gen)
         model_id = f"{gen.served.name}:{gen.served.version}"
         return completion_body(response_id, model_id, gen.results, gen.prompt_tokens)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(app.state.metrics.render(lambda m: _refresh_gauges(app, m)), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/admin/reload")
     async def reload() -> dict:
@@ -239,6 +292,11 @@ class ServerHandle:
     thread: threading.Thread
     host: str
     port: int
+
+    @property
+    def admin_key(self) -> str:
+        """A key /admin/* accepts: the first configured API key, or the one this process minted."""
+        return self.app.state.keys.admin
 
     @property
     def url(self) -> str:
@@ -289,7 +347,9 @@ def start_server(store: ArtifactStore, model_name: str, cfg: ServeConfig, cache_
 
     Returns once ``/health`` answers (200 with a model, 503 without one).
     """
-    app = create_app(store, model_name, cfg, cache_dir)
+    keys = api_keys(get_settings())
+    check_bind(cfg.host, keys, cfg.insecure)
+    app = create_app(store, model_name, cfg, cache_dir, keys)
     sock = _bind(cfg.host, cfg.port)
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=port, log_level=log_level, lifespan="on"))
@@ -302,6 +362,12 @@ def start_server(store: ArtifactStore, model_name: str, cfg: ServeConfig, cache_
 
 
 def serve(store: ArtifactStore, model_name: str, cfg: ServeConfig, cache_dir: Path) -> None:
-    """Serve in the foreground until interrupted (``llmops serve``); the traffic buffer is flushed on exit."""
-    app = create_app(store, model_name, cfg, cache_dir)
+    """Serve in the foreground until interrupted (``llmops serve``); the traffic buffer is flushed on exit.
+
+    Without a configured API key the admin routes take the key this process minted, which is not shown: reloads
+    happen by the alias poll (``serve.reload_interval_s``) and captures ship by themselves.
+    """
+    keys = api_keys(get_settings())
+    check_bind(cfg.host, keys, cfg.insecure)
+    app = create_app(store, model_name, cfg, cache_dir, keys)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")

@@ -28,9 +28,13 @@ SERVER = textwrap.dedent("""
 """)
 
 
+KEY = "capture-kill-test-key"
+
+
 def start(store_root, cache) -> tuple[subprocess.Popen, str]:
+    env = {**os.environ, "LLMOPS_API_KEY": KEY}  # the admin routes need a key
     child = subprocess.Popen([sys.executable, "-c", SERVER, str(store_root), str(cache)], stdout=subprocess.PIPE,
-                             text=True)
+                             text=True, env=env)
     url = child.stdout.readline().strip()
     assert url.startswith("http://127.0.0.1:"), f"the server did not start (exit {child.poll()})"
     return child, url
@@ -46,7 +50,7 @@ def test_every_acknowledged_response_survives_kill_9(tmp_path):
     make_registered_model(store, "lm")
     child, url = start(store.root, tmp_path / "cache")
     try:
-        with httpx.Client(base_url=url, timeout=60) as client:
+        with httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {KEY}"}) as client:
             acked = [client.post("/v1/completions", json={"model": "lm", "prompt": f"request {i}",
                                                           "max_tokens": 2}).json()["id"] for i in range(100)]
     finally:
@@ -57,7 +61,8 @@ def test_every_acknowledged_response_survives_kill_9(tmp_path):
     try:
         health = httpx.get(f"{url}/health").json()["capture"]
         assert health["recovered"] == 100
-        assert httpx.post(f"{url}/admin/flush", timeout=60).json()["written"] == 100
+        flushed = httpx.post(f"{url}/admin/flush", headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+        assert flushed.json()["written"] == 100
     finally:
         child.send_signal(signal.SIGTERM)
         child.wait(timeout=60)

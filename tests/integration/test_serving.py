@@ -58,6 +58,10 @@ def client(server):
     return OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=30)
 
 
+def _admin(handle) -> dict[str, str]:
+    return {"Authorization": f"Bearer {handle.admin_key}"}
+
+
 def _complete(client, **kwargs):
     return client.completions.create(model=kwargs.pop("model", MODEL), **kwargs)
 
@@ -232,8 +236,8 @@ def test_unavailable_until_an_alias_exists_then_reload(store, cache_dir):
             OpenAI(base_url=f"{handle.url}/v1", api_key="unused", max_retries=0).completions.create(
                 model="unborn", prompt="x")
         make_registered_model(store, "unborn")
-        assert httpx.post(f"{handle.url}/admin/reload").json() == {"old_version": None, "new_version": 1,
-                                                                   "changed": True}
+        reloaded = httpx.post(f"{handle.url}/admin/reload", headers=_admin(handle)).json()
+        assert reloaded == {"old_version": None, "new_version": 1, "changed": True}
         assert httpx.get(f"{handle.url}/health").json()["version"] == 1
 
 
@@ -256,7 +260,7 @@ def _check_contract(record: dict) -> None:
 def test_capture_writes_contract_records_to_the_hour_partition(server, client, store):
     _complete(client, prompt="Capture me", max_tokens=4, n=2, stop="zz", seed=5)
     _complete(client, prompt=["Capture list A", "Capture list B"], max_tokens=3, temperature=0)
-    flushed = httpx.post(f"{server.url}/admin/flush").json()
+    flushed = httpx.post(f"{server.url}/admin/flush", headers=_admin(server)).json()
     assert flushed["written"] >= 3 and flushed["buffered"] == 0
     captured = _traffic(store, MODEL)
     assert all(PARTITION.match(key) and PARTITION.match(key)["model"] == MODEL for key, _ in captured)
@@ -293,11 +297,11 @@ def test_store_outage_keeps_records_and_never_fails_requests(tmp_path, cache_dir
         store.failing = True
         reply = httpx.post(f"{handle.url}/v1/completions", json={"model": "flaky", "prompt": "still works"})
         assert reply.status_code == 200
-        failed = httpx.post(f"{handle.url}/admin/flush")
+        failed = httpx.post(f"{handle.url}/admin/flush", headers=_admin(handle))
         assert failed.status_code == 503 and "stay buffered" in failed.json()["error"]["message"]
         assert httpx.get(f"{handle.url}/health").json()["capture"]["buffered"] == 1
         store.failing = False
-        assert httpx.post(f"{handle.url}/admin/flush").json()["written"] == 1
+        assert httpx.post(f"{handle.url}/admin/flush", headers=_admin(handle)).json()["written"] == 1
     assert [r["prompt"] for _, r in _traffic(store, "flaky")] == ["still works"]
 
 
@@ -332,14 +336,15 @@ def test_admin_reload_swaps_version_without_dropping_requests(store, cache_dir):
         worker = threading.Thread(target=hammer)
         worker.start()
         _wait_for(lambda: statuses, "a first completion")
-        assert httpx.post(f"{handle.url}/admin/reload").json() == {"old_version": 1, "new_version": 2, "changed": True}
+        reloaded = httpx.post(f"{handle.url}/admin/reload", headers=_admin(handle)).json()
+        assert reloaded == {"old_version": 1, "new_version": 2, "changed": True}
         stop.set()
         worker.join(30)
         assert statuses and set(statuses) == {200}
         assert httpx.get(f"{handle.url}/health").json()["version"] == 2
         gone = httpx.post(f"{handle.url}/v1/completions", json={"model": "swap:1", "prompt": "x"})
         assert gone.status_code == 404
-        assert httpx.post(f"{handle.url}/admin/reload").json()["changed"] is False
+        assert httpx.post(f"{handle.url}/admin/reload", headers=_admin(handle)).json()["changed"] is False
 
 
 def test_background_poll_picks_up_a_promoted_version(store, cache_dir):
@@ -360,7 +365,7 @@ def test_int8_variant_serves_and_is_captured(store, cache_dir):
         client = OpenAI(base_url=f"{handle.url}/v1", api_key="unused", max_retries=0)
         out = client.completions.create(model="quant", prompt="Return the", max_tokens=4, temperature=0)
         assert out.usage.completion_tokens <= 4
-        assert httpx.post(f"{handle.url}/admin/flush").json()["written"] == 1
+        assert httpx.post(f"{handle.url}/admin/flush", headers=_admin(handle)).json()["written"] == 1
     (_, record), = _traffic(store, "quant")
     _check_contract(record)
     assert record["variant"] == "int8"
