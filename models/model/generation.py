@@ -7,6 +7,8 @@ from typing import Optional
 
 import torch
 from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -25,6 +27,13 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()
     seed: Optional[int] = None
+    presence_penalty: float = 0.0  # OpenAI's: subtracted once from the logit of every token generated so far
+    frequency_penalty: float = 0.0  # OpenAI's: subtracted per occurrence of a token generated so far
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+
+    @property
+    def penalised(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias)
 
 
 @dataclass(frozen=True)
@@ -119,6 +128,7 @@ def complete(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=pad,
         stopping_criteria=StoppingCriteriaList([_StopOnText(tokenizer, params.stop, width)]) if params.stop else None,
+        logits_processor=LogitsProcessorList([_OpenAIPenalties(params, width)]) if params.penalised else None,
         return_dict_in_generate=True,
         output_logits=True,
         **sampling,
@@ -134,6 +144,30 @@ def complete(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
                    for j in range(i * per_prompt, (i + 1) * per_prompt)]
         results.append(choices if per_prompt == n else choices * n)
     return results
+
+
+class _OpenAIPenalties(LogitsProcessor):
+    """OpenAI's presence and frequency penalties over the tokens generated so far (the prompt excluded), and its
+    logit_bias. transformers ships only the multiplicative ``repetition_penalty``, which counts the prompt too.
+
+    Runs after transformers' own processors (for sampling, after temperature and top-k/top-p), so a bias cannot
+    bring back a token they filtered out; greedy decoding sees the exact OpenAI arithmetic.
+    """
+
+    def __init__(self, params: SamplingParams, prompt_width: int):
+        self.presence, self.frequency, self.width = params.presence_penalty, params.frequency_penalty, prompt_width
+        self.bias = dict(params.logit_bias)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        generated = input_ids[:, self.width:]
+        if generated.shape[1] and (self.presence or self.frequency):
+            counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+            scores = scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
+        if self.bias:
+            ids = torch.tensor(list(self.bias), device=scores.device)
+            scores = scores.clone()
+            scores[:, ids] += torch.tensor(list(self.bias.values()), device=scores.device, dtype=scores.dtype)
+        return scores
 
 
 class _StopOnText(StoppingCriteria):

@@ -68,16 +68,18 @@ class CompletionRequest(BaseModel):
     echo: Optional[bool] = None
     best_of: Optional[int] = None
     suffix: Optional[str] = None
-    logit_bias: Optional[dict[str, float]] = None
-    frequency_penalty: Optional[float] = None
-    presence_penalty: Optional[float] = None
+    logit_bias: Optional[dict[str, float]] = Field(
+        None, description="Token id (as a string) -> bias in [-100, 100] added to its logit.")
+    frequency_penalty: Optional[float] = Field(None, ge=-2, le=2)
+    presence_penalty: Optional[float] = Field(None, ge=-2, le=2)
     user: Optional[str] = None  # accepted and ignored
 
 
 _UNSUPPORTED = {  # field: values that mean "not used"
     "stream": (None, False), "stream_options": (None,), "logprobs": (None,), "echo": (None, False),
-    "suffix": (None, ""), "logit_bias": (None, {}), "frequency_penalty": (None, 0), "presence_penalty": (None, 0),
+    "suffix": (None, ""),
 }
+MAX_LOGIT_BIAS = 300  # OpenAI's limit on logit_bias entries
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class Served:
     name: str
     version: int
     context_length: int
+    vocab_size: int = 1 << 31  # the model's logits width: logit_bias keys must lie below it
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,23 @@ def _check_unsupported(req: CompletionRequest) -> None:
         raise ApiError(400, f"best_of={req.best_of!r} is not supported by this server; use n", param="best_of")
 
 
+def _check_logit_bias(bias: Optional[dict[str, float]], served: Served) -> tuple[tuple[int, float], ...]:
+    if not bias:
+        return ()
+    if len(bias) > MAX_LOGIT_BIAS:
+        raise ApiError(400, f"logit_bias holds {len(bias)} entries; at most {MAX_LOGIT_BIAS} are allowed",
+                       param="logit_bias")
+    out = []
+    for key, value in bias.items():
+        if not key.isdigit() or int(key) >= served.vocab_size:
+            raise ApiError(400, f"logit_bias key {key!r} is not a token id of this model (0 to "
+                                f"{served.vocab_size - 1})", param="logit_bias")
+        if not -100 <= value <= 100:
+            raise ApiError(400, f"logit_bias[{key!r}] is {value}; biases lie in [-100, 100]", param="logit_bias")
+        out.append((int(key), float(value)))
+    return tuple(out)
+
+
 def parse_completion(req: CompletionRequest, cfg: ServeConfig, served: Served) -> ParsedRequest:
     """Check a request against the served model and the limits; raise ``ApiError`` naming the field."""
     version = _check_model(req.model, served)
@@ -164,7 +184,8 @@ def parse_completion(req: CompletionRequest, cfg: ServeConfig, served: Served) -
     sampling = SamplingParams(
         max_new_tokens=max_tokens, do_sample=temperature > 0, temperature=float(temperature or 1.0),
         top_p=top_p if top_p < 1 else None, top_k=top_k, repetition_penalty=float(req.repetition_penalty or 1.0),
-        stop=tuple(stop), seed=req.seed,
+        stop=tuple(stop), seed=req.seed, presence_penalty=float(req.presence_penalty or 0.0),
+        frequency_penalty=float(req.frequency_penalty or 0.0), logit_bias=_check_logit_bias(req.logit_bias, served),
     )
     return ParsedRequest(prompts=prompts, sampling=sampling, n=n, version=version)
 

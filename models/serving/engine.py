@@ -57,7 +57,7 @@ class Engine:
         if loaded is None:
             raise ApiError(503, f"no model to serve: {self.unavailable}", type="service_unavailable",
                            code="model_not_loaded")
-        return Served(loaded.name, loaded.version, context_length(loaded.model))
+        return Served(loaded.name, loaded.version, context_length(loaded.model), loaded.model.config.vocab_size)
 
     def reload(self, force: bool = False) -> tuple[Optional[int], Optional[int]]:
         """Load the version the alias points at now if it is not the one served; return (old, new) versions.

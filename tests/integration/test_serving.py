@@ -186,6 +186,23 @@ def test_health_answers_while_generation_is_busy(server):
     assert [r.status_code for r in replies] == [200], "the completion finishes once the model is free"
 
 
+def test_logit_bias_and_openai_penalties_steer_greedy_decoding(client):
+    tokenizer = tiny_tokenizer()
+    forced = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(" the"))[0]
+    biased = _complete(client, prompt="Return the", max_tokens=6, temperature=0, logit_bias={str(forced): 100})
+    assert tokenizer(biased.choices[0].text, add_special_tokens=False)["input_ids"] == [forced] * 6
+    banned = _complete(client, prompt="Return the", max_tokens=6, temperature=0, logit_bias={str(forced): -100})
+    assert forced not in tokenizer(banned.choices[0].text, add_special_tokens=False)["input_ids"]
+    # a presence penalty past any logit gap makes greedy decoding pick a token it has not generated yet
+    fresh = _complete(client, prompt="Return the", max_tokens=12, temperature=0, presence_penalty=2,
+                      logit_bias={str(forced): 1.5})
+    plain = _complete(client, prompt="Return the", max_tokens=12, temperature=0, logit_bias={str(forced): 1.5})
+    assert fresh.choices[0].text != plain.choices[0].text
+    again = _complete(client, prompt="Return the", max_tokens=12, temperature=0, presence_penalty=2,
+                      logit_bias={str(forced): 1.5})
+    assert again.choices[0].text == fresh.choices[0].text, "penalties are deterministic"
+
+
 # -- errors ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs, error, words", [
     ({"prompt": "x" * 501}, openai.BadRequestError, ["prompt", "500"]),
@@ -202,6 +219,11 @@ def test_health_answers_while_generation_is_busy(server):
     ({"prompt": "x", "extra_body": {"top_k": -1}}, openai.BadRequestError, ["top_k"]),
     ({"prompt": "x", "extra_body": {"temprature": 1}}, openai.BadRequestError, ["temprature"]),
     ({"prompt": [[1, 2]]}, openai.BadRequestError, ["prompt", "token-id"]),
+    ({"prompt": "x", "presence_penalty": 2.5}, openai.BadRequestError, ["presence_penalty"]),
+    ({"prompt": "x", "frequency_penalty": -3}, openai.BadRequestError, ["frequency_penalty"]),
+    ({"prompt": "x", "logit_bias": {"dog": 5}}, openai.BadRequestError, ["logit_bias", "'dog'", "token id"]),
+    ({"prompt": "x", "logit_bias": {"99999": 5}}, openai.BadRequestError, ["logit_bias", "99999"]),
+    ({"prompt": "x", "logit_bias": {"5": 101}}, openai.BadRequestError, ["logit_bias", "[-100, 100]"]),
     ({"prompt": "x", "model": "gpt-4"}, openai.NotFoundError, ["gpt-4", MODEL]),
     ({"prompt": "x", "model": f"{MODEL}:7"}, openai.NotFoundError, [f"{MODEL}:7"]),
 ])
