@@ -99,5 +99,6 @@ def synthetic_records(n: int, shape: TrafficShape = TrafficShape(), *, seed: int
                 "completion_entropy": float(entropy[i]), "stop_reason": finish,
                 "latency_ms": float(latency[i]),
             },
+            "x_request_id": None, "user": None,
         })
     return records

@@ -19,7 +19,8 @@ from llmops.infra.store import ArtifactStore
 from llmops.infra.traffic.record import SCHEMA as RECORD_SCHEMA
 from llmops.infra.traffic.record import lenient
 
-FORMAT = 1  # the manifest's "format": bump when SCHEMA changes incompatibly
+FORMAT = 2  # the manifest's "format": bumped when SCHEMA changes (2 added x_request_id and user; format 1 files
+# lack those two columns and read back as before)
 _S = pa.string()
 # The record's schema with every field nullable: the log holds other producers' records too, and a value that
 # does not fit its column is stored null there (and whole in `extra`).

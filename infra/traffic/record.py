@@ -87,6 +87,10 @@ class TrafficRecord(BaseModel):
     params: TrafficParams = Field(description="The sampling parameters of the request.")
     completions: list[TrafficCompletion] = Field(min_length=1, description="One per choice (params.n).")
     features: TrafficFeatures = Field(description="The measured features drift monitoring reads.")
+    # since format 2 of the compacted Parquet files (format 1 had neither column)
+    x_request_id: Optional[str] = Field(
+        None, description="The request's X-Request-ID: the client's, or the one the server generated.")
+    user: Optional[str] = Field(None, description="The request's `user` field, when the client sent one.")
 
     def json_line(self) -> str:
         """The record as the traffic log holds it (without the newline).

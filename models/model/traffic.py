@@ -12,7 +12,8 @@ from llmops.models.model.generation import Completion, PromptScore, SamplingPara
 
 def traffic_record(*, prompt: str, score: PromptScore, completions: list[Completion], params: SamplingParams,
                    n: int, latency_ms: Optional[float], model: str, version: int, variant: str,
-                   request_id: Optional[str] = None, ts: Optional[datetime] = None) -> TrafficRecord:
+                   request_id: Optional[str] = None, ts: Optional[datetime] = None,
+                   x_request_id: Optional[str] = None, user: Optional[str] = None) -> TrafficRecord:
     """The record the server captures and the reference profile is built from (docs/contracts.md).
 
     Raises:
@@ -48,4 +49,6 @@ def traffic_record(*, prompt: str, score: PromptScore, completions: list[Complet
             stop_reason=completions[0].finish_reason,
             latency_ms=latency_ms,
         ),
+        x_request_id=x_request_id,
+        user=user,
     )

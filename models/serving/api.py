@@ -72,7 +72,7 @@ class CompletionRequest(BaseModel):
         None, description="Token id (as a string) -> bias in [-100, 100] added to its logit.")
     frequency_penalty: Optional[float] = Field(None, ge=-2, le=2)
     presence_penalty: Optional[float] = Field(None, ge=-2, le=2)
-    user: Optional[str] = None  # accepted and ignored
+    user: Optional[str] = Field(None, max_length=256, description="The end user: kept in the capture record.")
 
 
 _UNSUPPORTED = {  # field: values that mean "not used"

@@ -20,7 +20,7 @@ import anyio
 import anyio.to_thread
 import httpx
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from llmops.infra.config import ServeConfig
@@ -163,7 +163,8 @@ def _model_cards(engine: Engine) -> list[dict]:
             for model_id in (loaded.name, f"{loaded.name}:{loaded.version}")]
 
 
-def _capture(app: FastAPI, response_id: str, received: datetime, request: ParsedRequest, gen: Generation) -> None:
+def _capture(app: FastAPI, response_id: str, received: datetime, request: ParsedRequest, gen: Generation,
+             trace: dict[str, Optional[str]]) -> None:
     """One traffic record per prompt, spooled before the response is sent. A full spool (the store has been
     unreachable) is a 503: no response goes out uncaptured; any other failure here (a record outside the contract
     included) is logged, never the user's problem."""
@@ -174,7 +175,7 @@ def _capture(app: FastAPI, response_id: str, received: datetime, request: Parsed
                 prompt=prompt, score=gen.scores[i], completions=gen.results[i], params=request.sampling,
                 n=request.n, latency_ms=gen.latency_ms, model=gen.served.name, version=gen.served.version,
                 variant=gen.variant, request_id=response_id if len(request.prompts) == 1 else f"{response_id}-{i}",
-                ts=received,
+                ts=received, **trace,
             )
             for i, prompt in enumerate(request.prompts)
         ]
@@ -242,7 +243,7 @@ def _add_routes(app: FastAPI) -> None:
                        code="model_not_found")
 
     @app.post("/v1/completions")
-    async def completions(request: CompletionRequest) -> dict:
+    async def completions(request: CompletionRequest, http: Request) -> dict:
         received = datetime.now(timezone.utc)
         parsed = parse_completion(request, app.state.cfg, engine.served())
         capture = app.state.buffer is not None
@@ -251,7 +252,8 @@ def _add_routes(app: FastAPI) -> None:
                                                  limiter=app.state.generation_threads)
         response_id = f"cmpl-{uuid.uuid4().hex}"
         if capture:
-            _capture(app, response_id, received, parsed, gen)
+            _capture(app, response_id, received, parsed, gen,
+                     {"x_request_id": http.state.request_id, "user": request.user})
         _count_tokens(app.state.metrics, gen)
         model_id = f"{gen.served.name}:{gen.served.version}"
         return completion_body(response_id, model_id, gen.results, gen.prompt_tokens)

@@ -27,7 +27,7 @@ CFG = ServeConfig(port=0, max_tokens_limit=32, max_n=3, max_prompt_chars=500, re
 
 # The traffic record contract (docs/contracts.md), spelled out independently of the code.
 RECORD_KEYS = {"id", "ts", "model", "version", "variant", "prompt", "prompt_token_ids", "params", "completions",
-               "features"}
+               "features", "x_request_id", "user"}
 PARAM_KEYS = {"max_tokens", "temperature", "top_p", "top_k", "n", "stop"}
 COMPLETION_KEYS = {"text", "finish_reason", "tokens", "mean_logprob", "mean_entropy"}
 FEATURE_KEYS = {"prompt_chars", "prompt_tokens", "bytes_per_token", "prompt_surprisal", "completion_tokens",
@@ -280,7 +280,8 @@ def _check_contract(record: dict) -> None:
 
 
 def test_capture_writes_contract_records_to_the_hour_partition(server, client, store):
-    _complete(client, prompt="Capture me", max_tokens=4, n=2, stop="zz", seed=5)
+    _complete(client, prompt="Capture me", max_tokens=4, n=2, stop="zz", seed=5, user="alice",
+              extra_headers={"X-Request-ID": "trace-capture-1"})
     _complete(client, prompt=["Capture list A", "Capture list B"], max_tokens=3, temperature=0)
     flushed = httpx.post(f"{server.url}/admin/flush", headers=_admin(server)).json()
     assert flushed["written"] >= 3 and flushed["buffered"] == 0
@@ -295,8 +296,10 @@ def test_capture_writes_contract_records_to_the_hour_partition(server, client, s
         "max_tokens": 4, "temperature": 1.0, "top_k": None, "n": 2, "stop": ["zz"]}
     assert (single["model"], single["version"], single["variant"]) == (MODEL, 1, "fp32")
     assert single["features"]["prompt_chars"] == len("Capture me")
+    assert (single["user"], single["x_request_id"]) == ("alice", "trace-capture-1")
     a, b = by_prompt["Capture list A"], by_prompt["Capture list B"]
     assert a["id"] != b["id"] and a["features"]["latency_ms"] == b["features"]["latency_ms"]
+    assert a["user"] is None and a["x_request_id"] == b["x_request_id"] and len(a["x_request_id"]) == 32
     extraction = extract(records, tokenize=None)  # the drift monitor reads them without complaint
     assert not extraction.missing and extraction.n_records == len(records)
 

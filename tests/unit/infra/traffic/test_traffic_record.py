@@ -48,6 +48,10 @@ FORMAT_1 = pa.schema([
     ("features.completion_entropy", _F), ("features.stop_reason", _S), ("features.latency_ms", _F),
     ("extra", _S), ("source_file", _S), ("source_line", pa.int32()),
 ])
+# FORMAT 2: format 1 plus the request's X-Request-ID and `user`, nullable strings after the record's own columns
+_RECORD_COLUMNS = FORMAT_1.names.index("features.prompt_chars")
+FORMAT_2 = pa.schema([*list(FORMAT_1)[:_RECORD_COLUMNS], ("x_request_id", _S), ("user", _S),
+                      *list(FORMAT_1)[_RECORD_COLUMNS:]])
 
 
 def _same(a, b) -> bool:
@@ -95,8 +99,8 @@ def test_traffic_record_builds_the_record_the_server_captured_before():
     params = SamplingParams(max_new_tokens=16, do_sample=True, temperature=0.7, top_k=40, stop=("\n",))
     record = traffic_record(prompt="Héllo", score=score, completions=completions, params=params, n=2,
                             latency_ms=41.5, model="lm", version=3, variant="int8", request_id="cmpl-1",
-                            ts=T0 + timedelta(microseconds=5))
-    before = {  # what traffic_record returned as a dict, for the same inputs
+                            ts=T0 + timedelta(microseconds=5), x_request_id="trace-7", user="u-1")
+    before = {  # what traffic_record returned as a dict, for the same inputs (the last two keys: since format 2)
         "id": "cmpl-1", "ts": "2025-03-04T14:00:00.000005+00:00", "model": "lm", "version": 3, "variant": "int8",
         "prompt": "Héllo", "prompt_token_ids": [464, 1917, 0],
         "params": {"max_tokens": 16, "temperature": 0.7, "top_p": None, "top_k": 40, "n": 2, "stop": ["\n"]},
@@ -107,6 +111,7 @@ def test_traffic_record_builds_the_record_the_server_captured_before():
         "features": {"prompt_chars": 5, "prompt_tokens": 3, "bytes_per_token": 2.0, "prompt_surprisal": 3.25,
                      "completion_tokens": 8.5, "completion_logprob": -1.5, "completion_entropy": 2.0,
                      "stop_reason": "length", "latency_ms": 41.5},
+        "x_request_id": "trace-7", "user": "u-1",
     }
     assert isinstance(record, TrafficRecord) and record.ts == T0 + timedelta(microseconds=5)
     assert record.json_line() == json.dumps(before, ensure_ascii=False)
@@ -185,29 +190,32 @@ def test_the_arrow_schema_is_walked_from_the_model_annotations():
     assert SCHEMA.field(TRAFFIC_FIELD).type == _S  # what traffic:// ingest reads is a string field of the record
 
 
-def test_the_stored_parquet_schema_is_the_format_1_schema_field_by_field():
-    assert traffic_parquet.FORMAT == 1
+def test_the_stored_parquet_schema_is_the_format_2_schema_field_by_field():
+    assert traffic_parquet.FORMAT == 2
     derived = [(f.name, f.type, f.nullable) for f in traffic_parquet.SCHEMA]
-    written = [(f.name, f.type, f.nullable) for f in FORMAT_1]
+    written = [(f.name, f.type, f.nullable) for f in FORMAT_2]
     for have, want in zip(derived, written):
         assert have == want
-    assert len(derived) == len(written) and traffic_parquet.SCHEMA.equals(FORMAT_1)
-    assert traffic_parquet.FEATURE_COLUMNS == [n for n in FORMAT_1.names if n.startswith("features.")]
-    json_fields = {f.name: _S if f.name == "ts" else f.type for f in FORMAT_1 if "." not in f.name}
-    json_fields["features"] = pa.struct([(f.name[len("features."):], f.type) for f in FORMAT_1
+    assert len(derived) == len(written) and traffic_parquet.SCHEMA.equals(FORMAT_2)
+    assert traffic_parquet.FEATURE_COLUMNS == [n for n in FORMAT_2.names if n.startswith("features.")]
+    json_fields = {f.name: _S if f.name == "ts" else f.type for f in FORMAT_2 if "." not in f.name}
+    json_fields["features"] = pa.struct([(f.name[len("features."):], f.type) for f in FORMAT_2
                                          if f.name.startswith("features.")])
-    assert [n for n in json_fields if n in traffic_parquet.FIELDS] == list(traffic_parquet.FIELDS)
+    assert sorted(n for n in json_fields if n in traffic_parquet.FIELDS) == sorted(traffic_parquet.FIELDS)
     assert {n: json_fields[n] for n in traffic_parquet.FIELDS} == traffic_parquet.FIELDS
 
 
 def test_a_file_compacted_under_format_1_reads_back_identically(tmp_path):
-    records = synthetic_records(30, seed=4, start=T0) + _odd_records()
+    # format 1 records had no x_request_id or user: a format 1 file gives them back without those keys
+    records = [{k: v for k, v in r.items() if k not in ("x_request_id", "user")}
+               for r in synthetic_records(30, seed=4, start=T0) + _odd_records()]
     stamps = [parse_ts(r["ts"]) for r in records]
     table = traffic_parquet.record_columns(records, stamps)
+    table = table.drop_columns(["x_request_id", "user"])
     table = traffic_parquet.with_source(table, ["a.jsonl"], [len(records)]).cast(FORMAT_1)
     pq.write_table(table, tmp_path / "hour.parquet", compression="zstd")
     read = pq.read_table(tmp_path / "hour.parquet")
-    assert read.schema.equals(traffic_parquet.SCHEMA)
+    assert read.schema.equals(FORMAT_1)
     assert all(_same(a, b) for a, b in zip(traffic_parquet.table_records(read), records))
     group = pq.ParquetFile(tmp_path / "hour.parquet").read_row_group(0, columns=columnar.PARQUET_COLUMNS)
     batch = columnar.table_batch(columnar.parquet_table(group))
