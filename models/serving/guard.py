@@ -1,7 +1,8 @@
 """What stands in front of the routes: API keys, the request id, the body-size limit, and request metrics.
 
-One pure ASGI middleware rather than Starlette's ``BaseHTTPMiddleware``: it can count a chunked body as it
-streams in, and it wraps each response's start to add ``X-Request-ID`` and record the status.
+One pure ASGI middleware rather than Starlette's ``BaseHTTPMiddleware``: it can read a chunked body (which has no
+Content-Length to check) up to the limit before the app sees it, and it wraps each response's start to add
+``X-Request-ID`` and record the status.
 """
 from __future__ import annotations
 
