@@ -34,6 +34,15 @@ class ServeConfig(Frozen):
         description="Most completion requests admitted at once (generating or waiting); beyond them 429 with "
         "Retry-After, never an unbounded wait.",
     )
+    max_batch_size: int = Field(
+        64, ge=1, description="Most sequences decoding together (continuous batching); 1 generates one at a time.",
+    )
+    max_prefill_tokens: int = Field(
+        2048, ge=1, description="Most prompt tokens prefilled between two decode steps (at least one prompt is).",
+    )
+    request_timeout_s: float = Field(
+        120.0, gt=0, description="A request still generating after this long ends with a 504 (timeout_error).",
+    )
     retry_after_s: int = Field(1, ge=1, description="The Retry-After a 429 answers with.")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body; beyond it 413.")
     insecure: bool = Field(

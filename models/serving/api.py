@@ -17,6 +17,7 @@ from llmops.infra.config import ServeConfig
 from llmops.models.model.generation import Completion, SamplingParams
 
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
+MAX_TOP_LOGPROBS = 5  # OpenAI's limit on completion logprobs alternatives
 
 
 class ApiError(Exception):
@@ -33,13 +34,27 @@ class ApiError(Exception):
         return JSONResponse({"error": body}, status_code=self.status, headers=self.headers)
 
 
-def _text_prompt(value: Any) -> Any:
-    """Reject token-id prompts (OpenAI accepts them; this server serves text) with one clear message."""
-    if isinstance(value, list) and any(not isinstance(p, str) for p in value):
-        raise ValueError("must be a string or a list of strings (token-id prompts are not supported)")
-    if not isinstance(value, (str, list)):
-        raise ValueError(f"must be a string or a list of strings, got {type(value).__name__}")
-    return value
+def _prompt_shape(value: Any) -> Any:
+    """OpenAI's four prompt shapes: a string, strings, token ids, lists of token ids; anything else, one message."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+        return [value]  # one token-id prompt
+    if isinstance(value, list) and all(isinstance(p, str) for p in value):
+        return value
+    if isinstance(value, list) and all(isinstance(p, list) and all(isinstance(t, int) and not isinstance(t, bool)
+                                                                   for t in p) for p in value):
+        return value
+    raise ValueError("must be a string, a list of strings, a list of token ids or a list of lists of token ids")
+
+
+Prompt = Union[str, list[int]]
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool = False
 
 
 class CompletionRequest(BaseModel):
@@ -52,8 +67,8 @@ class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str
-    prompt: Annotated[Union[str, list[str]], BeforeValidator(_text_prompt)]
-    max_tokens: Optional[int] = Field(None, ge=1)
+    prompt: Annotated[Union[str, list[Union[str, list[int]]]], BeforeValidator(_prompt_shape)]
+    max_tokens: Optional[int] = Field(None, ge=0, description="0 only with echo: score the prompt, generate nothing.")
     temperature: Optional[float] = Field(None, ge=0, le=2)
     top_p: Optional[float] = Field(None, gt=0, le=1)
     n: Optional[int] = Field(None, ge=1)
@@ -61,11 +76,12 @@ class CompletionRequest(BaseModel):
     seed: Optional[int] = None
     top_k: Optional[int] = Field(None, ge=0, description="0 or absent: no top-k filtering.")
     repetition_penalty: Optional[float] = Field(None, gt=0)
-    # OpenAI options this server does not implement: accepted only at their neutral value.
     stream: Optional[bool] = None
-    stream_options: Optional[dict[str, Any]] = None
-    logprobs: Optional[int] = None
-    echo: Optional[bool] = None
+    stream_options: Optional[StreamOptions] = None
+    logprobs: Optional[int] = Field(None, ge=0, le=MAX_TOP_LOGPROBS,
+                                    description="Log-probs of each token and of its top-N alternatives.")
+    echo: Optional[bool] = Field(None, description="Return the prompt before the completion (with its log-probs).")
+    # accepted only at their neutral value: this server does not implement them
     best_of: Optional[int] = None
     suffix: Optional[str] = None
     logit_bias: Optional[dict[str, float]] = Field(
@@ -75,10 +91,7 @@ class CompletionRequest(BaseModel):
     user: Optional[str] = Field(None, max_length=256, description="The end user: kept in the capture record.")
 
 
-_UNSUPPORTED = {  # field: values that mean "not used"
-    "stream": (None, False), "stream_options": (None,), "logprobs": (None,), "echo": (None, False),
-    "suffix": (None, ""),
-}
+_UNSUPPORTED = {"suffix": (None, "")}  # field: values that mean "not used"
 MAX_LOGIT_BIAS = 300  # OpenAI's limit on logit_bias entries
 
 
@@ -94,10 +107,14 @@ class Served:
 
 @dataclass(frozen=True)
 class ParsedRequest:
-    prompts: list[str]
+    prompts: list[Prompt]
     sampling: SamplingParams
     n: int
     version: Optional[int]  # the version the request pinned with ``name:version``, if any
+    logprobs: Optional[int] = None  # None: no logprobs object; N: the top-N alternatives too
+    echo: bool = False
+    stream: bool = False
+    include_usage: bool = False
 
 
 def _check_model(model: str, served: Served) -> Optional[int]:
@@ -110,25 +127,36 @@ def _check_model(model: str, served: Served) -> Optional[int]:
                         f"'{served.name}:{served.version}')", param="model", code="model_not_found")
 
 
-def _check_prompts(prompt: Union[str, list[str]], cfg: ServeConfig) -> list[str]:
+def _check_prompts(prompt: Union[str, list[Prompt]], cfg: ServeConfig, served: Served) -> list[Prompt]:
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts:
         raise ApiError(400, "prompt is an empty list: send at least one prompt", param="prompt")
     if len(prompts) > cfg.max_batch_prompts:
         raise ApiError(400, f"prompt holds {len(prompts)} prompts; at most {cfg.max_batch_prompts} are allowed "
                             f"per request (max_batch_prompts)", param="prompt")
-    for i, text in enumerate(prompts):
+    for i, item in enumerate(prompts):
         where = "prompt" if isinstance(prompt, str) else f"prompt[{i}]"
-        if not text:
+        if not item:
             raise ApiError(400, f"{where} is empty: send some text to complete", param="prompt")
-        if len(text) > cfg.max_prompt_chars:
-            raise ApiError(400, f"{where} is {len(text)} characters long; the limit is {cfg.max_prompt_chars} "
+        if isinstance(item, list):
+            bad = next((t for t in item if not 0 <= t < served.vocab_size), None)
+            if bad is not None:
+                raise ApiError(400, f"{where} holds {bad}, not a token id of this model (0 to "
+                                    f"{served.vocab_size - 1})", param="prompt")
+            if len(item) > served.context_length:
+                raise ApiError(400, f"{where} is {len(item)} tokens; the model's context is {served.context_length}",
+                               param="prompt")
+        elif len(item) > cfg.max_prompt_chars:
+            raise ApiError(400, f"{where} is {len(item)} characters long; the limit is {cfg.max_prompt_chars} "
                                 f"characters (max_prompt_chars)", param="prompt")
     return prompts
 
 
 def _check_limits(req: CompletionRequest, cfg: ServeConfig, served: Served) -> tuple[int, int, list[str]]:
     max_tokens = req.max_tokens if req.max_tokens is not None else cfg.default_max_tokens
+    if max_tokens == 0 and not req.echo:
+        raise ApiError(400, "max_tokens is 0: nothing would be returned; ask for at least 1 token, or send "
+                            "echo=true to score the prompt alone", param="max_tokens")
     if max_tokens > cfg.max_tokens_limit:
         raise ApiError(400, f"max_tokens is {max_tokens}; the limit is {cfg.max_tokens_limit} (max_tokens_limit)",
                        param="max_tokens")
@@ -176,7 +204,7 @@ def parse_completion(req: CompletionRequest, cfg: ServeConfig, served: Served) -
     """Check a request against the served model and the limits; raise ``ApiError`` naming the field."""
     version = _check_model(req.model, served)
     _check_unsupported(req)
-    prompts = _check_prompts(req.prompt, cfg)
+    prompts = _check_prompts(req.prompt, cfg, served)
     max_tokens, n, stop = _check_limits(req, cfg, served)
     temperature = 1.0 if req.temperature is None else req.temperature
     top_p = 1.0 if req.top_p is None else req.top_p
@@ -187,7 +215,15 @@ def parse_completion(req: CompletionRequest, cfg: ServeConfig, served: Served) -
         stop=tuple(stop), seed=req.seed, presence_penalty=float(req.presence_penalty or 0.0),
         frequency_penalty=float(req.frequency_penalty or 0.0), logit_bias=_check_logit_bias(req.logit_bias, served),
     )
-    return ParsedRequest(prompts=prompts, sampling=sampling, n=n, version=version)
+    stream = bool(req.stream)
+    if req.stream_options is not None and not stream:
+        raise ApiError(400, "stream_options is only allowed with stream=true", param="stream_options")
+    if stream and req.logprobs is not None:
+        raise ApiError(400, "logprobs with stream=true is not supported by this server; ask for one or the other",
+                       param="logprobs")
+    return ParsedRequest(prompts=prompts, sampling=sampling, n=n, version=version, logprobs=req.logprobs,
+                         echo=bool(req.echo), stream=stream,
+                         include_usage=bool(req.stream_options and req.stream_options.include_usage))
 
 
 def completion_body(response_id: str, model_id: str, results: Sequence[Sequence[Completion]],

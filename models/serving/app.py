@@ -5,23 +5,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import socket
-import threading
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
 import anyio
 import anyio.to_thread
-import httpx
-import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from llmops.infra.config import ServeConfig
 from llmops.infra.settings import api_keys, get_settings
@@ -29,24 +23,14 @@ from llmops.infra.store import ArtifactStore
 from llmops.infra.traffic.record import TrafficRecord
 from llmops.models.model.traffic import traffic_record
 from llmops.models.release.registry import Registry
-from llmops.models.serving.api import (
-    ApiError,
-    CompletionRequest,
-    ParsedRequest,
-    completion_body,
-    install_error_handlers,
-    parse_completion,
-)
+from llmops.models.serving.api import ApiError, CompletionRequest, install_error_handlers, parse_completion
 from llmops.models.serving.capture import CaptureFull, TrafficBuffer
-from llmops.models.serving.engine import Engine, Generation, ReloadError
-from llmops.models.serving.guard import Guard, Keys, check_bind
+from llmops.models.serving.completions import Flight
+from llmops.models.serving.engine import Engine, ReloadError
+from llmops.models.serving.guard import Guard, Keys
 from llmops.models.serving.metrics import CONTENT_TYPE_LATEST, ServerMetrics
 
 log = logging.getLogger("llmops.serving")
-
-# Generation is serialised by the engine's lock; a few threads keep it busy, while requests beyond
-# them wait without holding a thread that flushes and reloads also need.
-GENERATION_THREADS = 4
 
 
 def create_app(store: ArtifactStore, model_name: str, cfg: ServeConfig, cache_dir: Path,
@@ -66,12 +50,12 @@ def create_app(store: ArtifactStore, model_name: str, cfg: ServeConfig, cache_di
     app = FastAPI(title=f"llmops: {model_name}", lifespan=_lifespan)
     app.state.engine = engine
     app.state.cfg = cfg
+    app.state.model_name = model_name
     # per store and model: what was spooled for one store is never shipped to another
     spool = Path(cache_dir) / "spool" / hashlib.sha256(store.uri.encode()).hexdigest()[:12] / model_name
     app.state.buffer = (TrafficBuffer(store, model_name, cfg.capture_buffer_limit, spool,
                                       int(cfg.capture_spool_mb * 2**20)) if cfg.capture else None)
     app.state.flush_wanted = None  # an asyncio.Event, created in the server's loop by _lifespan
-    app.state.generation_threads = None  # an anyio.CapacityLimiter, likewise
     app.state.keys = Keys(api_keys(get_settings()) if keys is None else keys)
     app.state.metrics = ServerMetrics()
     app.state.in_flight = 0
@@ -86,7 +70,6 @@ def create_app(store: ArtifactStore, model_name: str, cfg: ServeConfig, cache_di
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     cfg, buffer = app.state.cfg, app.state.buffer
     app.state.flush_wanted = asyncio.Event()
-    app.state.generation_threads = anyio.CapacityLimiter(GENERATION_THREADS)
     tasks = []
     if buffer is not None:
         tasks.append(asyncio.create_task(_flush_loop(app), name="llmops-flush"))
@@ -98,6 +81,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await anyio.to_thread.run_sync(app.state.engine.stop)
         if buffer is not None:
             await anyio.to_thread.run_sync(_flush_logged, buffer)
             buffer.close()
@@ -163,21 +147,25 @@ def _model_cards(engine: Engine) -> list[dict]:
             for model_id in (loaded.name, f"{loaded.name}:{loaded.version}")]
 
 
-def _capture(app: FastAPI, response_id: str, received: datetime, request: ParsedRequest, gen: Generation,
-             trace: dict[str, Optional[str]]) -> None:
-    """One traffic record per prompt, spooled before the response is sent. A full spool (the store has been
-    unreachable) is a 503: no response goes out uncaptured; any other failure here (a record outside the contract
-    included) is logged, never the user's problem."""
+def _capture(app: FastAPI, flight: Flight, trace: dict[str, Optional[str]]) -> None:
+    """One traffic record per prompt, spooled before the response is sent (before ``[DONE]`` when streamed). A full
+    spool (the store has been unreachable) is a 503: no response goes out uncaptured; any other failure here (a
+    record outside the contract included) is logged, never the user's problem. Scoring requests (``max_tokens=0``)
+    generate nothing to monitor and are not captured."""
     buffer: TrafficBuffer = app.state.buffer
+    if buffer is None or flight.request.sampling.max_new_tokens == 0:
+        return
+    groups = flight.per_prompt()
+    latency_ms = (time.monotonic() - flight.started) * 1000
     try:
         records: list[TrafficRecord] = [
             traffic_record(
-                prompt=prompt, score=gen.scores[i], completions=gen.results[i], params=request.sampling,
-                n=request.n, latency_ms=gen.latency_ms, model=gen.served.name, version=gen.served.version,
-                variant=gen.variant, request_id=response_id if len(request.prompts) == 1 else f"{response_id}-{i}",
-                ts=received, **trace,
+                prompt=group[0].prompt_text, score=group[0].prompt_score(), completions=[j.completion() for j in group],
+                params=flight.request.sampling, n=flight.request.n, latency_ms=latency_ms, model=app.state.model_name,
+                version=group[0].version, variant=group[0].variant, ts=flight.received,
+                request_id=flight.response_id if len(groups) == 1 else f"{flight.response_id}-{i}", **trace,
             )
-            for i, prompt in enumerate(request.prompts)
+            for i, group in enumerate(groups)
         ]
         if buffer.add(records) >= app.state.cfg.flush_every and app.state.flush_wanted is not None:
             app.state.flush_wanted.set()
@@ -185,12 +173,14 @@ def _capture(app: FastAPI, response_id: str, received: datetime, request: Parsed
         app.state.metrics.rejected.labels("capture_full").inc()
         raise ApiError(503, f"{exc}; retry later", type="service_unavailable", code="capture_full") from None
     except Exception:
-        log.exception("capturing request %s failed", response_id)
+        log.exception("capturing request %s failed", flight.response_id)
 
 
-@contextmanager
-def _admitted(app: FastAPI) -> Iterator[None]:
-    """Admit a completion request, or answer 429 with Retry-After when ``serve.max_queue`` are already in."""
+def _admit(app: FastAPI) -> Callable[[], None]:
+    """Admit a completion request, or answer 429 with Retry-After when ``serve.max_queue`` are already in.
+
+    Returns the release, which also cancels what the request left running (a client gone, an error); it runs
+    once however often it is called."""
     cfg: ServeConfig = app.state.cfg
     if app.state.in_flight >= cfg.max_queue:
         app.state.metrics.rejected.labels("queue_full").inc()
@@ -198,21 +188,49 @@ def _admitted(app: FastAPI) -> Iterator[None]:
                        f"{cfg.retry_after_s} s", type="rate_limit_error", code="queue_full",
                        headers={"Retry-After": str(cfg.retry_after_s)})
     app.state.in_flight += 1  # the event loop's thread only: no lock needed
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            app.state.in_flight -= 1
+
+    return release
+
+
+async def _streamed(app: FastAPI, flight: Flight, trace: dict[str, Optional[str]],
+                    release: Callable[[], None]) -> AsyncIterator[bytes]:
+    """The SSE body; a client that goes away cancels the stream's task, and with it the request's rows."""
     try:
-        yield
+        async for chunk in flight.events(app.state.engine.registry.name, lambda: _capture(app, flight, trace)):
+            yield chunk
+        if flight.done and not any(j.error for j in flight.jobs):
+            _finished(app, flight)
     finally:
-        app.state.in_flight -= 1
+        flight.cancel()
+        release()
 
 
-def _count_tokens(metrics: ServerMetrics, gen: Generation) -> None:
-    metrics.prompt_tokens.inc(sum(gen.prompt_tokens))
-    metrics.completion_tokens.inc(sum(c.tokens for per_prompt in gen.results for c in per_prompt))
-    metrics.generation_seconds.inc(gen.latency_ms / 1000)
+def _finished(app: FastAPI, flight: Flight) -> None:
+    """Count a finished request in the metrics and the /health stats."""
+    metrics: ServerMetrics = app.state.metrics
+    usage = flight.usage()
+    metrics.prompt_tokens.inc(usage["prompt_tokens"])
+    metrics.completion_tokens.inc(usage["completion_tokens"])
+    metrics.generation_seconds.inc(time.monotonic() - flight.started)
+    firsts = [j.first_token_at for j in flight.jobs if j.first_token_at is not None]
+    if firsts:
+        metrics.ttft.observe(min(firsts) - flight.started)
+    app.state.engine.count(flight.per_prompt())
 
 
 def _refresh_gauges(app: FastAPI, metrics: ServerMetrics) -> None:
     """The gauges that mirror state: admitted requests, what is served, the capture backlog."""
     metrics.in_flight.set(app.state.in_flight)
+    scheduler = app.state.engine.scheduler
+    metrics.queued.set(scheduler.queued if scheduler else 0)
+    metrics.running.set(scheduler.running if scheduler else 0)
     loaded = app.state.engine.loaded
     metrics.served.clear()
     if loaded is not None:
@@ -243,20 +261,29 @@ def _add_routes(app: FastAPI) -> None:
                        code="model_not_found")
 
     @app.post("/v1/completions")
-    async def completions(request: CompletionRequest, http: Request) -> dict:
-        received = datetime.now(timezone.utc)
+    async def completions(request: CompletionRequest, http: Request) -> Response:
         parsed = parse_completion(request, app.state.cfg, engine.served())
-        capture = app.state.buffer is not None
-        with _admitted(app):
-            gen = await anyio.to_thread.run_sync(engine.generate, parsed, capture,
-                                                 limiter=app.state.generation_threads)
-        response_id = f"cmpl-{uuid.uuid4().hex}"
-        if capture:
-            _capture(app, response_id, received, parsed, gen,
-                     {"x_request_id": http.state.request_id, "user": request.user})
-        _count_tokens(app.state.metrics, gen)
-        model_id = f"{gen.served.name}:{gen.served.version}"
-        return completion_body(response_id, model_id, gen.results, gen.prompt_tokens)
+        trace = {"x_request_id": http.state.request_id, "user": request.user}
+        launch = partial(Flight.launch, parsed, engine.submit, timeout_s=app.state.cfg.request_timeout_s,
+                         capture=app.state.buffer is not None)
+        if parsed.stream:
+            release = _admit(app)
+            try:
+                flight = launch()
+            except BaseException:
+                release()
+                raise
+            return StreamingResponse(_streamed(app, flight, trace, release), media_type="text/event-stream")
+        release = _admit(app)
+        try:
+            flight = launch()
+            await flight.wait(http)
+        finally:
+            release()
+        flight.raise_error()
+        _capture(app, flight, trace)
+        _finished(app, flight)
+        return JSONResponse(flight.body(engine.registry.name))
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -282,94 +309,3 @@ def _add_routes(app: FastAPI) -> None:
             raise ApiError(503, f"writing the traffic log failed: {exc}; {len(buffer)} records stay buffered",
                            type="service_unavailable", code="flush_failed") from None
         return {"written": written, "buffered": len(buffer), "capture": True}
-
-
-# -- running --------------------------------------------------------------------------------------
-@dataclass
-class ServerHandle:
-    """A uvicorn server running the app in a background thread."""
-
-    app: FastAPI
-    server: uvicorn.Server
-    thread: threading.Thread
-    host: str
-    port: int
-
-    @property
-    def admin_key(self) -> str:
-        """A key /admin/* accepts: the first configured API key, or the one this process minted."""
-        return self.app.state.keys.admin
-
-    @property
-    def url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop gracefully: in-flight requests finish, then the traffic buffer is flushed."""
-        self.server.should_exit = True
-        self.thread.join(timeout_s)
-        if self.thread.is_alive():
-            log.warning("server on port %d did not stop within %.0f s", self.port, timeout_s)
-
-    def __enter__(self) -> ServerHandle:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    """A socket bound before uvicorn starts, so port 0 yields a known free port without a race."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    return sock
-
-
-def _wait_until_answering(handle: ServerHandle, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not handle.thread.is_alive():
-            raise RuntimeError(f"the server on port {handle.port} exited during startup (see the log)")
-        try:
-            if httpx.get(f"{handle.url}/health", timeout=2.0).status_code in (200, 503):
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    handle.stop(timeout_s=5)
-    raise TimeoutError(f"the server on port {handle.port} did not answer /health within {timeout_s:.0f} s")
-
-
-def start_server(store: ArtifactStore, model_name: str, cfg: ServeConfig, cache_dir: Path, *,
-                 log_level: str = "warning", startup_timeout_s: float = 60.0) -> ServerHandle:
-    """Run the app on ``cfg.host``/``cfg.port`` (0: a free port) in a background thread.
-
-    Returns once ``/health`` answers (200 with a model, 503 without one).
-    """
-    keys = api_keys(get_settings())
-    check_bind(cfg.host, keys, cfg.insecure)
-    app = create_app(store, model_name, cfg, cache_dir, keys)
-    sock = _bind(cfg.host, cfg.port)
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=port, log_level=log_level, lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"llmops-serve-{port}", daemon=True)
-    thread.start()
-    handle = ServerHandle(app, server, thread, cfg.host, port)
-    _wait_until_answering(handle, startup_timeout_s)
-    log.info("serving %s at %s", model_name, handle.url)
-    return handle
-
-
-def serve(store: ArtifactStore, model_name: str, cfg: ServeConfig, cache_dir: Path) -> None:
-    """Serve in the foreground until interrupted (``llmops serve``); the traffic buffer is flushed on exit.
-
-    Without a configured API key the admin routes take the key this process minted, which is not shown: reloads
-    happen by the alias poll (``serve.reload_interval_s``) and captures ship by themselves.
-    """
-    keys = api_keys(get_settings())
-    check_bind(cfg.host, keys, cfg.insecure)
-    app = create_app(store, model_name, cfg, cache_dir, keys)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")

@@ -1,19 +1,19 @@
-"""The served model behind the app: loading what the registry alias points at, hot swaps, and locked CPU-bound
-generation."""
+"""The served model behind the app: loading what the registry alias points at, hot swaps, and the
+continuous-batching scheduler that generates with it."""
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from llmops.infra.config import ServeConfig
-from llmops.models.model.generation import Completion, PromptScore, complete, context_length, score_prompts
+from llmops.models.model.generation import context_length
 from llmops.models.release.registry import LoadedModel, Registry
-from llmops.models.serving.api import ApiError, ParsedRequest, Served
+from llmops.models.serving.api import ApiError, Served
+from llmops.models.serving.jobs import Job
+from llmops.models.serving.scheduler import Scheduler
 
 log = logging.getLogger("llmops.serving")
 
@@ -22,33 +22,18 @@ class ReloadError(RuntimeError):
     """The alias points at a version that could not be loaded; the previous one keeps serving."""
 
 
-@dataclass(frozen=True)
-class Generation:
-    """What one request produced, and with which model."""
-
-    served: Served
-    variant: str
-    results: list[list[Completion]]  # per prompt, n completions
-    prompt_tokens: list[int]  # whole prompt, before truncation to the context
-    scores: Optional[list[PromptScore]]  # only when capturing
-    latency_ms: float  # wall time of generation (scoring excluded)
-
-
 class Engine:
-    """Holds the loaded model; generation and swaps happen under one lock, so a swap never meets a half-done request.
-
-    The lock is a ``threading.Lock`` taken inside worker threads: waiting on it never blocks the event loop.
-    """
+    """Holds the loaded model and its scheduler. A swap waits until the rows running on the old model are done (no
+    new row starts meanwhile), so no request meets two models."""
 
     def __init__(self, registry: Registry, cfg: ServeConfig, cache_dir: Path):
         self.registry, self.cfg, self.cache_dir = registry, cfg, Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)  # Registry.download makes its temp dir in it
-        self.lock = threading.Lock()
+        self.scheduler: Optional[Scheduler] = None
         self._reload_lock = threading.Lock()  # one load at a time (poll and /admin/reload)
         self.loaded: Optional[LoadedModel] = None
         self.unavailable = "starting"  # why nothing is served, while ``loaded`` is None
         self._failed_version: Optional[int] = None  # the poll does not retry a version that failed to load
-        # keys fixed up front: /health copies the counter from the event loop while workers update it
         self.stats: Counter = Counter(requests=0, prompts=0, truncated_prompts=0)
 
     def served(self) -> Served:
@@ -79,8 +64,11 @@ class Engine:
                 self._failed_version = target
                 return self._load_failed(target, exc)
             self._failed_version = None
-            with self.lock:  # waits for the request in flight; the next one sees the new model
-                self.loaded = new
+            if self.scheduler is None:
+                self.scheduler = Scheduler(new, self.cfg.max_batch_size, self.cfg.max_prefill_tokens)
+            elif not self.scheduler.swap(new, self.cfg.request_timeout_s + 30):
+                log.warning("version %d waits for the running requests before it serves", new.version)
+            self.loaded = new
             log.info("serving %s version %d (%s), was %s", new.name, new.version, new.variant, old)
             return old, new.version
 
@@ -106,27 +94,18 @@ class Engine:
             self.unavailable = message
         raise ReloadError(message) from exc
 
-    def generate(self, request: ParsedRequest, score: bool) -> Generation:
-        """Generate (and score, when ``score``) under the lock; runs in a worker thread."""
-        with self.lock:
-            loaded = self.loaded
-            served = self.served()
-            if request.version is not None and request.version != served.version:
-                raise ApiError(404, f"{served.name}:{request.version} is no longer served (now version "
-                                    f"{served.version})", param="model", code="model_not_found")
-            # tokenizer calls stay under the lock too: fast tokenizers are not safe across threads
-            prompt_tokens = [len(loaded.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in request.prompts]
-            self._count(request, prompt_tokens, served.context_length)
-            start = time.perf_counter()
-            results = complete(loaded.model, loaded.tokenizer, request.prompts, request.sampling, n=request.n)
-            latency_ms = (time.perf_counter() - start) * 1000
-            scores = score_prompts(loaded.model, loaded.tokenizer, request.prompts) if score else None
-        return Generation(served, loaded.variant, results, prompt_tokens, scores, latency_ms)
+    def submit(self, jobs: list[Job]) -> None:
+        if self.scheduler is None:
+            self.served()  # raises the 503 saying why
+        self.scheduler.submit(jobs)
 
-    def _count(self, request: ParsedRequest, prompt_tokens: list[int], ctx: int) -> None:
-        # generation.encode_prompt keeps the last (ctx - max_tokens) ids, the eos marker included
-        budget = max(1, ctx - request.sampling.max_new_tokens)
-        truncated = sum(1 for t in prompt_tokens if t + 1 > budget)
+    def count(self, per_prompt: list[list[Job]]) -> None:
+        """Count a finished request (its jobs, prompt by prompt) in the /health stats."""
+        truncated = sum(1 for group in per_prompt if group[0].truncated)
         if truncated:
-            log.info("%d prompt(s) longer than the %d tokens left for them: left-truncated", truncated, budget)
-        self.stats.update(requests=1, prompts=len(prompt_tokens), truncated_prompts=truncated)
+            log.info("%d prompt(s) longer than the context leaves them: left-truncated", truncated)
+        self.stats.update(requests=1, prompts=len(per_prompt), truncated_prompts=truncated)
+
+    def stop(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()

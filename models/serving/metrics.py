@@ -33,6 +33,10 @@ class ServerMetrics:
         self.completion_tokens = Counter("llmops_completion_tokens", "Completion tokens generated", registry=r)
         self.prompt_tokens = Counter("llmops_prompt_tokens", "Prompt tokens received", registry=r)
         self.generation_seconds = Counter("llmops_generation_seconds", "Seconds spent generating", registry=r)
+        self.ttft = Histogram("llmops_time_to_first_token_seconds", "From a request's arrival to its first token",
+                              buckets=_LATENCY_BUCKETS, registry=r)
+        self.queued = Gauge("llmops_engine_queued", "Sequences waiting for a row of the running batch", registry=r)
+        self.running = Gauge("llmops_engine_batch_size", "Sequences in the running batch", registry=r)
         self.in_flight = Gauge("llmops_requests_in_flight", "Completion requests admitted (generating or waiting)",
                                registry=r)
         self.rejected = Counter("llmops_requests_rejected", "Requests refused before generating, by reason",

@@ -20,7 +20,7 @@ SERVER = textwrap.dedent("""
     from pathlib import Path
     from llmops.infra.config import ServeConfig
     from llmops.infra.store import LocalStore
-    from llmops.models.serving.app import start_server
+    from llmops.models.serving import start_server
     cfg = ServeConfig(port=0, reload_interval_s=0, flush_every=100_000, flush_interval_s=3600)
     handle = start_server(LocalStore(sys.argv[1]), "lm", cfg, Path(sys.argv[2]))
     print(handle.url, flush=True)

@@ -16,8 +16,8 @@ from openai import OpenAI
 from llmops.infra.config import ServeConfig
 from llmops.infra.store import LocalStore, StoreError
 from llmops.models.release.registry import Registry
+from llmops.models.serving import start_server
 from llmops.models.serving.api import ApiError, CompletionRequest, Served, parse_completion
-from llmops.models.serving.app import start_server
 from llmops.monitoring.signals import extract
 from tests.helpers import make_registered_model, tiny_tokenizer
 
@@ -170,18 +170,18 @@ def test_models_and_health(server, client):
 
 
 def test_health_answers_while_generation_is_busy(server):
-    engine, generating = server.app.state.engine, server.app.state.generation_threads
+    engine, state = server.app.state.engine, server.app.state
     replies = []
     body = {"model": MODEL, "prompt": "Return the", "max_tokens": 2}
-    with engine.lock:  # stands for a long generation holding the model
+    with engine.scheduler.paused():  # stands for a long generation holding the model
         worker = threading.Thread(target=lambda: replies.append(
             httpx.post(f"{server.url}/v1/completions", json=body, timeout=30)))
         worker.start()
-        _wait_for(lambda: generating.borrowed_tokens == 1, "the completion to reach its generation thread")
+        _wait_for(lambda: state.in_flight == 1, "the completion to be admitted")
         # the completion now waits for the model: /health must not (were it to, it could never answer here)
         health = httpx.get(f"{server.url}/health", timeout=30)
         assert (health.status_code, health.json()["status"]) == (200, "ok")
-        assert not replies and generating.borrowed_tokens == 1, "the completion answered without the model"
+        assert not replies and state.in_flight == 1, "the completion answered without the model"
     worker.join(30)
     assert [r.status_code for r in replies] == [200], "the completion finishes once the model is free"
 
@@ -210,15 +210,16 @@ def test_logit_bias_and_openai_penalties_steer_greedy_decoding(client):
     ({"prompt": ["ok", ""]}, openai.BadRequestError, ["prompt[1]", "empty"]),
     ({"prompt": "x", "max_tokens": 33}, openai.BadRequestError, ["max_tokens", "32"]),
     ({"prompt": "x", "n": 4}, openai.BadRequestError, ["n is 4", "3"]),
-    ({"prompt": "x", "stream": True}, openai.BadRequestError, ["stream"]),
-    ({"prompt": "x", "logprobs": 2}, openai.BadRequestError, ["logprobs"]),
-    ({"prompt": "x", "echo": True}, openai.BadRequestError, ["echo"]),
+    ({"prompt": "x", "stream": True, "logprobs": 2}, openai.BadRequestError, ["logprobs", "stream"]),
+    ({"prompt": "x", "logprobs": 6}, openai.BadRequestError, ["logprobs"]),
+    ({"prompt": "x", "max_tokens": 0}, openai.BadRequestError, ["max_tokens is 0", "echo"]),
+    ({"prompt": [[1, 2], [10**6]]}, openai.BadRequestError, ["prompt[1]", "token id"]),
     ({"prompt": "x", "best_of": 3}, openai.BadRequestError, ["best_of"]),
     ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, openai.BadRequestError, ["stop", "4"]),
     ({"prompt": "x", "temperature": 2.5}, openai.BadRequestError, ["temperature"]),
     ({"prompt": "x", "extra_body": {"top_k": -1}}, openai.BadRequestError, ["top_k"]),
     ({"prompt": "x", "extra_body": {"temprature": 1}}, openai.BadRequestError, ["temprature"]),
-    ({"prompt": [[1, 2]]}, openai.BadRequestError, ["prompt", "token-id"]),
+    ({"prompt": [[1, 2], "mixed"]}, openai.BadRequestError, ["prompt", "token ids"]),
     ({"prompt": "x", "presence_penalty": 2.5}, openai.BadRequestError, ["presence_penalty"]),
     ({"prompt": "x", "frequency_penalty": -3}, openai.BadRequestError, ["frequency_penalty"]),
     ({"prompt": "x", "logit_bias": {"dog": 5}}, openai.BadRequestError, ["logit_bias", "'dog'", "token id"]),

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from llmops.infra.config import ServeConfig
 from llmops.infra.settings import get_settings
 from llmops.infra.store import LocalStore
-from llmops.models.serving.app import start_server
+from llmops.models.serving import start_server
 from llmops.models.serving.guard import InsecureBind, check_bind
 from tests.helpers import make_registered_model
 
@@ -107,7 +107,7 @@ def test_beyond_the_admission_limit_requests_get_429_with_retry_after_and_metric
     with start_server(store, MODEL, CFG, tmp_path / "cache") as handle:
         engine = handle.app.state.engine
         first: dict = {}
-        with engine.lock:  # generation waits here: the first request stays admitted
+        with engine.scheduler.paused():  # generation waits here: the first request stays admitted
             worker = threading.Thread(target=lambda: first.update(
                 r=httpx.post(f"{handle.url}/v1/completions", json=BODY, timeout=60)))
             worker.start()
