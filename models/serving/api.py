@@ -2,8 +2,6 @@
 response bodies."""
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Optional, Union
 
@@ -14,7 +12,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmops.infra.config import ServeConfig
-from llmops.models.model.generation import Completion, SamplingParams
+from llmops.models.model.generation import SamplingParams
 
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
 MAX_TOP_LOGPROBS = 5  # OpenAI's limit on completion logprobs alternatives
@@ -224,20 +222,6 @@ def parse_completion(req: CompletionRequest, cfg: ServeConfig, served: Served) -
     return ParsedRequest(prompts=prompts, sampling=sampling, n=n, version=version, logprobs=req.logprobs,
                          echo=bool(req.echo), stream=stream,
                          include_usage=bool(req.stream_options and req.stream_options.include_usage))
-
-
-def completion_body(response_id: str, model_id: str, results: Sequence[Sequence[Completion]],
-                    prompt_tokens: Sequence[int]) -> dict:
-    """An OpenAI ``text_completion`` object; choice ``i * n + j`` is the j-th completion of prompt i."""
-    choices = [
-        {"text": c.text, "index": index, "logprobs": None, "finish_reason": c.finish_reason}
-        for index, c in enumerate(c for per_prompt in results for c in per_prompt)
-    ]
-    completion_tokens = sum(c.tokens for per_prompt in results for c in per_prompt)
-    usage = {"prompt_tokens": sum(prompt_tokens), "completion_tokens": completion_tokens,
-             "total_tokens": sum(prompt_tokens) + completion_tokens}
-    return {"id": response_id, "object": "text_completion", "created": int(time.time()), "model": model_id,
-            "choices": choices, "usage": usage}
 
 
 def _validation_error(exc: RequestValidationError) -> ApiError:

@@ -23,8 +23,15 @@ from llmops.infra.store import ArtifactStore
 from llmops.infra.traffic.record import TrafficRecord
 from llmops.models.model.traffic import traffic_record
 from llmops.models.release.registry import Registry
-from llmops.models.serving.api import ApiError, CompletionRequest, install_error_handlers, parse_completion
+from llmops.models.serving.api import (
+    ApiError,
+    CompletionRequest,
+    ParsedRequest,
+    install_error_handlers,
+    parse_completion,
+)
 from llmops.models.serving.capture import CaptureFull, TrafficBuffer
+from llmops.models.serving.chat import ChatCompletionRequest, as_completion, chat_prompt
 from llmops.models.serving.completions import Flight
 from llmops.models.serving.engine import Engine, ReloadError
 from llmops.models.serving.guard import Guard, Keys
@@ -260,30 +267,36 @@ def _add_routes(app: FastAPI) -> None:
         raise ApiError(404, f"The model {model_id!r} does not exist or is not served here", param="model",
                        code="model_not_found")
 
-    @app.post("/v1/completions")
-    async def completions(request: CompletionRequest, http: Request) -> Response:
-        parsed = parse_completion(request, app.state.cfg, engine.served())
-        trace = {"x_request_id": http.state.request_id, "user": request.user}
+    async def answer(parsed: ParsedRequest, http: Request, user: Optional[str], chat: bool) -> Response:
+        trace = {"x_request_id": http.state.request_id, "user": user}
         launch = partial(Flight.launch, parsed, engine.submit, timeout_s=app.state.cfg.request_timeout_s,
-                         capture=app.state.buffer is not None)
-        if parsed.stream:
-            release = _admit(app)
-            try:
-                flight = launch()
-            except BaseException:
-                release()
-                raise
-            return StreamingResponse(_streamed(app, flight, trace, release), media_type="text/event-stream")
+                         capture=app.state.buffer is not None, chat=chat)
         release = _admit(app)
         try:
             flight = launch()
+            if parsed.stream:
+                return StreamingResponse(_streamed(app, flight, trace, release), media_type="text/event-stream")
             await flight.wait(http)
-        finally:
+        except BaseException:
             release()
+            raise
+        release()
         flight.raise_error()
         _capture(app, flight, trace)
         _finished(app, flight)
         return JSONResponse(flight.body(engine.registry.name))
+
+    @app.post("/v1/completions")
+    async def completions(request: CompletionRequest, http: Request) -> Response:
+        parsed = parse_completion(request, app.state.cfg, engine.served())
+        return await answer(parsed, http, request.user, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: ChatCompletionRequest, http: Request) -> Response:
+        served, loaded = engine.served(), engine.loaded
+        prompt = chat_prompt(request, loaded.tokenizer)
+        parsed = parse_completion(as_completion(request, prompt), app.state.cfg, served)
+        return await answer(parsed, http, request.user, chat=True)
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -15,6 +15,7 @@ from typing import Optional
 from fastapi import Request
 
 from llmops.models.serving.api import ApiError, ParsedRequest
+from llmops.models.serving.chat import chat_logprobs
 from llmops.models.serving.jobs import Job, RequestTimeout, make_jobs
 
 log = logging.getLogger("llmops.serving")
@@ -32,10 +33,15 @@ class Flight:
     response_id: str
     received: datetime
     started: float  # time.monotonic() at arrival
+    chat: bool = False  # answered as a chat completion
+
+    @property
+    def kind(self) -> str:
+        return "chat.completion" if self.chat else "text_completion"
 
     @classmethod
     def launch(cls, request: ParsedRequest, submit: Callable[[list[Job]], None], *, timeout_s: float,
-               capture: bool) -> Flight:
+               capture: bool, chat: bool = False) -> Flight:
         loop, updates = asyncio.get_running_loop(), asyncio.Queue()
 
         def notify(job: Job) -> None:  # the engine thread
@@ -45,8 +51,8 @@ class Flight:
         jobs = make_jobs(request.prompts, request.sampling, request.n, timeout_s=timeout_s, notify=notify,
                          top_logprobs=request.logprobs or 0, detail=request.logprobs is not None,
                          echo=request.echo, score=score, stream=request.stream, pinned_version=request.version)
-        flight = cls(request, jobs, updates, f"cmpl-{uuid.uuid4().hex}", datetime.now(timezone.utc),
-                     time.monotonic())
+        flight = cls(request, jobs, updates, f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
+                     datetime.now(timezone.utc), time.monotonic(), chat)
         submit(jobs)
         return flight
 
@@ -100,11 +106,17 @@ class Flight:
 
     def body(self, name: str) -> dict:
         choices = []
+        detail = self.request.logprobs is not None
         for index, job in self.choices():
+            if self.chat:
+                choices.append({"index": index, "message": {"role": "assistant", "content": job.text},
+                                "logprobs": chat_logprobs(job.pieces) if detail else None,
+                                "finish_reason": job.finish_reason})
+                continue
             text = job.prompt_text + job.text if self.request.echo else job.text
-            logprobs = _logprobs(job, self.request.echo) if self.request.logprobs is not None else None
+            logprobs = _logprobs(job, self.request.echo) if detail else None
             choices.append({"text": text, "index": index, "logprobs": logprobs, "finish_reason": job.finish_reason})
-        return {"id": self.response_id, "object": "text_completion", "created": int(time.time()),
+        return {"id": self.response_id, "object": self.kind, "created": int(time.time()),
                 "model": f"{name}:{self.jobs[0].version}", "choices": choices, "usage": self.usage()}
 
     # -- streaming --------------------------------------------------------------------------------
@@ -113,6 +125,7 @@ class Flight:
         choice's finish reason, the usage chunk when asked for, then ``[DONE]``. ``on_done`` (capture) runs
         before ``[DONE]``; an error after the stream began is sent as an ``error`` event."""
         sent = {id(j): 0 for j in self.jobs}
+        sent_any: dict[int, bool] = {}  # choice index -> a chunk went out (a chat stream's first carries the role)
         finished: set[int] = set()
         model = None
         while len(finished) < len(self.jobs):
@@ -130,8 +143,13 @@ class Flight:
                 continue
             sent[id(job)] = len(job.text)
             for k in range(job.copies):
-                choice = {"text": delta, "index": job.index * job.copies + k, "logprobs": None,
-                          "finish_reason": job.finish_reason if job.done else None}
+                index, finish = job.index * job.copies + k, job.finish_reason if job.done else None
+                if self.chat:
+                    message = {"content": delta} if sent_any.get(index) else {"role": "assistant", "content": delta}
+                    sent_any[index] = True
+                    choice = {"index": index, "delta": message, "logprobs": None, "finish_reason": finish}
+                else:
+                    choice = {"text": delta, "index": index, "logprobs": None, "finish_reason": finish}
                 yield _sse(self._chunk(model, [choice]))
         try:
             on_done()
@@ -143,8 +161,8 @@ class Flight:
         yield b"data: [DONE]\n\n"
 
     def _chunk(self, model: Optional[str], choices: list[dict]) -> dict:
-        return {"id": self.response_id, "object": "text_completion", "created": int(time.time()), "model": model,
-                "choices": choices}
+        kind = "chat.completion.chunk" if self.chat else "text_completion"
+        return {"id": self.response_id, "object": kind, "created": int(time.time()), "model": model, "choices": choices}
 
 
 def _logprobs(job: Job, echo: bool) -> dict:

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-ROUTES = ("/v1/completions", "/v1/models", "/health", "/metrics", "/admin/reload", "/admin/flush")
+ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/admin/reload",
+          "/admin/flush")
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 __all__ = ["CONTENT_TYPE_LATEST", "ServerMetrics", "route_label"]

@@ -198,3 +198,39 @@ def test_prompt_surprisal_comes_from_the_prefill_and_matches_scoring(client, sto
     record = next(r for r in records if r["id"] == out.id)
     expected = score_prompts(loaded.model, loaded.tokenizer, [prompt])[0].mean_nll
     assert math.isclose(record["features"]["prompt_surprisal"], expected, abs_tol=1e-4)
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<assistant>{% endif %}")
+
+
+def test_chat_without_a_template_is_a_clear_400(client):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    assert "chat template" in info.value.message and info.value.body["code"] == "chat_template_missing"
+
+
+def test_chat_completions_render_the_template_and_stream(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    make_registered_model(store, "chat", files={"chat_template.jinja": CHAT_TEMPLATE})
+    with start_server(store, "chat", CFG, tmp_path / "cache") as handle:
+        client = OpenAI(base_url=f"{handle.url}/v1", api_key="unused", max_retries=0, timeout=60)
+        messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Return the"}]
+        rendered = "<system>Be brief.\n<user>Return the\n<assistant>"
+        same = client.completions.create(model="chat", prompt=rendered, max_tokens=10, temperature=0)
+        chat = client.chat.completions.create(model="chat", messages=messages, max_tokens=10, temperature=0,
+                                              logprobs=True, top_logprobs=2)
+        assert chat.object == "chat.completion" and chat.choices[0].message.role == "assistant"
+        assert chat.choices[0].message.content == same.choices[0].text
+        assert chat.usage.prompt_tokens == same.usage.prompt_tokens
+        content = chat.choices[0].logprobs.content
+        assert "".join(t.token for t in content) == same.choices[0].text and len(content[0].top_logprobs) == 2
+        chunks = list(client.chat.completions.create(model="chat", messages=messages, max_tokens=10, temperature=0,
+                                                     stream=True))
+        assert chunks[0].choices[0].delta.role == "assistant"
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == same.choices[0].text
+        assert chunks[-1].choices[0].finish_reason == chat.choices[0].finish_reason
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model="chat", messages=messages, tools=[
+                {"type": "function", "function": {"name": "f", "parameters": {}}}])
+        assert "tools" in info.value.message
