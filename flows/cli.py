@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from llmops import __version__
+from llmops.flows.local.shutdown import sigterm_as_interrupt
 
 
 def _environment_defaults() -> None:
@@ -72,12 +73,17 @@ def cmd_serve(args) -> int:
     config = load_config(args)
     serve_cfg = config.serve.model_copy(update={k: v for k, v in {
         "host": args.host, "port": args.port, "alias": args.alias, "variant": args.variant,
-        "insecure": args.insecure or None}.items() if v is not None})
+        "insecure": args.insecure or None, "log_format": "json" if args.log_json else None}.items() if v is not None})
     try:
-        serve(open_store(), config.model_name, serve_cfg, Path(get_settings().cache_dir))
+        # uvicorn handles SIGINT and SIGTERM itself (requests finish, the lifespan flushes the captured traffic),
+        # then raises the signal again once it has stopped: as a KeyboardInterrupt, that is a clean exit
+        with sigterm_as_interrupt():
+            serve(open_store(), config.model_name, serve_cfg, Path(get_settings().cache_dir))
     except InsecureBind as exc:
         print(f"llmops serve: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        pass
     return 0
 
 
@@ -150,7 +156,12 @@ def cmd_models(args) -> int:
 def cmd_deploy(args) -> int:
     from llmops.flows.deployments import serve_deployments
 
-    serve_deployments(load_config(args))
+    config = load_config(args)
+    try:  # once serving, Prefect's runner handles SIGTERM itself: it stops and exits 0
+        with sigterm_as_interrupt():
+            serve_deployments(config)
+    except KeyboardInterrupt:
+        pass
     return 0
 
 
@@ -175,12 +186,13 @@ COMMANDS = [
         _arg("--keep-running", action="store_true", help="leave the servers up at the end (Ctrl-C stops them)")]),
     ("train", "run the training pipeline on the given sources", cmd_train, [
         _arg("--data", nargs="+", help="files, folders, globs, s3:// prefixes, builtin:// corpora")]),
-    ("serve", "serve the production model (OpenAI-compatible /v1/completions)", cmd_serve, [
+    ("serve", "serve the production model (OpenAI-compatible /v1/completions and /v1/chat/completions)", cmd_serve, [
         _arg("--host"), _arg("--port", type=int),
         _arg("--alias", help="registry alias to serve (default: production)"),
         _arg("--variant", choices=["fp32", "int8"]),
         _arg("--insecure", action="store_true",
-             help="serve a non-loopback --host without an API key (LLMOPS_API_KEY); refused otherwise")]),
+             help="serve a non-loopback --host without an API key (LLMOPS_API_KEY); refused otherwise"),
+        _arg("--log-json", action="store_true", help="log one JSON object per line (serve.log_format=json)")]),
     ("monitor", "drift check between two text files, or replay stored traffic windows", cmd_monitor, [
         _arg("--reference", type=Path, help="reference texts (.jsonl with {'text': ...} or .txt)"),
         _arg("--current", type=Path, help="current texts, same formats"),

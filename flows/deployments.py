@@ -1,4 +1,5 @@
-"""Deployment definitions: the pipeline, the scheduled drift check, and retraining on a cron and on drift events."""
+"""Deployment definitions: the pipeline, the scheduled drift check, retraining on a cron and on drift events, and
+the canary check."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -8,6 +9,7 @@ from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLi
 from prefect.events import DeploymentEventTrigger
 from prefect.schedules import Cron, Interval
 
+from llmops.flows.canary import canary_check
 from llmops.flows.monitor_drift import monitor_drift
 from llmops.flows.retrain import retrain
 from llmops.flows.training_pipeline import training_pipeline
@@ -25,6 +27,20 @@ def drift_trigger(config: PipelineConfig) -> DeploymentEventTrigger:
         schedule_after=timedelta(minutes=config.schedule.retrain_delay_minutes),
         # a single-expression template keeps its JSON type: the flow receives the payload as a DriftEvent
         parameters={"reason": "drift", "drift_event_id": "{{ event.id | string }}", "drift": "{{ event.payload }}"},
+    )
+
+
+CANARY_STARTED = "llmops.model.canary_started"
+
+
+def canary_trigger(config: PipelineConfig) -> DeploymentEventTrigger:
+    """Check the canary ``serve.canary.check_every_minutes`` after a promotion makes one."""
+    return DeploymentEventTrigger(
+        name=f"check-{config.model_name}-canary",
+        description=f"Check {config.model_name}'s canary after {CANARY_STARTED}",
+        expect={CANARY_STARTED},
+        match={"prefect.resource.id": f"llmops.model.{config.model_name}"},
+        schedule_after=timedelta(minutes=config.serve.canary.check_every_minutes),
     )
 
 
@@ -49,6 +65,9 @@ def build_deployments(config: PipelineConfig) -> list:
     """Runner deployments carrying ``config`` as their default parameters (the UI renders it as a form)."""
     params = {"config": config.model_dump(mode="json")}
     monitor_schedules, retrain_schedules = _schedules(config)
+    canary = config.serve.canary
+    canary_schedules = ([Interval(timedelta(minutes=canary.check_every_minutes), timezone=config.schedule.timezone)]
+                        if canary.enabled and canary.check_every_minutes else [])
     # One at a time, the newcomer cancelled rather than queued. Retrain: a burst of drift events must not become
     # a series of retrains (persistent drift re-emits after the cooldown). Monitor: two overlapping checks would
     # both read the cooldown state before either wrote it; a skipped check is redone at the next interval.
@@ -69,11 +88,21 @@ def build_deployments(config: PipelineConfig) -> list:
             triggers=[drift_trigger(config)], concurrency_limit=one_at_a_time,
             description="Retrain through the gate, on a schedule and on drift.",
         ),
+        canary_check.to_deployment(
+            name="canary", parameters=params, tags=["llmops"], schedules=canary_schedules,
+            triggers=[canary_trigger(config)] if canary.enabled else [], concurrency_limit=one_at_a_time,
+            description="Promote the canary or roll it back on the traffic each version served (serve.canary).",
+        ),
     ]
 
 
 def serve_deployments(config: PipelineConfig) -> None:
-    """Register the deployments with the configured Prefect API and run their flows here (blocks)."""
+    """Register the deployments with the configured Prefect API and run their flows here, until SIGINT or SIGTERM.
+
+    Stopping leaves the deployments as they are. Prefect's default (``pause_on_shutdown``) pauses each of them on
+    the way out, which stops their schedules on the API for everyone (the UI, another runner) until a serve applies
+    them again: a restart, a ``docker stop`` or a rolling redeploy must not do that.
+    """
     from prefect import serve
 
-    serve(*build_deployments(config), print_starting_message=True)
+    serve(*build_deployments(config), pause_on_shutdown=False, print_starting_message=True)

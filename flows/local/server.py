@@ -59,22 +59,51 @@ class ChildProcess:
             return ""
 
     def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM to the child's process group, then SIGKILL: a runner's flow-run subprocesses stop with it."""
-        if not self.running():
+        """SIGTERM to the child's process group, then SIGKILL to what is left of it after ``timeout``.
+
+        The group holds what the child started (a runner's flow-run subprocesses, whatever a server spawns): the
+        stop waits for all of it, not only for the child, so nothing outlives it. A second Ctrl-C or SIGTERM during
+        the wait (a KeyboardInterrupt) skips to SIGKILL.
+        """
+        if self.proc is None or self._log.closed:
             return
-        self._signal(signal.SIGTERM)
         try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+            self._signal(signal.SIGTERM)
+            if not self._wait_group(timeout):
+                self._signal(signal.SIGKILL)
+                self._wait_group(5.0)
+        except KeyboardInterrupt:
             self._signal(signal.SIGKILL)
             self.proc.wait()
-        self._log.close()
+        finally:
+            self._log.close()
 
     def _signal(self, sig: int) -> None:
         try:  # the child leads its own session (start_new_session), so its group holds only what it started
             os.killpg(self.proc.pid, sig)
         except ProcessLookupError:
             pass
+
+    def _wait_group(self, timeout: float) -> bool:
+        """Wait until the child and every process of its group have exited; False if some are left at ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None or self._group_alive():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
+    def _group_alive(self) -> bool:
+        try:  # as PID 1 of a container we inherit the group's orphans: reap those that exited (zombies count as alive)
+            while os.waitpid(-self.proc.pid, os.WNOHANG)[0]:
+                pass
+        except ChildProcessError:
+            pass
+        try:
+            os.killpg(self.proc.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
 
 
 class LocalPrefectServer(ChildProcess):
