@@ -34,7 +34,8 @@ def run_stages(config: PipelineConfig, dataset: Optional[DatasetRef] = None) -> 
     quant = quantize_model(run, dataset, config.compress, config.eval, config.model_name)
     profile = build_reference_profile(run, dataset, config, number)
     version = register_model(config, number, dataset, tokenizer, run, evaluation, quant, profile)
-    production = promote_model(version, evaluation, config.promote)
+    canary = config.serve.canary.alias if config.serve.canary.enabled else None
+    production = promote_model(version, evaluation, config.promote, canary)
     return PipelineReport(
         model_name=config.model_name, dataset=dataset, tokenizer=tokenizer, run=run, evaluation=evaluation,
         quantization=quant, version=version, promoted=production == version.version,

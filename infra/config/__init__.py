@@ -17,11 +17,11 @@ from llmops.infra.config.evaluation import CompressConfig, EvalConfig, GateConfi
 from llmops.infra.config.model import ModelConfig, PresetName
 from llmops.infra.config.monitoring import MonitorConfig, ScheduleConfig, SignalThresholds
 from llmops.infra.config.pipeline import PipelineConfig
-from llmops.infra.config.serving import ServeConfig
+from llmops.infra.config.serving import CanaryConfig, ServeConfig
 from llmops.infra.config.train import DistributedSettings, LoraSettings, TrainConfig
 
 __all__ = [
-    "ADDED_LATER", "AdaptConfig", "RedactSettings",
+    "ADDED_LATER", "AdaptConfig", "CanaryConfig", "RedactSettings",
     "EXECUTION_ONLY", "CompressConfig", "ConfigError", "DataConfig", "DistributedSettings", "EvalConfig",
     "Frozen", "GateConfig", "GenerationSettings", "LoraSettings", "ModelConfig", "MonitorConfig", "PipelineConfig",
     "PresetName", "RunIdRule", "ScheduleConfig", "ServeConfig", "SignalThresholds", "TokenizerConfig", "TrainConfig",

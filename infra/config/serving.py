@@ -8,6 +8,30 @@ from pydantic import Field
 from llmops.infra.config.base import Frozen
 
 
+class CanaryConfig(Frozen):
+    """Promotion through a canary: the gate's winner serves a share of traffic beside production, and a check
+    (the ``canary`` deployment) promotes it or rolls it back on the traffic each one served."""
+
+    enabled: bool = Field(False, description="A passing candidate becomes the canary instead of production.")
+    alias: str = "canary"
+    share: float = Field(0.1, ge=0, le=1, description="Share of requests the canary answers (sticky per user).")
+    mode: Literal["split", "shadow"] = Field(
+        "split", description="split: the canary answers its share; shadow: it answers a copy of every request, "
+        "captured, never returned.",
+    )
+    min_requests: int = Field(200, ge=1, description="Requests each side must have served before a decision.")
+    max_error_rate_increase: float = Field(0.01, ge=0, description="Canary error rate minus production's, at most.")
+    max_latency_ratio: float = Field(1.5, gt=0, description="Canary p95 latency over production's, at most.")
+    max_logprob_drop: float = Field(
+        0.25, ge=0, description="Nats per token the canary's mean completion log-prob may lie below production's.",
+    )
+    drift_alpha: float = Field(0.01, gt=0, lt=1, description="Significance of a completion feature's KS test.")
+    max_drift_effect: float = Field(
+        0.5, gt=0, le=1, description="Largest KS statistic between the two sides' completion features tolerated.",
+    )
+    check_every_minutes: int = Field(10, ge=0, description="How often the canary deployment checks; 0: never.")
+
+
 class ServeConfig(Frozen):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -49,6 +73,10 @@ class ServeConfig(Frozen):
         False,
         description="Allow binding a non-loopback host without an API key (LLMOPS_API_KEY); refused otherwise.",
     )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="llmops serve's log lines: text, or one JSON object per line (with the request id).",
+    )
+    canary: CanaryConfig = CanaryConfig()
     capture_spool_mb: float = Field(
         256.0, gt=0,
         description="Most megabytes of the local write-ahead spool (<cache>/spool/<model>/) where each record is "

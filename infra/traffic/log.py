@@ -58,6 +58,11 @@ def traffic_prefix(model: str) -> str:
     return f"traffic/{model}"
 
 
+def outcomes_prefix(model: str) -> str:
+    """Where servers write each version's answered and failed request counts (one JSON object per process)."""
+    return f"serving/{model}/outcomes/"
+
+
 def partition_prefix(model: str, hour: datetime) -> str:
     """``traffic/<model>/<yyyy>/<mm>/<dd>/<hh>`` of the UTC hour containing ``hour``."""
     return f"{traffic_prefix(model)}/{hour.astimezone(timezone.utc):%Y/%m/%d/%H}"

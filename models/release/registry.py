@@ -174,6 +174,24 @@ class Registry:
         log.info("%s/%s rolled back %d -> %d", self.name, alias, current, target)
         return current, target
 
+    def clear_alias(self, alias: str, reason: str) -> Optional[int]:
+        """Point ``alias`` at nothing (a canary promoted or rolled back); return the version it named."""
+        state = self._alias_state(alias)
+        if not state or state.get("version") is None:
+            return None
+        entry = {"version": None, "at": _now(), "reason": reason, "action": "clear", "from": state["version"]}
+        self.store.put_json(f"{self.root}/aliases/{alias}.json", {
+            "alias": alias, "version": None, "updated_at": entry["at"], "reason": reason,
+            "stack": state["stack"], "log": [*state["log"], entry],
+        })
+        log.info("%s/%s cleared (was version %d): %s", self.name, alias, state["version"], reason)
+        return state["version"]
+
+    def alias_set_at(self, alias: str) -> Optional[str]:
+        """When ``alias`` last moved (ISO 8601), None if it never did."""
+        state = self._alias_state(alias)
+        return state["updated_at"] if state else None
+
     def history(self, alias: str = "production") -> list[dict]:
         state = self._alias_state(alias)
         return state["log"] if state else []

@@ -77,10 +77,12 @@ def smoke_test(store: ArtifactStore, name: str, version: int, cache_dir: Path) -
     return samples
 
 
-def release(store: ArtifactStore, name: str, version: int, promote: bool, reason: str) -> Optional[int]:
-    """Point staging at the new version, and production too when the gate passed; return production's version."""
+def release(store: ArtifactStore, name: str, version: int, promote: bool, reason: str,
+            canary: Optional[str] = None) -> Optional[int]:
+    """Point staging at the new version, and production too when the gate passed (the ``canary`` alias instead,
+    when given: the canary check promotes it later); return production's version."""
     registry = Registry(store, name)
     registry.set_alias("staging", version, reason)
     if promote:
-        registry.set_alias("production", version, reason)
+        registry.set_alias(canary or "production", version, reason)
     return registry.alias("production")

@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from functools import partial
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -36,6 +36,7 @@ from llmops.models.serving.completions import Flight
 from llmops.models.serving.engine import Engine, ReloadError
 from llmops.models.serving.guard import Guard, Keys
 from llmops.models.serving.metrics import CONTENT_TYPE_LATEST, ServerMetrics
+from llmops.models.serving.rollout import Rollout
 
 log = logging.getLogger("llmops.serving")
 
@@ -49,13 +50,16 @@ def create_app(store: ArtifactStore, model_name: str, cfg: ServeConfig, cache_di
     ``LLMOPS_API_KEY_FILE``) are required on every route but /health; without any, only /admin/* needs one:
     the process's own admin key (``app.state.keys.admin``).
     """
-    engine = Engine(Registry(store, model_name), cfg, Path(cache_dir))
+    registry = Registry(store, model_name)
+    engine = Engine(registry, cfg, Path(cache_dir))
+    rollout = Rollout(engine, Engine(registry, cfg, Path(cache_dir), alias=cfg.canary.alias, follows=engine),
+                      cfg.canary)
     try:
-        engine.reload()
+        rollout.reload()
     except ReloadError as exc:
         log.error("starting without a model: %s", exc)
     app = FastAPI(title=f"llmops: {model_name}", lifespan=_lifespan)
-    app.state.engine = engine
+    app.state.engine, app.state.rollout, app.state.store = engine, rollout, store
     app.state.cfg = cfg
     app.state.model_name = model_name
     # per store and model: what was spooled for one store is never shipped to another
@@ -66,6 +70,7 @@ def create_app(store: ArtifactStore, model_name: str, cfg: ServeConfig, cache_di
     app.state.keys = Keys(api_keys(get_settings()) if keys is None else keys)
     app.state.metrics = ServerMetrics()
     app.state.in_flight = 0
+    app.state.shadows = set()
     app.add_middleware(Guard, keys=app.state.keys, max_body_bytes=cfg.max_body_bytes, metrics=app.state.metrics)
     install_error_handlers(app)
     _add_routes(app)
@@ -88,16 +93,20 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await anyio.to_thread.run_sync(app.state.engine.stop)
+        await anyio.to_thread.run_sync(app.state.rollout.stop)
         if buffer is not None:
-            await anyio.to_thread.run_sync(_flush_logged, buffer)
+            await anyio.to_thread.run_sync(_flush_logged, app)
             buffer.close()
 
 
-def _flush_logged(buffer: TrafficBuffer) -> bool:
-    """Flush; a store failure is logged, never raised (the records stay buffered). Return success."""
+def _flush_logged(app: FastAPI) -> bool:
+    """Flush the records and write the outcome counts; a store failure is logged, never raised (the records stay
+    buffered). Return success."""
+    buffer: TrafficBuffer = app.state.buffer
     try:
-        buffer.flush()
+        if len(buffer):
+            buffer.flush()
+        app.state.rollout.write(app.state.store, app.state.model_name)
         return True
     except Exception:
         log.exception("writing %d traffic records failed; kept for the next flush", len(buffer))
@@ -106,24 +115,24 @@ def _flush_logged(buffer: TrafficBuffer) -> bool:
 
 async def _flush_loop(app: FastAPI) -> None:
     """Flush every ``flush_interval_s``, or sooner once ``flush_every`` records wait."""
-    cfg, buffer, wanted = app.state.cfg, app.state.buffer, app.state.flush_wanted
+    cfg, wanted = app.state.cfg, app.state.flush_wanted
     while True:
         try:
             await asyncio.wait_for(wanted.wait(), timeout=cfg.flush_interval_s)
         except asyncio.TimeoutError:
             pass
         wanted.clear()
-        if len(buffer) and not await anyio.to_thread.run_sync(_flush_logged, buffer):
+        if not await anyio.to_thread.run_sync(_flush_logged, app):
             await asyncio.sleep(cfg.flush_interval_s)  # back off: do not retry on every request
 
 
 async def _reload_loop(app: FastAPI) -> None:
-    """Swap in a newly promoted version when the alias moves."""
-    engine: Engine = app.state.engine
+    """Swap in a newly promoted version when the alias moves; start or stop serving a canary."""
+    rollout: Rollout = app.state.rollout
     while True:
         await asyncio.sleep(app.state.cfg.reload_interval_s)
         try:
-            await anyio.to_thread.run_sync(engine.reload)
+            await anyio.to_thread.run_sync(rollout.reload)
         except ReloadError as exc:
             log.warning("alias check: %s", exc)
 
@@ -131,27 +140,34 @@ async def _reload_loop(app: FastAPI) -> None:
 # -- routes ---------------------------------------------------------------------------------------
 def _health(app: FastAPI) -> JSONResponse:
     engine: Engine = app.state.engine
-    cfg: ServeConfig = app.state.cfg
+    rollout: Rollout = app.state.rollout
     loaded = engine.loaded
-    body = {"status": "ok" if loaded else "unavailable", "model": engine.registry.name,
-            "version": loaded.version if loaded else None, "variant": cfg.variant, "alias": cfg.alias}
+    body = {"status": "ok" if loaded else "unavailable", "model": engine.registry.name, **engine.health()}
     if loaded is None:
         body["reason"] = engine.unavailable
+    if rollout.canary.loaded is not None:
+        body["canary"] = {**rollout.canary.health(), "mode": rollout.cfg.mode, "share": rollout.cfg.share}
     body["stats"] = dict(engine.stats)
     if app.state.buffer is not None:
         body["capture"] = app.state.buffer.stats()
     return JSONResponse(body, status_code=200 if loaded else 503)
 
 
-def _model_cards(engine: Engine) -> list[dict]:
-    """OpenAI's model objects, plus what is served behind each id: the alias, the version and the variant."""
-    loaded = engine.loaded
-    if loaded is None:
-        return []
-    created = int(loaded.manifest.created_at.timestamp())
-    served = {"alias": engine.cfg.alias, "version": loaded.version, "variant": loaded.variant}
-    return [{"id": model_id, "object": "model", "created": created, "owned_by": "llmops", **served}
-            for model_id in (loaded.name, f"{loaded.name}:{loaded.version}")]
+def _model_cards(rollout: Rollout) -> list[dict]:
+    """OpenAI's model objects, plus what is served behind each id: the alias, the version and the variant. The
+    plain name is production's; a canary is listed by ``name:version``."""
+    cards = []
+    for engine in rollout.engines:
+        loaded = engine.loaded
+        if loaded is None:
+            continue
+        created = int(loaded.manifest.created_at.timestamp())
+        served = {"alias": engine.alias, "version": loaded.version, "variant": loaded.variant}
+        ids = [f"{loaded.name}:{loaded.version}"] if engine is rollout.canary else [
+            loaded.name, f"{loaded.name}:{loaded.version}"]
+        cards += [{"id": model_id, "object": "model", "created": created, "owned_by": "llmops", **served}
+                  for model_id in ids]
+    return cards
 
 
 def _capture(app: FastAPI, flight: Flight, trace: dict[str, Optional[str]]) -> None:
@@ -212,11 +228,57 @@ async def _streamed(app: FastAPI, flight: Flight, trace: dict[str, Optional[str]
     try:
         async for chunk in flight.events(app.state.engine.registry.name, lambda: _capture(app, flight, trace)):
             yield chunk
-        if flight.done and not any(j.error for j in flight.jobs):
+        if flight.done:
+            app.state.rollout.count(flight.version, flight.error is None)
+        if flight.done and flight.error is None:
             _finished(app, flight)
     finally:
         flight.cancel()
         release()
+
+
+async def _answer(app: FastAPI, parsed: ParsedRequest, http: Request, user: Optional[str], chat: bool) -> Response:
+    """Answer from the engine the rollout routes the request to; in shadow mode the canary answers a copy."""
+    rollout: Rollout = app.state.rollout
+    engine = rollout.route(user)
+    trace = {"x_request_id": http.state.request_id, "user": user}
+    release = _admit(app)
+    try:
+        flight = Flight.launch(parsed, engine.submit, timeout_s=app.state.cfg.request_timeout_s,
+                               capture=app.state.buffer is not None, chat=chat)
+        _shadowed(app, parsed, flight.response_id, trace)
+        if parsed.stream:
+            return StreamingResponse(_streamed(app, flight, trace, release), media_type="text/event-stream")
+        await flight.wait(http)
+    except BaseException:
+        release()
+        raise
+    release()
+    rollout.count(flight.version, flight.error is None)
+    flight.raise_error()
+    _capture(app, flight, trace)
+    _finished(app, flight)
+    return JSONResponse(flight.body(engine.registry.name))
+
+
+def _shadowed(app: FastAPI, parsed: ParsedRequest, response_id: str, trace: dict[str, Optional[str]]) -> None:
+    """In shadow mode, the canary answers a copy in the background: counted and captured (``<id>-shadow``), never
+    returned. A full canary queue skips the copy rather than delay anyone."""
+    canary = app.state.rollout.shadow()
+    if canary is None or canary.scheduler is None or canary.scheduler.queued >= app.state.cfg.max_queue:
+        return
+
+    async def run() -> None:
+        flight = Flight.launch(replace(parsed, stream=False), canary.submit, timeout_s=app.state.cfg.request_timeout_s,
+                               capture=app.state.buffer is not None, response_id=f"{response_id}-shadow")
+        await flight.wait(None)
+        app.state.rollout.count(flight.version, flight.error is None)
+        if flight.error is None:
+            _capture(app, flight, trace)
+
+    task = asyncio.create_task(run(), name=f"llmops-shadow-{response_id}")
+    app.state.shadows.add(task)  # a reference until it is done: the loop keeps only weak ones
+    task.add_done_callback(app.state.shadows.discard)
 
 
 def _finished(app: FastAPI, flight: Flight) -> None:
@@ -235,13 +297,13 @@ def _finished(app: FastAPI, flight: Flight) -> None:
 def _refresh_gauges(app: FastAPI, metrics: ServerMetrics) -> None:
     """The gauges that mirror state: admitted requests, what is served, the capture backlog."""
     metrics.in_flight.set(app.state.in_flight)
-    scheduler = app.state.engine.scheduler
-    metrics.queued.set(scheduler.queued if scheduler else 0)
-    metrics.running.set(scheduler.running if scheduler else 0)
-    loaded = app.state.engine.loaded
+    schedulers = [e.scheduler for e in app.state.rollout.engines if e.scheduler is not None]
+    metrics.queued.set(sum(s.queued for s in schedulers))
+    metrics.running.set(sum(s.running for s in schedulers))
     metrics.served.clear()
-    if loaded is not None:
-        metrics.served.labels(str(loaded.version), loaded.variant).set(1)
+    for engine in app.state.rollout.engines:
+        if engine.loaded is not None:
+            metrics.served.labels(str(engine.loaded.version), engine.loaded.variant).set(1)
     if app.state.buffer is not None:
         stats = app.state.buffer.stats()
         metrics.capture_backlog.set(stats["buffered"])
@@ -257,46 +319,27 @@ def _add_routes(app: FastAPI) -> None:
 
     @app.get("/v1/models")
     async def list_models() -> dict:
-        return {"object": "list", "data": _model_cards(engine)}
+        return {"object": "list", "data": _model_cards(app.state.rollout)}
 
     @app.get("/v1/models/{model_id}")
     async def get_model(model_id: str) -> dict:
-        for card in _model_cards(engine):
+        for card in _model_cards(app.state.rollout):
             if card["id"] == model_id:
                 return card
         raise ApiError(404, f"The model {model_id!r} does not exist or is not served here", param="model",
                        code="model_not_found")
 
-    async def answer(parsed: ParsedRequest, http: Request, user: Optional[str], chat: bool) -> Response:
-        trace = {"x_request_id": http.state.request_id, "user": user}
-        launch = partial(Flight.launch, parsed, engine.submit, timeout_s=app.state.cfg.request_timeout_s,
-                         capture=app.state.buffer is not None, chat=chat)
-        release = _admit(app)
-        try:
-            flight = launch()
-            if parsed.stream:
-                return StreamingResponse(_streamed(app, flight, trace, release), media_type="text/event-stream")
-            await flight.wait(http)
-        except BaseException:
-            release()
-            raise
-        release()
-        flight.raise_error()
-        _capture(app, flight, trace)
-        _finished(app, flight)
-        return JSONResponse(flight.body(engine.registry.name))
-
     @app.post("/v1/completions")
     async def completions(request: CompletionRequest, http: Request) -> Response:
         parsed = parse_completion(request, app.state.cfg, engine.served())
-        return await answer(parsed, http, request.user, chat=False)
+        return await _answer(app, parsed, http, request.user, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: ChatCompletionRequest, http: Request) -> Response:
         served, loaded = engine.served(), engine.loaded
         prompt = chat_prompt(request, loaded.tokenizer)
         parsed = parse_completion(as_completion(request, prompt), app.state.cfg, served)
-        return await answer(parsed, http, request.user, chat=True)
+        return await _answer(app, parsed, http, request.user, chat=True)
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -305,7 +348,7 @@ def _add_routes(app: FastAPI) -> None:
     @app.post("/admin/reload")
     async def reload() -> dict:
         try:
-            old, new = await anyio.to_thread.run_sync(engine.reload, True)
+            old, new = await anyio.to_thread.run_sync(app.state.rollout.reload, True)
         except ReloadError as exc:
             raise ApiError(503, str(exc), type="service_unavailable", code="reload_failed") from None
         return {"old_version": old, "new_version": new, "changed": old != new}
@@ -317,6 +360,7 @@ def _add_routes(app: FastAPI) -> None:
             return {"written": 0, "buffered": 0, "capture": False}
         try:
             written = await anyio.to_thread.run_sync(buffer.flush)
+            await anyio.to_thread.run_sync(app.state.rollout.write, app.state.store, app.state.model_name)
         except Exception as exc:
             log.exception("flush requested through /admin/flush failed")
             raise ApiError(503, f"writing the traffic log failed: {exc}; {len(buffer)} records stay buffered",

@@ -41,7 +41,7 @@ class Flight:
 
     @classmethod
     def launch(cls, request: ParsedRequest, submit: Callable[[list[Job]], None], *, timeout_s: float,
-               capture: bool, chat: bool = False) -> Flight:
+               capture: bool, chat: bool = False, response_id: Optional[str] = None) -> Flight:
         loop, updates = asyncio.get_running_loop(), asyncio.Queue()
 
         def notify(job: Job) -> None:  # the engine thread
@@ -51,7 +51,7 @@ class Flight:
         jobs = make_jobs(request.prompts, request.sampling, request.n, timeout_s=timeout_s, notify=notify,
                          top_logprobs=request.logprobs or 0, detail=request.logprobs is not None,
                          echo=request.echo, score=score, stream=request.stream, pinned_version=request.version)
-        flight = cls(request, jobs, updates, f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
+        flight = cls(request, jobs, updates, response_id or f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
                      datetime.now(timezone.utc), time.monotonic(), chat)
         submit(jobs)
         return flight
@@ -64,9 +64,18 @@ class Flight:
         for job in self.jobs:
             job.cancelled = True
 
+    @property
+    def error(self) -> Optional[BaseException]:
+        return next((j.error for j in self.jobs if j.error is not None), None)
+
+    @property
+    def version(self) -> Optional[int]:
+        """The version that answered (None if the request failed before any job started)."""
+        return next((j.version for j in self.jobs if j.version is not None), None)
+
     def raise_error(self) -> None:
         """The first failed job's error as the answer: ours as is, a timeout as 504, anything else as 500."""
-        error = next((j.error for j in self.jobs if j.error is not None), None)
+        error = self.error
         if error is None:
             return
         if isinstance(error, ApiError):
@@ -75,15 +84,15 @@ class Flight:
             raise ApiError(504, str(error), type="timeout_error", code="request_timeout")
         raise ApiError(500, f"generation failed: {error}", type="server_error", code="generation_failed")
 
-    async def wait(self, http: Request) -> None:
-        """Until every job is done. A client that goes away, or an error, cancels the jobs (their rows are freed at
-        the next step)."""
+    async def wait(self, http: Optional[Request]) -> None:
+        """Until every job is done. A client that goes away (``http``'s), or an error, cancels the jobs (their rows
+        are freed at the next step)."""
         try:
             while not self.done:
                 try:
                     await asyncio.wait_for(self.updates.get(), DISCONNECT_POLL_S)
                 except asyncio.TimeoutError:
-                    if await http.is_disconnected():
+                    if http is not None and await http.is_disconnected():
                         raise ApiError(499, "the client closed the connection", code="client_closed") from None
         finally:
             self.cancel()

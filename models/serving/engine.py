@@ -26,8 +26,12 @@ class Engine:
     """Holds the loaded model and its scheduler. A swap waits until the rows running on the old model are done (no
     new row starts meanwhile), so no request meets two models."""
 
-    def __init__(self, registry: Registry, cfg: ServeConfig, cache_dir: Path):
+    def __init__(self, registry: Registry, cfg: ServeConfig, cache_dir: Path, alias: Optional[str] = None,
+                 follows: Optional[Engine] = None):
+        """``alias``: the alias served (default ``serve.alias``). ``follows``: for a canary, the production engine;
+        the canary serves nothing while its alias is unset or names the version production serves."""
         self.registry, self.cfg, self.cache_dir = registry, cfg, Path(cache_dir)
+        self.alias, self.follows = alias or cfg.alias, follows
         self.cache_dir.mkdir(parents=True, exist_ok=True)  # Registry.download makes its temp dir in it
         self.scheduler: Optional[Scheduler] = None
         self._reload_lock = threading.Lock()  # one load at a time (poll and /admin/reload)
@@ -56,6 +60,9 @@ class Engine:
         with self._reload_lock:
             old = self.loaded.version if self.loaded else None
             target = self._alias_target()
+            if self.follows is not None and (target is None or target == self._production()):
+                self._unload()
+                return old, None
             if target is None or target == old or (target == self._failed_version and not force):
                 return old, old
             try:
@@ -72,8 +79,21 @@ class Engine:
             log.info("serving %s version %d (%s), was %s", new.name, new.version, new.variant, old)
             return old, new.version
 
+    def _production(self) -> Optional[int]:
+        loaded = self.follows.loaded
+        return loaded.version if loaded else None
+
+    def _unload(self) -> None:
+        """Stop serving (a canary whose alias was cleared): new requests go elsewhere, those running finish."""
+        if self.loaded is None:
+            return
+        scheduler, version = self.scheduler, self.loaded.version
+        self.loaded, self.scheduler, self.unavailable = None, None, f"no {self.alias!r} alias"
+        scheduler.stop(drain=True, timeout_s=self.cfg.request_timeout_s + 30)
+        log.info("%s version %d is no longer served", self.alias, version)
+
     def _alias_target(self) -> Optional[int]:
-        name, alias = self.registry.name, self.cfg.alias
+        name, alias = self.registry.name, self.alias
         try:
             target = self.registry.alias(alias)
         except Exception as exc:
@@ -109,3 +129,7 @@ class Engine:
     def stop(self) -> None:
         if self.scheduler is not None:
             self.scheduler.stop()
+
+    def health(self) -> dict:
+        loaded = self.loaded
+        return {"alias": self.alias, "version": loaded.version if loaded else None, "variant": self.cfg.variant}

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Optional
 
+from llmops.models.serving.logs import access
 from llmops.models.serving.metrics import ServerMetrics
 
 Scope = MutableMapping[str, Any]
@@ -105,7 +106,10 @@ class Guard:
                 return
             await self.app(scope, receive, send_with_id)
         finally:
-            self.metrics.observe(path, status[0], time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.metrics.observe(path, status[0], seconds)
+            client = scope.get("client") or ("-", 0)
+            access(request_id, scope["method"], path, status[0], seconds, str(client[0]))
 
     def _refuse(self, path: str, headers: dict[bytes, bytes]) -> Optional[tuple[int, str, str, str]]:
         length = headers.get(b"content-length")

@@ -56,6 +56,8 @@ def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
 
 
 def _merge(running: _Batch, new: _Batch) -> _Batch:
+    if not new.jobs:  # every new row finished in its prefill (max_tokens 1 or 0, an eos at once)
+        return running
     if not running.jobs:
         return new
     width = max(running.mask.shape[1], new.mask.shape[1])
@@ -98,7 +100,7 @@ class Scheduler:
         self._wake = threading.Condition()
         self._batch = _Batch()
         self._next: Optional[tuple[LoadedModel, threading.Event]] = None
-        self._stop = False
+        self._stop = self._drain = False
         self._held = threading.Lock()  # taken around each iteration: holding it pauses the engine between steps
         self._shared = torch.Generator(device=loaded.model.device)
         self._shared.seed()
@@ -125,11 +127,12 @@ class Scheduler:
         with self._held:
             yield
 
-    def stop(self) -> None:
+    def stop(self, drain: bool = False, timeout_s: float = 30.0) -> None:
+        """Stop the engine thread; with ``drain``, once the queued and running jobs are done (none may be added)."""
         with self._wake:
-            self._stop = True
+            self._stop, self._drain = True, drain
             self._wake.notify()
-        self._thread.join(30)
+        self._thread.join(timeout_s)
 
     @property
     def queued(self) -> int:
@@ -145,7 +148,7 @@ class Scheduler:
             with self._wake:
                 while not (self._stop or self._pending or self._batch.jobs or self._next):
                     self._wake.wait()
-                if self._stop:
+                if self._stop and not (self._drain and (self._pending or self._batch.jobs)):
                     break
             try:
                 with self._held, torch.inference_mode():

@@ -18,6 +18,7 @@ from llmops.infra.settings import api_keys, get_settings
 from llmops.infra.store import ArtifactStore
 from llmops.models.serving.app import create_app
 from llmops.models.serving.guard import check_bind
+from llmops.models.serving.logs import log_config
 
 log = logging.getLogger("llmops.serving")
 
@@ -109,4 +110,4 @@ def serve(store: ArtifactStore, model_name: str, cfg: ServeConfig, cache_dir: Pa
     keys = api_keys(get_settings())
     check_bind(cfg.host, keys, cfg.insecure)
     app = create_app(store, model_name, cfg, cache_dir, keys)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_config=log_config(cfg.log_format), access_log=False)

@@ -33,13 +33,13 @@ def deployments():
     return {d.name: d for d in build_deployments(CONFIG)}
 
 
-def test_three_deployments_of_the_three_flows(deployments):
-    assert list(deployments) == ["train", "monitor", "retrain"]
+def test_four_deployments_of_the_four_flows(deployments):
+    assert list(deployments) == ["train", "monitor", "retrain", "canary"]
     assert {n: d.flow_name for n, d in deployments.items()} == {
-        "train": "training-pipeline", "monitor": "monitor-drift", "retrain": "retrain"}
+        "train": "training-pipeline", "monitor": "monitor-drift", "retrain": "retrain", "canary": "canary-check"}
     assert {n: d.entrypoint for n, d in deployments.items()} == {
         "train": "flows/training_pipeline.py:training_pipeline", "monitor": "flows/monitor_drift.py:monitor_drift",
-        "retrain": "flows/retrain.py:retrain"}
+        "retrain": "flows/retrain.py:retrain", "canary": "flows/canary.py:canary_check"}
     assert all(d.tags == ["llmops"] for d in deployments.values())
     assert deployments["train"].schedules == [] and deployments["train"].triggers == []
 
@@ -64,6 +64,18 @@ def test_retrain_has_the_cron_schedule_and_one_run_at_a_time(deployments):
     assert (schedule.schedule.cron, schedule.schedule.timezone) == ("30 2 * * 1-5", "Europe/Paris")
     assert retrain.concurrency_limit == 1
     assert retrain.concurrency_options.collision_strategy == ConcurrencyLimitStrategy.CANCEL_NEW
+
+
+def test_the_canary_check_runs_only_when_canaries_are_enabled(deployments):
+    assert deployments["canary"].schedules == [] and deployments["canary"].triggers == []
+    enabled = {d.name: d for d in build_deployments(CONFIG.with_overrides(
+        ["serve.canary.enabled=true", "serve.canary.check_every_minutes=5"]))}["canary"]
+    (schedule,) = enabled.schedules
+    assert schedule.schedule.interval == timedelta(minutes=5)
+    (trigger,) = enabled.triggers
+    assert trigger.expect == {"llmops.model.canary_started"} and trigger.schedule_after == timedelta(minutes=5)
+    assert trigger.match.model_dump() == {"prefect.resource.id": "llmops.model.deploy-lm"}
+    assert enabled.concurrency_limit == 1
 
 
 def test_retrain_is_triggered_by_this_models_drift_event(deployments):
