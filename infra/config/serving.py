@@ -58,6 +58,9 @@ class ServeConfig(Frozen):
         description="Most completion requests admitted at once (generating or waiting); beyond them 429 with "
         "Retry-After, never an unbounded wait.",
     )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where the model serves: auto is CUDA when a GPU is visible (in bf16), else CPU.",
+    )
     max_batch_size: int = Field(
         64, ge=1, description="Most sequences decoding together (continuous batching); 1 generates one at a time.",
     )

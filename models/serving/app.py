@@ -202,8 +202,7 @@ def _capture(app: FastAPI, flight: Flight, trace: dict[str, Optional[str]]) -> N
 def _admit(app: FastAPI) -> Callable[[], None]:
     """Admit a completion request, or answer 429 with Retry-After when ``serve.max_queue`` are already in.
 
-    Returns the release, which also cancels what the request left running (a client gone, an error); it runs
-    once however often it is called."""
+    Returns the release, which counts the request out once however often it is called."""
     cfg: ServeConfig = app.state.cfg
     if app.state.in_flight >= cfg.max_queue:
         app.state.metrics.rejected.labels("queue_full").inc()
@@ -269,12 +268,15 @@ def _shadowed(app: FastAPI, parsed: ParsedRequest, response_id: str, trace: dict
         return
 
     async def run() -> None:
-        flight = Flight.launch(replace(parsed, stream=False), canary.submit, timeout_s=app.state.cfg.request_timeout_s,
-                               capture=app.state.buffer is not None, response_id=f"{response_id}-shadow")
-        await flight.wait(None)
-        app.state.rollout.count(flight.version, flight.error is None)
-        if flight.error is None:
-            _capture(app, flight, trace)
+        try:
+            flight = Flight.launch(replace(parsed, stream=False), canary.submit, capture=app.state.buffer is not None,
+                                   timeout_s=app.state.cfg.request_timeout_s, response_id=f"{response_id}-shadow")
+            await flight.wait(None)
+            app.state.rollout.count(flight.version, flight.error is None)
+            if flight.error is None:
+                _capture(app, flight, trace)
+        except Exception:  # the canary went away meanwhile, or its capture failed: never the user's problem
+            log.exception("the shadow copy of %s failed", response_id)
 
     task = asyncio.create_task(run(), name=f"llmops-shadow-{response_id}")
     app.state.shadows.add(task)  # a reference until it is done: the loop keeps only weak ones

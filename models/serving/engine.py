@@ -8,6 +8,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional
 
+import torch
+
 from llmops.infra.config import ServeConfig
 from llmops.models.model.generation import context_length
 from llmops.models.release.registry import LoadedModel, Registry
@@ -22,6 +24,13 @@ class ReloadError(RuntimeError):
     """The alias points at a version that could not be loaded; the previous one keeps serving."""
 
 
+def serving_device(setting: str) -> str:
+    """``serve.device`` resolved: auto is CUDA when one is visible; cuda without one is an error."""
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("serve.device is cuda, but torch sees no CUDA device: use auto or cpu")
+    return "cuda" if setting != "cpu" and torch.cuda.is_available() else "cpu"
+
+
 class Engine:
     """Holds the loaded model and its scheduler. A swap waits until the rows running on the old model are done (no
     new row starts meanwhile), so no request meets two models."""
@@ -32,6 +41,7 @@ class Engine:
         the canary serves nothing while its alias is unset or names the version production serves."""
         self.registry, self.cfg, self.cache_dir = registry, cfg, Path(cache_dir)
         self.alias, self.follows = alias or cfg.alias, follows
+        self.device = serving_device(cfg.device)
         self.cache_dir.mkdir(parents=True, exist_ok=True)  # Registry.download makes its temp dir in it
         self.scheduler: Optional[Scheduler] = None
         self._reload_lock = threading.Lock()  # one load at a time (poll and /admin/reload)
@@ -66,7 +76,10 @@ class Engine:
             if target is None or target == old or (target == self._failed_version and not force):
                 return old, old
             try:
-                new = self.registry.load(target, variant=self.cfg.variant, cache_dir=self.cache_dir)
+                new = self.registry.load(target, variant=self.cfg.variant, cache_dir=self.cache_dir,
+                                         device=self.device if self.cfg.variant == "fp32" else "cpu")
+                if new.model.device.type == "cuda":
+                    new.model.to(torch.bfloat16)
             except Exception as exc:  # any load failure must leave the current model serving
                 self._failed_version = target
                 return self._load_failed(target, exc)
@@ -132,4 +145,5 @@ class Engine:
 
     def health(self) -> dict:
         loaded = self.loaded
-        return {"alias": self.alias, "version": loaded.version if loaded else None, "variant": self.cfg.variant}
+        return {"alias": self.alias, "version": loaded.version if loaded else None, "variant": self.cfg.variant,
+                "device": self.device, "dtype": str(loaded.model.dtype).removeprefix("torch.") if loaded else None}
