@@ -78,6 +78,15 @@ def _openai_penalties(scores: torch.Tensor, row: RowState) -> None:
         scores[token] += bias
 
 
+def _inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """One draw per row from ``probs`` given a uniform draw per row: the first token whose cumulative probability
+    exceeds it. ``torch.multinomial`` took a third of a decode step at 64 rows x 4096 tokens on CPU; this is a
+    cumsum and a search. The draw is scaled by the row's total, so rounding can never pick a zero-probability token.
+    """
+    cdf = probs.cumsum(-1)
+    return torch.searchsorted(cdf, uniform * cdf[:, -1:], right=True).squeeze(-1)
+
+
 def step(logits: torch.Tensor, rows: Sequence[RowState], top_n: Sequence[int],
          shared: Optional[torch.Generator] = None) -> StepOutput:
     """Choose the next token of every row from its last-position ``logits`` (rows x vocab).
@@ -109,13 +118,14 @@ def step(logits: torch.Tensor, rows: Sequence[RowState], top_n: Sequence[int],
             chosen[index] = sub.argmax(-1)
             continue
         probs = torch.softmax(sub, dim=-1)
-        own = [j for j, i in enumerate(members) if rows[i].generator is not None]
-        for j in own:
-            chosen[members[j]] = torch.multinomial(probs[j], 1, generator=rows[members[j]].generator)[0]
-        rest = [j for j in range(len(members)) if rows[members[j]].generator is None]
-        if rest:
-            picks = torch.multinomial(probs[rest], 1, generator=shared).squeeze(1)
-            chosen[index[rest]] = picks
+        uniform = torch.empty(len(members), 1, device=logits.device)
+        shared_rows = [j for j, i in enumerate(members) if rows[i].generator is None]
+        if shared_rows:
+            uniform[shared_rows] = torch.rand(len(shared_rows), 1, generator=shared, device=logits.device)
+        for j, i in enumerate(members):
+            if rows[i].generator is not None:
+                uniform[j] = torch.rand(1, generator=rows[i].generator, device=logits.device)
+        chosen[index] = _inverse_cdf(probs, uniform)
     chosen_logp = logp.gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
     top: list[Optional[list[tuple[int, float]]]] = [None] * len(rows)
     wanted = max(top_n, default=0)

@@ -60,6 +60,7 @@ class Job:
     version: Optional[int] = None
     variant: Optional[str] = None
     tokenizer: object = None
+    eos: Optional[int] = None
     started: Optional[float] = None
     # written while generating
     tokens: list[int] = field(default_factory=list)  # generated ids, the eos excluded
@@ -91,6 +92,7 @@ class Job:
             raise ApiError(404, f"{loaded.name}:{self.pinned_version} is no longer served (now version "
                                 f"{loaded.version})", param="model", code="model_not_found")
         tok = self.tokenizer = loaded.tokenizer
+        self.eos = tok.eos_token_id
         self.version, self.variant, self.started = loaded.version, loaded.variant, time.monotonic()
         if isinstance(self.prompt, list):
             ids = list(self.prompt)
@@ -119,7 +121,7 @@ class Job:
         self.entropies.append(entropy)
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
-        if token == self.tokenizer.eos_token_id:
+        if token == self.eos:
             return self.finish("stop")
         self.tokens.append(token)
         self.top.append(top)
