@@ -1,4 +1,4 @@
-"""kill -9 a real server right after it acknowledged 100 requests: the next start ships every one of them."""
+"""kill -9 a real server under load, once it has acknowledged 100 requests: the next start ships every one of them."""
 from __future__ import annotations
 
 import json
@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import httpx
 
@@ -45,25 +47,46 @@ def captured_ids(store: LocalStore) -> list[str]:
             for line in store.get_text(key).splitlines() if line.strip()]
 
 
-def test_every_acknowledged_response_survives_kill_9(tmp_path):
+def test_every_acknowledged_response_survives_kill_9_under_load(tmp_path):
     store = LocalStore(tmp_path / "store")
     make_registered_model(store, "lm")
     child, url = start(store.root, tmp_path / "cache")
+    acked: list[str] = []
+    stop = threading.Event()
+
+    def client(i: int) -> None:  # a closed loop; the kill ends it with a transport error
+        with httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {KEY}"}) as http:
+            while not stop.is_set():
+                try:
+                    reply = http.post("/v1/completions", json={"model": "lm", "prompt": f"client {i} says",
+                                                               "max_tokens": 4, "temperature": 0.9})
+                except httpx.TransportError:
+                    return
+                if reply.status_code == 200:
+                    acked.append(reply.json()["id"])
+
+    clients = [threading.Thread(target=client, args=(i,)) for i in range(8)]
     try:
-        with httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {KEY}"}) as client:
-            acked = [client.post("/v1/completions", json={"model": "lm", "prompt": f"request {i}",
-                                                          "max_tokens": 2}).json()["id"] for i in range(100)]
+        for thread in clients:
+            thread.start()
+        deadline = time.monotonic() + 120
+        while len(acked) < 100 and time.monotonic() < deadline:
+            time.sleep(0.01)
     finally:
-        os.kill(child.pid, signal.SIGKILL)
+        os.kill(child.pid, signal.SIGKILL)  # with requests in flight
         child.wait()
+        stop.set()
+        for thread in clients:
+            thread.join(60)
+    assert len(acked) >= 100, "the server did not acknowledge 100 requests"
     assert captured_ids(store) == []  # nothing was shipped before the kill
     child, url = start(store.root, tmp_path / "cache")
     try:
-        health = httpx.get(f"{url}/health").json()["capture"]
-        assert health["recovered"] == 100
+        assert httpx.get(f"{url}/health").json()["capture"]["recovered"] >= len(acked)
         flushed = httpx.post(f"{url}/admin/flush", headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
-        assert flushed.json()["written"] == 100
+        assert flushed.json()["written"] >= len(acked)
     finally:
         child.send_signal(signal.SIGTERM)
         child.wait(timeout=60)
-    assert sorted(captured_ids(store)) == sorted(acked)
+    missing = set(acked) - set(captured_ids(store))
+    assert not missing, f"{len(missing)} acknowledged responses were lost"
