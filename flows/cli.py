@@ -49,7 +49,12 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def cmd_run(args) -> int:
     from llmops.flows.demo import run_demo
 
-    return run_demo(load_config(args), keep_running=args.keep_running)
+    try:  # SIGTERM takes Ctrl-C's path: the run's exit stack stops the servers it started
+        with sigterm_as_interrupt():
+            return run_demo(load_config(args), keep_running=args.keep_running)
+    except KeyboardInterrupt:
+        print("llmops run: interrupted", file=sys.stderr)
+        return 130
 
 
 def cmd_train(args) -> int:

@@ -174,7 +174,10 @@ def run_demo(config: PipelineConfig, keep_running: bool = False) -> int:
                                    "should stay quiet if the retrain was promoted", fresh_code[:TRAFFIC_PER_PHASE])
         demo.where_to_look(first, [quiet, alert, after], after.trend_uri)
         if keep_running:
-            console.print("servers stay up; Ctrl-C stops them")
-            while True:
-                time.sleep(3600)
+            console.print("servers stay up; Ctrl-C or SIGTERM stops them")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:  # the normal end of --keep-running: the exit stack stops every server
+                console.print("stopping")
     return 0

@@ -236,10 +236,12 @@ async def _streamed(app: FastAPI, flight: Flight, trace: dict[str, Optional[str]
         release()
 
 
-async def _answer(app: FastAPI, parsed: ParsedRequest, http: Request, user: Optional[str], chat: bool) -> Response:
-    """Answer from the engine the rollout routes the request to; in shadow mode the canary answers a copy."""
+async def _answer(app: FastAPI, parsed: ParsedRequest, http: Request, user: Optional[str], chat: bool,
+                  pinned: Optional[Engine] = None) -> Response:
+    """Answer from the engine the request pinned (the canary by ``name:version``) or the rollout routes it to; in
+    shadow mode the canary answers a copy."""
     rollout: Rollout = app.state.rollout
-    engine = rollout.route(user)
+    engine = pinned or rollout.route(user)
     trace = {"x_request_id": http.state.request_id, "user": user}
     release = _admit(app)
     try:
@@ -333,15 +335,17 @@ def _add_routes(app: FastAPI) -> None:
 
     @app.post("/v1/completions")
     async def completions(request: CompletionRequest, http: Request) -> Response:
-        parsed = parse_completion(request, app.state.cfg, engine.served())
-        return await _answer(app, parsed, http, request.user, chat=False)
+        pinned = app.state.rollout.pinned(request.model)
+        parsed = parse_completion(request, app.state.cfg, (pinned or engine).served())
+        return await _answer(app, parsed, http, request.user, chat=False, pinned=pinned)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: ChatCompletionRequest, http: Request) -> Response:
-        served, loaded = engine.served(), engine.loaded
+        pinned = app.state.rollout.pinned(request.model)
+        served, loaded = (pinned or engine).served(), (pinned or engine).loaded
         prompt = chat_prompt(request, loaded.tokenizer)
         parsed = parse_completion(as_completion(request, prompt), app.state.cfg, served)
-        return await _answer(app, parsed, http, request.user, chat=True)
+        return await _answer(app, parsed, http, request.user, chat=True, pinned=pinned)
 
     @app.get("/metrics")
     async def metrics() -> Response:

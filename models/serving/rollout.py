@@ -47,6 +47,11 @@ class Rollout:
             draw = random.random()
         return self.canary if draw < self.cfg.share else self.production
 
+    def pinned(self, model: str) -> Optional[Engine]:
+        """The canary, for a request that names it as ``name:version``."""
+        canary = self.canary.loaded
+        return self.canary if canary is not None and model == f"{canary.name}:{canary.version}" else None
+
     def shadow(self) -> Optional[Engine]:
         """The engine that answers a copy of every request, in shadow mode while a canary is served."""
         return self.canary if self.canary.loaded is not None and self.cfg.mode == "shadow" else None

@@ -91,6 +91,9 @@ def test_a_good_canary_is_promoted_and_a_broken_one_rolled_back():
         assert set(answered) == {1, good} and min(answered.values()) >= 20, answered
         again = _traffic(handle, users=10)  # the same users: sticky sides
         assert sum(again.values()) == 10
+        client = OpenAI(base_url=f"{handle.url}/v1", api_key="unused", max_retries=0, timeout=60)
+        pinned = client.completions.create(model=f"{NAME}:{good}", prompt="Return the", max_tokens=2, user="user-0")
+        assert pinned.model == f"{NAME}:{good}", "name:version addresses the canary whatever the user's side"
 
         verdict = canary_check(config)
         assert verdict.action == "promote", verdict.reasons
