@@ -176,6 +176,25 @@ def cmd_up(args) -> int:
     return run_up(load_config(args), host=args.host, port=args.port, config_path=args.config)
 
 
+def cmd_reports(args) -> int:
+    import uvicorn
+
+    from llmops.infra.reports import reports_app
+    from llmops.infra.store import LocalStore, open_store
+
+    store = open_store()
+    if not isinstance(store, LocalStore):
+        print(f"llmops reports: error: {store.uri} is not a local store; artifact links to an S3 store are "
+              "presigned URLs already", file=sys.stderr)
+        return 2
+    with sigterm_as_interrupt():
+        try:
+            uvicorn.run(reports_app(store.root), host=args.host, port=args.port, log_level="info")
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
 def cmd_config(args) -> int:
     print(load_config(args).to_yaml(), end="")
     return 0
@@ -220,6 +239,8 @@ COMMANDS = [
     ("deploy", "register deployments (schedules, drift trigger) with the Prefect API and serve them", cmd_deploy, []),
     ("up", "start a local Prefect server (SQLite, UI) and serve the deployments", cmd_up, [
         _arg("--host", default="127.0.0.1"), _arg("--port", type=int, default=4200)]),
+    ("reports", "serve the local store's reports read-only over HTTP (artifact links: LLMOPS_REPORT_BASE_URL)",
+     cmd_reports, [_arg("--host", default="127.0.0.1"), _arg("--port", type=int, default=8090)]),
     ("config", "print the effective configuration as YAML", cmd_config, []),
 ]
 

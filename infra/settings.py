@@ -37,6 +37,15 @@ class Settings(BaseSettings):
         "route but /health.",
     )
     api_key_file: Optional[Path] = Field(default=None, description="A file of API keys, one per line (# comments).")
+    report_url_expiry_s: int = Field(
+        default=7 * 24 * 3600, ge=1, le=7 * 24 * 3600,
+        description="How long a presigned report link (S3 store) stays valid; 7 days is S3's limit.",
+    )
+    report_base_url: Optional[str] = Field(
+        default=None,
+        description="Where `llmops reports` serves a local store (e.g. http://reports.internal:8090): artifact links "
+        "point there instead of file://.",
+    )
     prefect_api_url: Optional[str] = Field(
         default=None,
         description="Prefect API to use; unset means Prefect's own PREFECT_API_URL or an ephemeral server.",

@@ -106,6 +106,11 @@ class ArtifactStore(ABC):
         """The file behind ``key`` when the store is a local directory, else None."""
         return None
 
+    def browser_url(self, key: str, expires_s: int) -> Optional[str]:
+        """An HTTPS URL a browser on another host can open for ``expires_s`` seconds, where the store can sign one
+        (S3: a presigned GET); None otherwise."""
+        return None
+
     def put_json(self, key: str, obj: Any) -> str:
         return self.put_bytes(key, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
@@ -289,6 +294,10 @@ class S3Store(ArtifactStore):
             raise StoreError(f"S3 {what} of {where} failed: {code or exc}") from exc
         except BotoCoreError as exc:
             raise StoreError(f"S3 {what} of {self.uri}/{key} failed: {exc}") from exc
+
+    def browser_url(self, key: str, expires_s: int) -> Optional[str]:
+        return self._call("presign", key, self.client.generate_presigned_url, ClientMethod="get_object",
+                          Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=expires_s)
 
     def put_bytes(self, key: str, data: bytes) -> str:
         self._call("put", key, self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data)

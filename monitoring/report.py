@@ -4,7 +4,7 @@ from __future__ import annotations
 import html
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Optional
 
@@ -141,14 +141,15 @@ def _row(result: SignalResult) -> str:
             f"| {result.effect_size_name}={result.effect_size:.3f} | {result.n_current} |")
 
 
-def render_summary(report: DriftReport, link_base: Optional[str] = None) -> str:
+def render_summary(report: DriftReport, link_for: Optional[Callable[[str], str]] = None) -> str:
     """The markdown summary (for summary.md and the orchestrator's artifact).
 
     Args:
         report: The window's report.
-        link_base: Prefix for file links (e.g. the window folder's store URI); default relative names.
+        link_for: A file name of the window's folder -> the link to it (a presigned URL, a report server's);
+            default: the relative name.
     """
-    base = (link_base.rstrip("/") + "/") if link_base else ""
+    link_for = link_for or (lambda name: name)
     lines = [
         f"# Drift check `{report.window_id}`: **{report.verdict}** (severity {report.severity})",
         "",
@@ -167,7 +168,7 @@ def render_summary(report: DriftReport, link_base: Optional[str] = None) -> str:
     if report.notes:
         lines += ["", *(f"- {note}" for note in report.notes)]
     if report.files:
-        lines += ["", "Files: " + ", ".join(f"[{name}]({base}{name})" for name in report.files.values())]
+        lines += ["", "Files: " + ", ".join(f"[{name}]({link_for(name)})" for name in report.files.values())]
     return "\n".join(lines) + "\n"
 
 

@@ -42,7 +42,7 @@ def compact_traffic(config: PipelineConfig, now: Optional[datetime] = None) -> l
 @task(name="check-drift")
 def check_drift(config: PipelineConfig, start: datetime, end: datetime) -> DriftReport:
     report = run_drift_check(store(), config, start, end, cache_dir())
-    create_markdown_artifact(render_summary(report, link_base=link(report.out_dir)),
+    create_markdown_artifact(render_summary(report, link_for=lambda name: link(f"{report.out_dir.rstrip('/')}/{name}")),
                              key=artifact_key(config.model_name, "drift"),
                              description=f"drift verdict: {report.verdict}")
     get_run_logger().info("window %s: %s (severity %s), %d records; alerting: %s", report.window_id, report.verdict,

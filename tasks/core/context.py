@@ -24,5 +24,17 @@ def artifact_key(*parts: object) -> str:
 
 
 def link(uri: str) -> str:
-    """A link a person can open: file:// for the local store, the URI itself otherwise."""
+    """A link a person can open from another host where the store allows: a presigned HTTPS URL for an S3 store
+    (``LLMOPS_REPORT_URL_EXPIRY_S``), ``LLMOPS_REPORT_BASE_URL`` + the key for a local store that ``llmops reports``
+    serves; else file:// (local store) or the URI itself."""
+    settings, st = get_settings(), store()
+    try:
+        key = st.key_for(uri)
+    except ValueError:  # not in this store
+        return f"file://{uri}" if uri.startswith("/") else uri
+    signed = st.browser_url(key, settings.report_url_expiry_s)
+    if signed:
+        return signed
+    if settings.report_base_url and st.local_path(key) is not None:
+        return f"{settings.report_base_url.rstrip('/')}/{key}"
     return f"file://{uri}" if uri.startswith("/") else uri
