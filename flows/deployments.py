@@ -14,6 +14,7 @@ from llmops.flows.monitor_drift import monitor_drift
 from llmops.flows.retrain import retrain
 from llmops.flows.training_pipeline import training_pipeline
 from llmops.infra.config import ConfigError, PipelineConfig
+from llmops.tasks.core.context import ACCELERATOR_TAG
 from llmops.tasks.core.monitoring import DRIFT_EVENT
 
 
@@ -96,6 +97,21 @@ def build_deployments(config: PipelineConfig) -> list:
     ]
 
 
+def limit_accelerator() -> int:
+    """Let one task holding the accelerator (``train-model``) run at a time across every flow run on this Prefect
+    API: a manual train and a drift retrain queue rather than share a GPU. Returns the limit (created once, kept as
+    it is when it exists: an operator may have raised it for a node with several GPUs)."""
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            return client.read_concurrency_limit_by_tag(ACCELERATOR_TAG).concurrency_limit
+        except ObjectNotFound:
+            client.create_concurrency_limit(tag=ACCELERATOR_TAG, concurrency_limit=1)
+            return 1
+
+
 def serve_deployments(config: PipelineConfig) -> None:
     """Register the deployments with the configured Prefect API and run their flows here, until SIGINT or SIGTERM.
 
@@ -105,4 +121,5 @@ def serve_deployments(config: PipelineConfig) -> None:
     """
     from prefect import serve
 
+    limit_accelerator()
     serve(*build_deployments(config), pause_on_shutdown=False, print_starting_message=True)

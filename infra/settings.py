@@ -46,6 +46,11 @@ class Settings(BaseSettings):
         description="Where `llmops reports` serves a local store (e.g. http://reports.internal:8090): artifact links "
         "point there instead of file://.",
     )
+    task_timeouts: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-task timeouts in seconds overriding the defaults (tasks/core/context.py TASK_TIMEOUTS_S), "
+        'as JSON: LLMOPS_TASK_TIMEOUTS=\'{"train-model": 7200}\'. Read when the tasks are imported.',
+    )
     prefect_api_url: Optional[str] = Field(
         default=None,
         description="Prefect API to use; unset means Prefect's own PREFECT_API_URL or an ephemeral server.",

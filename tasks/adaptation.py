@@ -9,10 +9,11 @@ from prefect.artifacts import create_table_artifact
 from llmops.infra.config import PipelineConfig
 from llmops.monitoring.records import DriftEvent
 from llmops.tasks.core.adaptation import AdaptationPlan, plan_adaptation
-from llmops.tasks.core.context import artifact_key, cache_dir, store
+from llmops.tasks.core.context import artifact_key, cache_dir, store, timeout_s
 
 
-@task(name="prepare-adaptation", retries=1, retry_delay_seconds=5)
+@task(name="prepare-adaptation", retries=1, retry_delay_seconds=5,
+      timeout_seconds=timeout_s("prepare-adaptation"))
 def prepare_adaptation(config: PipelineConfig, drift: DriftEvent) -> Optional[AdaptationPlan]:
     """The plan to continue production on the drift window's traffic, or None (logged why): retrain in full."""
     logger = get_run_logger()

@@ -10,10 +10,10 @@ from llmops.infra.config import CompressConfig, EvalConfig
 from llmops.models.compression import compress_run
 from llmops.models.data import read_split
 from llmops.models.records import DatasetRef, QuantReport, TrainRef
-from llmops.tasks.core.context import artifact_key, cache_dir, store
+from llmops.tasks.core.context import artifact_key, cache_dir, store, timeout_s
 
 
-@task(name="quantize-model")
+@task(name="quantize-model", timeout_seconds=timeout_s("quantize-model"))
 def quantize_model(run: TrainRef, dataset: DatasetRef, cfg: CompressConfig, eval_cfg: EvalConfig,
                    model_name: str) -> Optional[QuantReport]:
     st = store()

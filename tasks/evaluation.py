@@ -11,10 +11,10 @@ from llmops.infra.markdown import markdown_table
 from llmops.models.evaluation import evaluate_run
 from llmops.models.records import DatasetRef, EvalReport, GateDecision, TrainRef
 from llmops.models.release import gate_slices_table
-from llmops.tasks.core.context import artifact_key, cache_dir, store
+from llmops.tasks.core.context import artifact_key, cache_dir, store, timeout_s
 
 
-@task(name="evaluate-model")
+@task(name="evaluate-model", timeout_seconds=timeout_s("evaluate-model"))
 def evaluate_model(run: TrainRef, dataset: DatasetRef, eval_cfg: EvalConfig, gate_cfg: GateConfig,
                    model_name: str, candidate_version: Optional[int] = None, attention: str = "sdpa",
                    adapt: Optional[AdaptConfig] = None) -> EvalReport:

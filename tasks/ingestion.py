@@ -7,10 +7,10 @@ from prefect.artifacts import create_table_artifact
 from llmops.infra.config import DataConfig
 from llmops.models.data import ingest
 from llmops.models.records import DatasetRef
-from llmops.tasks.core.context import artifact_key, cache_dir, store
+from llmops.tasks.core.context import artifact_key, cache_dir, store, timeout_s
 
 
-@task(name="ingest-data", retries=2, retry_delay_seconds=5)
+@task(name="ingest-data", retries=2, retry_delay_seconds=5, timeout_seconds=timeout_s("ingest-data"))
 def ingest_data(cfg: DataConfig, model_name: str) -> DatasetRef:
     """Not cached by Prefect: sources may change under the same names; the snapshot itself is content-addressed."""
     ref = ingest(cfg, store(), model_name=model_name, cache_dir=cache_dir())

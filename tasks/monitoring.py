@@ -18,11 +18,11 @@ from llmops.monitoring.policy import DriftEventLedger
 from llmops.monitoring.records import DriftEvent, DriftOutcome, DriftReport, LedgerEntry, Trend
 from llmops.monitoring.report import render_summary
 from llmops.monitoring.trend import trend
-from llmops.tasks.core.context import artifact_key, cache_dir, link, store
+from llmops.tasks.core.context import artifact_key, cache_dir, link, store, timeout_s
 from llmops.tasks.core.monitoring import DRIFT_EVENT, compact_closed_hours, reference_profile, run_drift_check
 
 
-@task(name="build-reference-profile")
+@task(name="build-reference-profile", timeout_seconds=timeout_s("build-reference-profile"))
 def build_reference_profile(run: TrainRef, dataset: DatasetRef, config: PipelineConfig, version: int) -> ProfileRef:
     """Validation documents, served-size, through the model's own scoring and generation, profiled for ``version``."""
     ref = reference_profile(store(), run, dataset, config, version, cache_dir())
@@ -31,7 +31,7 @@ def build_reference_profile(run: TrainRef, dataset: DatasetRef, config: Pipeline
     return ref
 
 
-@task(name="compact-traffic", retries=1)
+@task(name="compact-traffic", retries=1, timeout_seconds=timeout_s("compact-traffic"))
 def compact_traffic(config: PipelineConfig, now: Optional[datetime] = None) -> list[str]:
     """Compact the model's closed traffic hours (within ``monitor.compact_lookback_hours``) into Parquet."""
     _, keys = compact_closed_hours(store(), config, now or datetime.now(timezone.utc))
@@ -39,7 +39,7 @@ def compact_traffic(config: PipelineConfig, now: Optional[datetime] = None) -> l
     return keys
 
 
-@task(name="check-drift")
+@task(name="check-drift", timeout_seconds=timeout_s("check-drift"))
 def check_drift(config: PipelineConfig, start: datetime, end: datetime) -> DriftReport:
     report = run_drift_check(store(), config, start, end, cache_dir())
     create_markdown_artifact(render_summary(report, link_for=lambda name: link(f"{report.out_dir.rstrip('/')}/{name}")),
@@ -65,7 +65,7 @@ def publish_trend(st: ArtifactStore, name: str) -> tuple[str, Trend]:
     return st.uri_for(f"{prefix}/trend.md"), result
 
 
-@task(name="decide-drift-event")
+@task(name="decide-drift-event", timeout_seconds=timeout_s("decide-drift-event"))
 def decide_drift_event(config: PipelineConfig, report: DriftReport) -> DriftOutcome:
     """Apply debounce and cooldown over the stored windows; emit ``llmops.drift.detected`` when they allow."""
     st, name, now = store(), config.model_name, datetime.now(timezone.utc)

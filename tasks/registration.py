@@ -22,16 +22,16 @@ from llmops.models.records import (
 )
 from llmops.models.release import Registry, register_candidate, release, smoke_test
 from llmops.monitoring.canary import CanaryVerdict, compare_canary, read_outcomes
-from llmops.tasks.core.context import artifact_key, cache_dir, link, store
+from llmops.tasks.core.context import artifact_key, cache_dir, link, store, timeout_s
 
 
-@task(name="reserve-version")
+@task(name="reserve-version", timeout_seconds=timeout_s("reserve-version"))
 def reserve_version(model_name: str) -> int:
     """Claim the next version number now, so the profile and card can name it; a failed run leaves a gap."""
     return Registry(store(), model_name).claim_version()
 
 
-@task(name="register-model")
+@task(name="register-model", timeout_seconds=timeout_s("register-model"))
 def register_model(config: PipelineConfig, version: int, dataset: DatasetRef, tokenizer: TokenizerRef, run: TrainRef,
                    evaluation: EvalReport, quant: Optional[QuantReport],
                    reference_profile: Optional[ProfileRef]) -> ModelVersionRef:
@@ -45,7 +45,7 @@ def register_model(config: PipelineConfig, version: int, dataset: DatasetRef, to
     return ref
 
 
-@task(name="promote-model")
+@task(name="promote-model", timeout_seconds=timeout_s("promote-model"))
 def promote_model(version: ModelVersionRef, evaluation: EvalReport, promote: bool = True,
                   canary: Optional[str] = None) -> Optional[int]:
     """Smoke-test the version, move staging (and production, or the ``canary`` alias, if the gate passed), and emit
@@ -65,7 +65,7 @@ def promote_model(version: ModelVersionRef, evaluation: EvalReport, promote: boo
     return production
 
 
-@task(name="check-canary")
+@task(name="check-canary", timeout_seconds=timeout_s("check-canary"))
 def check_canary(config: PipelineConfig) -> Optional[CanaryVerdict]:
     """The canary against production on the traffic each served since the canary started; None without a canary."""
     st, name, cfg = store(), config.model_name, config.serve.canary
@@ -84,7 +84,7 @@ def check_canary(config: PipelineConfig) -> Optional[CanaryVerdict]:
     return verdict
 
 
-@task(name="apply-canary-verdict")
+@task(name="apply-canary-verdict", timeout_seconds=timeout_s("apply-canary-verdict"))
 def apply_canary_verdict(config: PipelineConfig, verdict: CanaryVerdict) -> Optional[int]:
     """Promote the canary (production moves to it) or roll it back (the canary alias is cleared, production never
     moved), and emit the decision; return production's version."""

@@ -9,10 +9,10 @@ from llmops.infra.config import ModelConfig, TokenizerConfig
 from llmops.models.data import build_tokenizer, load_tokenizer, pack_dataset, read_split
 from llmops.models.model import tokenizer_config_for
 from llmops.models.records import DatasetRef, PackedRef, TokenizerRef
-from llmops.tasks.core.context import cache_dir, store
+from llmops.tasks.core.context import cache_dir, store, timeout_s
 
 
-@task(name="build-tokenizer", retries=1)
+@task(name="build-tokenizer", retries=1, timeout_seconds=timeout_s("build-tokenizer"))
 def build_tokenizer_task(cfg: TokenizerConfig, dataset: DatasetRef,
                          model_cfg: Optional[ModelConfig] = None) -> TokenizerRef:
     """Reuses the stored tokenizer when the training split and config are unchanged (content-addressed).
@@ -29,7 +29,7 @@ def build_tokenizer_task(cfg: TokenizerConfig, dataset: DatasetRef,
 
 # log_prints off: datasets hashes the map function with dill, which reads its globals from a disassembly printed to
 # a captured stdout; with log_prints the print goes to the run log instead (24 lines of bytecode per split)
-@task(name="pack-data", retries=1, log_prints=False)
+@task(name="pack-data", retries=1, log_prints=False, timeout_seconds=timeout_s("pack-data"))
 def pack_data(dataset: DatasetRef, tokenizer_ref: TokenizerRef, block_size: int, num_proc: int = 1,
               batching: Literal["pack", "pad"] = "pack") -> PackedRef:
     """Blocks of concatenated documents (batching=pack), or one example per document (batching=pad)."""

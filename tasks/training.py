@@ -18,10 +18,11 @@ from llmops.models.data import load_tokenizer
 from llmops.models.records import PackedRef, PreflightReport, TokenizerRef, TrainRef
 from llmops.models.training import StepMetrics, launch_run, run_identity, run_training
 from llmops.models.training import preflight as pf
-from llmops.tasks.core.context import artifact_key, cache_dir, link, store
+from llmops.tasks.core.context import ACCELERATOR_TAG, artifact_key, cache_dir, link, store, timeout_s
 
 
-@task(name="train-model")
+@task(name="train-model", timeout_seconds=timeout_s("train-model"), retries=1, retry_delay_seconds=10,
+      tags=[ACCELERATOR_TAG])
 def train_model(packed: PackedRef, tokenizer_ref: TokenizerRef, model_cfg: ModelConfig,
                 train_cfg: TrainConfig) -> TrainRef:
     """A rerun with the same inputs resumes from the last checkpoint, or reuses a finished run.

@@ -18,6 +18,31 @@ def cache_dir() -> Path:
     return path
 
 
+HOUR = 3600.0
+# Generous ceilings: a task past its own is failed by Prefect (and retried where it has retries) instead of holding
+# its deployment's one-at-a-time slot forever. LLMOPS_TASK_TIMEOUTS (JSON) overrides any of them.
+TASK_TIMEOUTS_S: dict[str, float] = {
+    "ingest-data": 2 * HOUR, "build-tokenizer": 2 * HOUR, "pack-data": 2 * HOUR, "train-model": 48 * HOUR,
+    "evaluate-model": 4 * HOUR, "quantize-model": 2 * HOUR, "build-reference-profile": 2 * HOUR,
+    "reserve-version": 300.0, "register-model": 2 * HOUR, "promote-model": HOUR, "compact-traffic": 2 * HOUR,
+    "check-drift": 2 * HOUR, "decide-drift-event": 600.0, "prepare-adaptation": 2 * HOUR, "check-canary": HOUR,
+    "apply-canary-verdict": 300.0,
+}
+# Tasks that hold the accelerator carry this tag; `llmops deploy` and `llmops up` limit it to one run at a time,
+# so a manual train and a retrain never share one GPU.
+ACCELERATOR_TAG = "llmops-accelerator"
+
+
+def timeout_s(task_name: str) -> float:
+    """The task's timeout: ``LLMOPS_TASK_TIMEOUTS``'s entry, else its default."""
+    overrides = get_settings().task_timeouts
+    unknown = set(overrides) - set(TASK_TIMEOUTS_S)
+    if unknown:
+        raise ValueError(f"LLMOPS_TASK_TIMEOUTS names unknown tasks {sorted(unknown)}; known: "
+                         f"{sorted(TASK_TIMEOUTS_S)}")
+    return float(overrides.get(task_name, TASK_TIMEOUTS_S[task_name]))
+
+
 def artifact_key(*parts: object) -> str:
     """A Prefect artifact key (lowercase letters, digits and dashes) from readable parts."""
     return re.sub(r"[^a-z0-9-]+", "-", "-".join(str(p) for p in parts).lower()).strip("-")[:100]

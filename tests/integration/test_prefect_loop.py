@@ -141,3 +141,21 @@ def test_training_pipeline_flow_trains_gates_registers_and_reuses_unchanged_stag
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_artifacts()}
     assert f"{config.model_name}-evaluation" in keys and f"{config.model_name}-model-card" in keys
+
+
+def test_deploying_limits_the_accelerator_tag_to_one_run_and_keeps_a_raised_limit():
+    from prefect import get_client
+
+    from llmops.flows.deployments import limit_accelerator
+    from llmops.tasks.core.context import ACCELERATOR_TAG
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.delete_concurrency_limit_by_tag(ACCELERATOR_TAG)
+        except Exception:  # not there yet
+            pass
+        assert limit_accelerator() == 1
+        assert client.read_concurrency_limit_by_tag(ACCELERATOR_TAG).concurrency_limit == 1
+        client.delete_concurrency_limit_by_tag(ACCELERATOR_TAG)
+        client.create_concurrency_limit(tag=ACCELERATOR_TAG, concurrency_limit=2)  # a node with two GPUs
+        assert limit_accelerator() == 2
