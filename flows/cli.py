@@ -159,9 +159,14 @@ def cmd_models(args) -> int:
 
 
 def cmd_deploy(args) -> int:
-    from llmops.flows.deployments import serve_deployments
+    from llmops.flows.deployments import deploy_to_pool, serve_deployments
 
     config = load_config(args)
+    if args.pool:
+        ids = deploy_to_pool(config, args.pool)
+        print(f"{len(ids)} deployments on work pool {args.pool!r}: start a worker with "
+              f"`prefect worker start --pool {args.pool}` where llmops is installed")
+        return 0
     try:  # once serving, Prefect's runner handles SIGTERM itself: it stops and exits 0
         with sigterm_as_interrupt():
             serve_deployments(config)
@@ -236,7 +241,8 @@ COMMANDS = [
         _arg("--model", help="model name (default: the config's model_name)"), _arg("--alias", default="production"),
         _arg("--reason", default="manual rollback")]),
     ("models", "list registered versions and aliases", cmd_models, [_arg("--model")]),
-    ("deploy", "register deployments (schedules, drift trigger) with the Prefect API and serve them", cmd_deploy, []),
+    ("deploy", "register deployments (schedules, drift trigger) with the Prefect API and serve them", cmd_deploy, [
+        _arg("--pool", help="create them on this work pool instead, for its workers to run (nothing is served here)")]),
     ("up", "start a local Prefect server (SQLite, UI) and serve the deployments", cmd_up, [
         _arg("--host", default="127.0.0.1"), _arg("--port", type=int, default=4200)]),
     ("reports", "serve the local store's reports read-only over HTTP (artifact links: LLMOPS_REPORT_BASE_URL)",

@@ -6,6 +6,7 @@ from datetime import timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.deployments.runner import EntrypointType
 from prefect.events import DeploymentEventTrigger
 from prefect.schedules import Cron, Interval
 
@@ -62,9 +63,13 @@ def _schedules(config: PipelineConfig) -> tuple[list, list]:
     return monitor, retrain
 
 
-def build_deployments(config: PipelineConfig) -> list:
-    """Runner deployments carrying ``config`` as their default parameters (the UI renders it as a form)."""
+def build_deployments(config: PipelineConfig, entrypoint_type: EntrypointType = EntrypointType.FILE_PATH) -> list:
+    """Runner deployments carrying ``config`` as their default parameters (the UI renders it as a form).
+
+    ``entrypoint_type=MODULE_PATH`` (``llmops.flows.retrain.retrain``) for a work pool: any worker where llmops is
+    installed (a container image, a virtualenv) runs them, with no source to pull."""
     params = {"config": config.model_dump(mode="json")}
+    common = {"tags": ["llmops"], "entrypoint_type": entrypoint_type}
     monitor_schedules, retrain_schedules = _schedules(config)
     canary = config.serve.canary
     canary_schedules = ([Interval(timedelta(minutes=canary.check_every_minutes), timezone=config.schedule.timezone)]
@@ -75,22 +80,22 @@ def build_deployments(config: PipelineConfig) -> list:
     one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
     return [
         training_pipeline.to_deployment(
-            name="train", parameters=params, tags=["llmops"],
+            name="train", parameters=params, **common,
             description="Run the whole training pipeline on demand.",
         ),
         monitor_drift.to_deployment(
-            name="monitor", parameters=params, tags=["llmops"],
+            name="monitor", parameters=params, **common,
             schedules=monitor_schedules, concurrency_limit=one_at_a_time,
             description="Check the latest traffic window for drift; emits llmops.drift.detected on alert.",
         ),
         retrain.to_deployment(
-            name="retrain", parameters={**params, "reason": "schedule"}, tags=["llmops"],
+            name="retrain", parameters={**params, "reason": "schedule"}, **common,
             schedules=retrain_schedules,
             triggers=[drift_trigger(config)], concurrency_limit=one_at_a_time,
             description="Retrain through the gate, on a schedule and on drift.",
         ),
         canary_check.to_deployment(
-            name="canary", parameters=params, tags=["llmops"], schedules=canary_schedules,
+            name="canary", parameters=params, **common, schedules=canary_schedules,
             triggers=[canary_trigger(config)] if canary.enabled else [], concurrency_limit=one_at_a_time,
             description="Promote the canary or roll it back on the traffic each version served (serve.canary).",
         ),
@@ -110,6 +115,17 @@ def limit_accelerator() -> int:
         except ObjectNotFound:
             client.create_concurrency_limit(tag=ACCELERATOR_TAG, concurrency_limit=1)
             return 1
+
+
+def deploy_to_pool(config: PipelineConfig, pool: str) -> list[str]:
+    """Create (or update) the deployments on the Prefect API against work pool ``pool``, whose workers run them;
+    return their ids. The pool must exist (``prefect work-pool create NAME --type process|docker|kubernetes``)."""
+    from prefect import deploy
+
+    limit_accelerator()
+    ids = deploy(*build_deployments(config, EntrypointType.MODULE_PATH), work_pool_name=pool, build=False,
+                 push=False, print_next_steps_message=False, ignore_warnings=True)
+    return [str(i) for i in ids]
 
 
 def serve_deployments(config: PipelineConfig) -> None:

@@ -1,0 +1,44 @@
+"""llmops deploy --pool: the deployments on a work pool, and a real `prefect worker` (process type) running one."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from prefect import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.deployments import run_deployment
+from prefect.settings import PREFECT_API_URL
+
+from llmops.flows.deployments import deploy_to_pool
+from llmops.infra.config import PipelineConfig
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+POOL = "llmops-test-process"
+
+
+def test_deployments_on_a_work_pool_run_on_its_worker(tmp_path):
+    config = PipelineConfig(model_name="pool-lm").with_overrides(["serve.canary.enabled=true"])
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=POOL, type="process"), overwrite=True)
+    ids = deploy_to_pool(config, POOL)
+    with get_client(sync_client=True) as client:
+        deployments = {d.name: d for d in (client.read_deployment(i) for i in ids)}
+    assert set(deployments) == {"train", "monitor", "retrain", "canary"}
+    assert all(d.work_pool_name == POOL for d in deployments.values())
+    assert deployments["canary"].entrypoint == "llmops.flows.canary.canary_check"  # no source to pull: installed
+    assert deployments["retrain"].global_concurrency_limit.limit == 1 and deployments["monitor"].schedules
+    assert PipelineConfig.model_validate(deployments["train"].parameters["config"]) == config
+
+    run = run_deployment("canary-check/canary", timeout=0)  # scheduled now; only a worker can run it
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    worker = subprocess.run([sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--run-once"],
+                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    deadline = time.monotonic() + 120
+    with get_client(sync_client=True) as client:
+        while not (state := client.read_flow_run(run.id).state).is_final() and time.monotonic() < deadline:
+            time.sleep(1)
+    assert state.is_completed(), f"{state}\n{worker.stdout[-3000:]}\n{worker.stderr[-3000:]}"
