@@ -61,7 +61,6 @@ class Job:
     variant: Optional[str] = None
     tokenizer: object = None
     eos: Optional[int] = None
-    started: Optional[float] = None
     # written while generating
     tokens: list[int] = field(default_factory=list)  # generated ids, the eos excluded
     logprobs: list[float] = field(default_factory=list)  # per generated position, the eos position included
@@ -93,7 +92,7 @@ class Job:
                                 f"{loaded.version})", param="model", code="model_not_found")
         tok = self.tokenizer = loaded.tokenizer
         self.eos = tok.eos_token_id
-        self.version, self.variant, self.started = loaded.version, loaded.variant, time.monotonic()
+        self.version, self.variant = loaded.version, loaded.variant
         if isinstance(self.prompt, list):
             ids = list(self.prompt)
         else:
