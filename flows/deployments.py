@@ -3,6 +3,7 @@ the canary check."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Optional
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
@@ -15,35 +16,35 @@ from llmops.flows.monitor_drift import monitor_drift
 from llmops.flows.retrain import retrain
 from llmops.flows.training_pipeline import training_pipeline
 from llmops.infra.config import ConfigError, PipelineConfig
-from llmops.tasks.core.context import ACCELERATOR_TAG
+from llmops.tasks.core.context import ACCELERATOR_TAG, CANARY_STARTED, model_resource
 from llmops.tasks.core.monitoring import DRIFT_EVENT
+
+
+def _on_model_event(config: PipelineConfig, name: str, event: str, description: str, after_minutes: float,
+                    parameters: Optional[dict] = None) -> DeploymentEventTrigger:
+    """A trigger on ``event`` for this model's resource, ``after_minutes`` after it."""
+    return DeploymentEventTrigger(
+        name=name, description=description, expect={event},
+        match={"prefect.resource.id": model_resource(config.model_name)["prefect.resource.id"]},
+        schedule_after=timedelta(minutes=after_minutes), parameters=parameters,
+    )
 
 
 def drift_trigger(config: PipelineConfig) -> DeploymentEventTrigger:
     """Start ``retrain`` on this model's drift events, passing the event's id and payload as parameters."""
-    return DeploymentEventTrigger(
-        name=f"retrain-{config.model_name}-on-drift",
-        description=f"Retrain {config.model_name} when monitoring emits {DRIFT_EVENT}",
-        expect={DRIFT_EVENT},
-        match={"prefect.resource.id": f"llmops.model.{config.model_name}"},
-        schedule_after=timedelta(minutes=config.schedule.retrain_delay_minutes),
-        # a single-expression template keeps its JSON type: the flow receives the payload as a DriftEvent
-        parameters={"reason": "drift", "drift_event_id": "{{ event.id | string }}", "drift": "{{ event.payload }}"},
+    # a single-expression template keeps its JSON type: the flow receives the payload as a DriftEvent
+    return _on_model_event(
+        config, f"retrain-{config.model_name}-on-drift", DRIFT_EVENT,
+        f"Retrain {config.model_name} when monitoring emits {DRIFT_EVENT}", config.schedule.retrain_delay_minutes,
+        {"reason": "drift", "drift_event_id": "{{ event.id | string }}", "drift": "{{ event.payload }}"},
     )
-
-
-CANARY_STARTED = "llmops.model.canary_started"
 
 
 def canary_trigger(config: PipelineConfig) -> DeploymentEventTrigger:
     """Check the canary ``serve.canary.check_every_minutes`` after a promotion makes one."""
-    return DeploymentEventTrigger(
-        name=f"check-{config.model_name}-canary",
-        description=f"Check {config.model_name}'s canary after {CANARY_STARTED}",
-        expect={CANARY_STARTED},
-        match={"prefect.resource.id": f"llmops.model.{config.model_name}"},
-        schedule_after=timedelta(minutes=config.serve.canary.check_every_minutes),
-    )
+    return _on_model_event(config, f"check-{config.model_name}-canary", CANARY_STARTED,
+                           f"Check {config.model_name}'s canary after {CANARY_STARTED}",
+                           config.serve.canary.check_every_minutes)
 
 
 def _schedules(config: PipelineConfig) -> tuple[list, list]:

@@ -18,7 +18,7 @@ from llmops.monitoring.policy import DriftEventLedger
 from llmops.monitoring.records import DriftEvent, DriftOutcome, DriftReport, LedgerEntry, Trend
 from llmops.monitoring.report import render_summary
 from llmops.monitoring.trend import trend
-from llmops.tasks.core.context import artifact_key, cache_dir, link, store, timeout_s
+from llmops.tasks.core.context import artifact_key, cache_dir, link, model_resource, store, timeout_s
 from llmops.tasks.core.monitoring import DRIFT_EVENT, compact_closed_hours, reference_profile, run_drift_check
 
 
@@ -78,7 +78,7 @@ def decide_drift_event(config: PipelineConfig, report: DriftReport) -> DriftOutc
                              window_start=report.start, window_end=report.end, severity=report.severity,
                              signals=report.alerting, report=report.out_dir)
         event = emit_event(event=DRIFT_EVENT, payload=payload.model_dump(mode="json"),
-                           resource={"prefect.resource.id": f"llmops.model.{name}", "prefect.resource.name": name})
+                           resource=model_resource(name))
         ledger.record(LedgerEntry(at=now, window_id=report.window_id, event_id=str(event.id) if event else None))
     get_run_logger().info("drift event: %s (%s)", "emitted" if emit else "not emitted", reason)
     return DriftOutcome.of(report, trend_uri=trend_uri, event_emitted=emit, event_reason=reason)

@@ -22,7 +22,7 @@ from llmops.models.records import (
 )
 from llmops.models.release import Registry, register_candidate, release, smoke_test
 from llmops.monitoring.canary import CanaryVerdict, compare_canary, read_outcomes
-from llmops.tasks.core.context import artifact_key, cache_dir, link, store, timeout_s
+from llmops.tasks.core.context import CANARY_STARTED, artifact_key, cache_dir, link, model_resource, store, timeout_s
 
 
 @task(name="reserve-version", timeout_seconds=timeout_s("reserve-version"))
@@ -54,11 +54,10 @@ def promote_model(version: ModelVersionRef, evaluation: EvalReport, promote: boo
     samples = smoke_test(st, version.name, version.version, cache_dir())
     passed = evaluation.gate.promote and promote
     production = release(st, version.name, version.version, passed, evaluation.gate.reason, canary)
-    decision = ("llmops.model.canary_started" if canary else "llmops.model.promoted") if passed else \
-        "llmops.model.rejected"
+    decision = (CANARY_STARTED if canary else "llmops.model.promoted") if passed else "llmops.model.rejected"
     emit_event(
         event=decision,
-        resource={"prefect.resource.id": f"llmops.model.{version.name}", "prefect.resource.name": version.name},
+        resource=model_resource(version.name),
         payload={"version": version.version, "production_version": production, "gate": evaluation.gate.model_dump()},
     )
     get_run_logger().info("v%d smoke test ok %s; production is now v%s", version.version, samples, production)
@@ -95,10 +94,11 @@ def apply_canary_verdict(config: PipelineConfig, verdict: CanaryVerdict) -> Opti
     if verdict.action == "promote":
         registry.set_alias(config.serve.alias, version, f"canary check: {reason}")
     registry.clear_alias(cfg.alias, f"canary {verdict.action}: {reason}")
+    production = registry.alias(config.serve.alias)
     emit_event(
         event="llmops.model.promoted" if verdict.action == "promote" else "llmops.model.rolled_back",
-        resource={"prefect.resource.id": f"llmops.model.{name}", "prefect.resource.name": name},
-        payload={"version": version, "production_version": registry.alias(config.serve.alias), "via": "canary",
+        resource=model_resource(name),
+        payload={"version": version, "production_version": production, "via": "canary",
                  "reasons": verdict.reasons, "verdict": verdict.to_json()},
     )
-    return registry.alias(config.serve.alias)
+    return production

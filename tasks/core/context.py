@@ -43,6 +43,14 @@ def timeout_s(task_name: str) -> float:
     return float(overrides.get(task_name, TASK_TIMEOUTS_S[task_name]))
 
 
+CANARY_STARTED = "llmops.model.canary_started"  # a promotion made a canary: the canary deployment checks it later
+
+
+def model_resource(name: str) -> dict[str, str]:
+    """The Prefect event resource of model ``name``: what llmops' events name, and deployment triggers match."""
+    return {"prefect.resource.id": f"llmops.model.{name}", "prefect.resource.name": name}
+
+
 def artifact_key(*parts: object) -> str:
     """A Prefect artifact key (lowercase letters, digits and dashes) from readable parts."""
     return re.sub(r"[^a-z0-9-]+", "-", "-".join(str(p) for p in parts).lower()).strip("-")[:100]
