@@ -64,11 +64,15 @@ def context_length(model: PreTrainedModel) -> int:
     return int(config_context_length(model.config) or 1024)
 
 
+def marked_prompt(ids: Sequence[int], eos_token_id: int, budget: int) -> list[int]:
+    """A prompt's token ids after the eos document marker, keeping the last ``budget`` tokens (at least one)."""
+    marked = [eos_token_id, *ids]
+    return marked[-budget:] if budget > 0 else marked[-1:]
+
+
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, budget: int) -> list[int]:
     """Token ids of ``prompt`` after the eos document marker, keeping the last ``budget`` tokens."""
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    ids = [tokenizer.eos_token_id] + ids
-    return ids[-budget:] if budget > 0 else ids[-1:]
+    return marked_prompt(tokenizer(prompt, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id, budget)
 
 
 @torch.no_grad()

@@ -32,16 +32,17 @@ class ApiError(Exception):
         return JSONResponse({"error": body}, status_code=self.status, headers=self.headers)
 
 
+def _token_ids(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+
+
 def _prompt_shape(value: Any) -> Any:
     """OpenAI's four prompt shapes: a string, strings, token ids, lists of token ids; anything else, one message."""
     if isinstance(value, str):
         return value
-    if isinstance(value, list) and value and all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+    if value and _token_ids(value):
         return [value]  # one token-id prompt
-    if isinstance(value, list) and all(isinstance(p, str) for p in value):
-        return value
-    if isinstance(value, list) and all(isinstance(p, list) and all(isinstance(t, int) and not isinstance(t, bool)
-                                                                   for t in p) for p in value):
+    if isinstance(value, list) and (all(isinstance(p, str) for p in value) or all(_token_ids(p) for p in value)):
         return value
     raise ValueError("must be a string, a list of strings, a list of token ids or a list of lists of token ids")
 

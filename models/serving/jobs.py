@@ -14,7 +14,7 @@ from typing import Optional, Union
 import torch
 
 from llmops.models.model.decoding import row_generator
-from llmops.models.model.generation import Completion, PromptScore, SamplingParams
+from llmops.models.model.generation import Completion, PromptScore, SamplingParams, marked_prompt
 from llmops.models.release.registry import LoadedModel
 from llmops.models.serving.api import ApiError
 
@@ -99,12 +99,11 @@ class Job:
             ids = tok(self.prompt, add_special_tokens=False)["input_ids"]
         self.prompt_ids = ids
         budget = max(1, ctx - self.params.max_new_tokens)
-        marked = [tok.eos_token_id, *ids]
-        if self.echo and len(marked) > budget:
+        if self.echo and len(ids) + 1 > budget:
             raise ApiError(400, f"the prompt is {len(ids)} tokens; with echo it must fit the {ctx}-token context "
                                 f"with max_tokens={self.params.max_new_tokens} (at most {budget - 1} tokens)",
                            param="prompt")
-        self.input_ids = marked[-budget:]
+        self.input_ids = marked_prompt(ids, self.eos, budget)
         self.generator = row_generator(self.params.seed, self.choice, loaded.model.device)
 
     @property
