@@ -134,7 +134,9 @@ class Demo:
                           f"({'must improve' if s.rule == 'improve' else 'no regression'}: "
                           f"{'passes' if s.passed else 'fails'})")
         reloaded = httpx.post(f"{handle.url}/admin/reload", headers=_admin(handle), timeout=120).json()
-        console.print(f"server reloaded the production alias: v{reloaded['old_version']} -> v{reloaded['new_version']}")
+        console.print(f"server reloaded the production alias: v{reloaded['old_version']} -> v{reloaded['new_version']}"
+                      if reloaded["changed"] else f"server serves v{reloaded['new_version']} (its alias poll had "
+                      "already swapped it in)")
         return True
 
     def where_to_look(self, first: PipelineReport, reports: list[DriftOutcome], trend_uri: str) -> None:
