@@ -13,7 +13,8 @@ from llmops.infra.config.base import (
     pinned,
 )
 from llmops.infra.config.data import DataConfig, RedactSettings, TokenizerConfig
-from llmops.infra.config.evaluation import CompressConfig, EvalConfig, GateConfig, GenerationSettings
+from llmops.infra.config.compression import CompressConfig, DistillConfig, PruneConfig
+from llmops.infra.config.evaluation import EvalConfig, GateConfig, GenerationSettings
 from llmops.infra.config.model import ModelConfig, PresetName
 from llmops.infra.config.monitoring import MonitorConfig, ScheduleConfig, SignalThresholds
 from llmops.infra.config.pipeline import PipelineConfig
@@ -22,8 +23,8 @@ from llmops.infra.config.train import DistributedSettings, LoraSettings, TrainCo
 
 __all__ = [
     "ADDED_LATER", "AdaptConfig", "CanaryConfig", "RedactSettings",
-    "EXECUTION_ONLY", "CompressConfig", "ConfigError", "DataConfig", "DistributedSettings", "EvalConfig",
+    "EXECUTION_ONLY", "CompressConfig", "ConfigError", "DataConfig", "DistillConfig", "DistributedSettings", "EvalConfig",
     "Frozen", "GateConfig", "GenerationSettings", "LoraSettings", "ModelConfig", "MonitorConfig", "PipelineConfig",
-    "PresetName", "RunIdRule", "ScheduleConfig", "ServeConfig", "SignalThresholds", "TokenizerConfig", "TrainConfig",
+    "PresetName", "PruneConfig", "RunIdRule", "ScheduleConfig", "ServeConfig", "SignalThresholds", "TokenizerConfig", "TrainConfig",
     "apply_overrides", "pinned",
 ]

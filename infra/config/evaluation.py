@@ -1,4 +1,4 @@
-"""The eval, gate and compress sections: how a candidate is scored, sampled, gated and compressed."""
+"""The eval and gate sections: how a candidate is scored, sampled and gated."""
 from __future__ import annotations
 
 from typing import Literal, Optional
@@ -49,11 +49,3 @@ class GateConfig(Frozen):
     min_improvement: float = Field(0.0, ge=0, description="Bits per byte the candidate must gain over production.")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence of the paired bootstrap interval.")
     bootstrap_samples: int = Field(1000, ge=100)
-
-
-class CompressConfig(Frozen):
-    quantize: Literal["none", "int8"] = "int8"
-    max_bpb_increase: float = Field(
-        0.05, ge=0, description="The int8 variant is marked servable only within this loss."
-    )
-    latency_runs: int = Field(5, ge=1)

@@ -36,7 +36,10 @@ class ServeConfig(Frozen):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     alias: str = "production"
-    variant: Literal["fp32", "int8"] = "fp32"
+    variant: Literal["auto", "fp32", "bf16", "int8"] = Field(
+        "auto", description="auto: the fastest variant of the served version that passed its parity and speed gate "
+        "(fp32 when none did); or a named variant the version has.",
+    )
     max_prompt_chars: int = Field(8000, ge=1)
     max_tokens_limit: int = Field(256, ge=1, description="Largest max_tokens a request may ask for.")
     default_max_tokens: int = Field(16, ge=1)
