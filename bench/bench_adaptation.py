@@ -93,7 +93,7 @@ def base_config(args: argparse.Namespace):
         "data": cfg.data.model_copy(update={"sources": ["builtin://stdlib-docstrings"]}),
         "train": cfg.train.model_copy(update={"max_minutes": args.base_seconds / 60, "time_budget_s": None,
                                               "max_steps": 1_000_000, "device": "cpu"}),
-        "compress": cfg.compress.model_copy(update={"quantize": "none"}),
+        "compress": cfg.compress.model_copy(update={"variants": []}),
         "adapt": cfg.adapt.model_copy(update={"max_minutes": args.adapt_seconds / 60}),
     }).with_overrides(args.set)
 
@@ -150,7 +150,7 @@ def ensure_production(store, cfg, cache: Path) -> tuple[Any, dict]:
     evaluation = evaluate_run(store, run, dataset, cfg.eval, cfg.gate, cfg.model_name, cache,
                               candidate_version=version, attention=cfg.model.attention, adapt=cfg.adapt)
     register_candidate(store, cfg, version=version, dataset=dataset, tokenizer=tok_ref, run=run,
-                       evaluation=evaluation, quant=None, reference_profile=None, cache_dir=cache)
+                       evaluation=evaluation, compression=None, reference_profile=None, cache_dir=cache)
     # the bench's premise, whatever the first-model gate's bound says about a short run
     registry.set_alias("production", version, "bench: the model the traffic drifts away from")
     store.put_json(PRODUCTION_INFO, info)  # how it was trained, for a rerun on the same --work

@@ -70,6 +70,25 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_distill(args) -> int:
+    from llmops.flows.distill import distill_flow
+
+    config = load_config(args)
+    overrides = [f"compress.distill.student_preset={args.student_preset}"] if args.student_preset else []
+    if args.prune is not None:
+        overrides += ["compress.prune.enabled=true", f"compress.prune.keep={args.prune}"]
+    config = config.with_overrides(overrides) if overrides else config
+    if args.data:
+        config = with_sources(config, args.data)
+    report = distill_flow(config, teacher=args.teacher)
+    student = "a pruned copy" if report.pruned else config.compress.distill.student_preset
+    print(f"student ({student}, {report.run.parameters:,} parameters) registered as {config.model_name} "
+          f"v{report.version.version}: {'promoted' if report.promoted else 'not promoted'} — "
+          f"{report.evaluation.gate.reason}")
+    print(f"model card: {report.version.uri.rsplit('/', 1)[0]}/README.md")
+    return 0
+
+
 def cmd_serve(args) -> int:
     from llmops.infra.settings import get_settings
     from llmops.infra.store import open_store
@@ -215,10 +234,18 @@ COMMANDS = [
         _arg("--keep-running", action="store_true", help="leave the servers up at the end (Ctrl-C stops them)")]),
     ("train", "run the training pipeline on the given sources", cmd_train, [
         _arg("--data", nargs="+", help="files, folders, globs, s3:// prefixes, builtin:// corpora")]),
+    ("distill", "distill a smaller student from a teacher, then gate and register it", cmd_distill, [
+        _arg("--teacher", default="production",
+             help="a registered version or alias of the config's model, or a local model folder (default: production)"),
+        _arg("--student-preset", help="the student's preset (default: compress.distill.student_preset)"),
+        _arg("--prune", type=float, metavar="KEEP",
+             help="start the student from the teacher pruned to this fraction of its trunk (e.g. 0.5), then heal it"),
+        _arg("--data", nargs="+", help="files, folders, globs, s3:// prefixes, builtin:// corpora")]),
     ("serve", "serve the production model (OpenAI-compatible /v1/completions and /v1/chat/completions)", cmd_serve, [
         _arg("--host"), _arg("--port", type=int),
         _arg("--alias", help="registry alias to serve (default: production)"),
-        _arg("--variant", choices=["fp32", "int8"]),
+        _arg("--variant", choices=["auto", "fp32", "bf16", "int8"],
+             help="auto (default): the fastest variant that passed its gate"),
         _arg("--insecure", action="store_true",
              help="serve a non-loopback --host without an API key (LLMOPS_API_KEY); refused otherwise"),
         _arg("--log-json", action="store_true", help="log one JSON object per line (serve.log_format=json)")]),
@@ -268,15 +295,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     _environment_defaults()
     from llmops.infra.config import ConfigError
     from llmops.infra.store import StoreError
+    from llmops.models.compression import DistillationError
     from llmops.models.data import IngestError, TokenizerError
+    from llmops.models.model import VariantError
     from llmops.models.release import RegistryError
     from llmops.models.training import TrainingError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, IngestError, RegistryError, StoreError, TokenizerError, TrainingError,
-            FileNotFoundError) as exc:
+    except (ConfigError, DistillationError, IngestError, RegistryError, StoreError, TokenizerError, TrainingError,
+            VariantError, FileNotFoundError) as exc:
         print(f"llmops {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

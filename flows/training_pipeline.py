@@ -1,4 +1,5 @@
-"""The training pipeline flow: ingest, tokenize, train, evaluate, compress, profile, register, promote."""
+"""The training pipeline flow: ingest, tokenize, train, evaluate, compress, profile, register, promote; then, when
+configured, a student pruned from and/or distilled from the candidate, released through the same stages."""
 from __future__ import annotations
 
 from typing import Optional
@@ -6,8 +7,10 @@ from typing import Optional
 from prefect import flow
 
 from llmops.infra.config import PipelineConfig
-from llmops.models.records import DatasetRef, PipelineReport
-from llmops.tasks.compression import quantize_model
+from llmops.models.compression import TeacherRef
+from llmops.models.records import DatasetRef, PackedRef, PipelineReport, ReleaseReport, TokenizerRef, TrainRef
+from llmops.tasks.compression import compress_model
+from llmops.tasks.distillation import distill_model, prune_model
 from llmops.tasks.evaluation import evaluate_model
 from llmops.tasks.ingestion import ingest_data
 from llmops.tasks.monitoring import build_reference_profile
@@ -28,16 +31,42 @@ def run_stages(config: PipelineConfig, dataset: Optional[DatasetRef] = None) -> 
     tokenizer = build_tokenizer_task(config.tokenizer, dataset, config.model)
     packed = pack_data(dataset, tokenizer, config.train.block_size, config.tokenizer.num_proc, config.train.batching)
     run = train_model(packed, tokenizer, config.model, config.train)
+    released = release_candidate(config, dataset, tokenizer, run)
+    student = None
+    if config.compress.distill.enabled or config.compress.prune.enabled:
+        teacher = TeacherRef(label=f"run {run.run_id} (v{released.version.version})", run=run,
+                             model_name=config.model_name, version=released.version.version)
+        student = student_stages(config, dataset, tokenizer, packed, teacher)
+    return PipelineReport(
+        model_name=config.model_name, dataset=dataset, tokenizer=tokenizer, run=run,
+        evaluation=released.evaluation, compression=released.compression, version=released.version,
+        promoted=released.promoted, production_version=released.production_version,
+        model_card_uri=released.version.uri.rsplit("/", 1)[0] + "/README.md", student=student,
+    )
+
+
+def release_candidate(config: PipelineConfig, dataset: DatasetRef, tokenizer: TokenizerRef,
+                      run: TrainRef) -> ReleaseReport:
+    """Evaluate and gate a trained run, make its variants, profile it, register it and promote it if it passed."""
     number = reserve_version(config.model_name)
     evaluation = evaluate_model(run, dataset, config.eval, config.gate, config.model_name, number,
                                 attention=config.model.attention, adapt=config.adapt)
-    quant = quantize_model(run, dataset, config.compress, config.eval, config.model_name)
-    profile = build_reference_profile(run, dataset, config, number)
-    version = register_model(config, number, dataset, tokenizer, run, evaluation, quant, profile)
+    compression = compress_model(run, dataset, config.compress, config.eval, config.model_name)
+    profile = build_reference_profile(run, dataset, config, number, compression)
+    version = register_model(config, number, dataset, tokenizer, run, evaluation, compression, profile)
     canary = config.serve.canary.alias if config.serve.canary.enabled else None
     production = promote_model(version, evaluation, config.promote, canary)
-    return PipelineReport(
-        model_name=config.model_name, dataset=dataset, tokenizer=tokenizer, run=run, evaluation=evaluation,
-        quantization=quant, version=version, promoted=production == version.version,
-        production_version=production, model_card_uri=version.uri.rsplit("/", 1)[0] + "/README.md",
-    )
+    return ReleaseReport(run=run, evaluation=evaluation, compression=compression, version=version,
+                         promoted=production == version.version, production_version=production)
+
+
+def student_stages(config: PipelineConfig, dataset: DatasetRef, tokenizer: TokenizerRef, packed: PackedRef,
+                   teacher: TeacherRef) -> ReleaseReport:
+    """A student of ``teacher``: its pruned copy (compress.prune) or a smaller preset, distilled on the same data,
+    then released like any candidate (its own version, gated against production)."""
+    pruned = prune_model(teacher, dataset, config.compress.prune) if config.compress.prune.enabled else None
+    run = distill_model(packed, tokenizer, teacher, config.model, config.train, config.compress.distill, pruned)
+    student_config = config.model_copy(update={"model": config.model.model_copy(update=(
+        {"pretrained": None} if pruned else {"preset": config.compress.distill.student_preset, "pretrained": None,
+                                             "overrides": dict(config.compress.distill.student_overrides)}))})
+    return release_candidate(student_config, dataset, tokenizer, run).model_copy(update={"pruned": pruned})

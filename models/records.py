@@ -150,6 +150,19 @@ class ModelSizing(Record):
     reason: str
 
 
+class Distillation(Record):
+    """A distilled run's teacher and loss (compress.distill): part of the run id, so another teacher is another run."""
+
+    teacher: str = Field(description="The teacher's model folder: store URI or local path (informational)")
+    teacher_sha256: str = Field(description="sha256 of the teacher's model.safetensors: its identity")
+    teacher_version: Optional[int] = Field(None, description="The teacher's registry version, when known")
+    loss: Literal["forward_kl", "reverse_kl", "jsd"]
+    alpha: float = Field(description="Weight of the divergence; 1 - alpha weighs the cross-entropy")
+    temperature: float
+    jsd_beta: Optional[float] = Field(None, description="The mixture weight of generalized JSD (loss: jsd only)")
+    top_k: Optional[int] = Field(None, description="The teacher truncated to its top-k tokens per position")
+
+
 class TrainRef(Record):
     """A finished (or budget-stopped) training run: ``runs/<run_id>/``."""
 
@@ -167,13 +180,15 @@ class TrainRef(Record):
     device: str
     precision: str
     resumed_from_step: Optional[int] = None
-    method: Literal["scratch", "full", "lora"] = Field(
-        "scratch", description="Trained from scratch, or fine-tuned from base_model (every weight, or LoRA merged)")
+    method: Literal["scratch", "full", "lora", "distill"] = Field(
+        "scratch", description="Trained from scratch, or fine-tuned from base_model (every weight, or LoRA merged), "
+        "or distilled from a teacher (see distillation)")
     base_model: Optional[str] = Field(
         None, description="The pretrained model fine-tuned: path or hub id @ content hash")
     preflight: Optional[PreflightReport] = None
     kernels: Optional[KernelChoice] = Field(None, description="The precision and kernels it trained with, and why")
     sized: Optional[ModelSizing] = Field(None, description="model.preset=auto: the shape sized to the budget")
+    distillation: Optional[Distillation] = Field(None, description="The teacher and loss of a distilled run")
 
 
 class DocScores(Record):
@@ -255,18 +270,53 @@ class EvalReport(Record):
     gate: GateDecision
 
 
-class QuantReport(Record):
-    variant: Literal["int8"]
-    uri: str = Field(description="URI of the quantized state dict")
-    sha256: str
-    fp32_bytes: int
-    int8_bytes: int
-    fp32_bits_per_byte: float
-    int8_bits_per_byte: float
-    bpb_increase: float
-    fp32_latency_ms: float
-    int8_latency_ms: float
+class VariantReport(Record):
+    """One compressed variant measured beside its parent (fp32) in the same run: speed, size, parity."""
+
+    variant: Literal["int8", "bf16"]
+    uri: str = Field(description="URI of the variant's folder (weights + variant.json)")
+    sha256: str = Field(description="sha256 of the variant's weights file")
+    bytes: int = Field(description="Size of the weights file on disk")
+    tokens_per_s: dict[int, float] = Field(description="Greedy decode tokens/s by batch size")
+    bits_per_byte: Optional[float] = None
+    bpb_increase: Optional[float] = Field(None, description="Variant minus parent bits/byte on the same documents")
+    ci_low: Optional[float] = None
+    ci_high: Optional[float] = None
+    relative_increase_high: Optional[float] = Field(None, description="ci_high / the parent's bits/byte")
+    mean_kl: Optional[float] = Field(None, description="Mean per-token KL(parent || variant), nats")
+    top1_agreement: Optional[float] = Field(None, description="Share of positions with the same top next token")
+    faster: bool
+    smaller: bool
+    parity: Optional[bool] = Field(None, description="None: not measured (the variant was out on speed already)")
     servable: bool
+    reasons: list[str] = Field(default_factory=list, description="Why it is not servable; empty when it is")
+
+
+class CompressionReport(Record):
+    """The compress stage: every variant of a run's model against its parent, and the one ``auto`` serves."""
+
+    parent_bytes: int
+    parent_tokens_per_s: dict[int, float]
+    parent_bits_per_byte: Optional[float] = None
+    documents: int = Field(description="Test documents both sides were scored on")
+    variants: list[VariantReport]
+    serve: str = Field(description="What serve.variant=auto serves on CPU: the fastest servable variant, else fp32")
+
+    def servable(self) -> list[VariantReport]:
+        return [v for v in self.variants if v.servable]
+
+
+class PrunedRef(Record):
+    """A structurally pruned copy of a run's model (compress.prune), the starting point of a healed student."""
+
+    uri: str = Field(description="URI of the pruned save_pretrained folder (with its tokenizer and prune_report.json)")
+    sha256: str = Field(description="sha256 of its model.safetensors")
+    source_sha256: str = Field(description="sha256 of the pruned model's model.safetensors")
+    keep: float
+    axes: str
+    parameters_before: int
+    parameters_after: int
+    shape: dict[str, tuple[int, int]] = Field(description="layers, intermediate_size, heads: before and after")
 
 
 class ProfileRef(Record):
@@ -288,6 +338,9 @@ class VersionMetadata(Record):
     tokenizer_sha256: str
     gate: GateDecision
     test_bits_per_byte: float
+    serving_variant: Optional[str] = Field(
+        None, description="The variant serve.variant=auto serves on CPU: the fastest one that passed its gate"
+    )
 
 
 class VersionManifest(Record):
@@ -315,6 +368,18 @@ class ModelVersionRef(Record):
     aliases: list[str] = Field(default_factory=list)
 
 
+class ReleaseReport(Record):
+    """A run released through the pipeline's stages: the candidate itself, or a student pruned/distilled from it."""
+
+    run: TrainRef
+    evaluation: EvalReport
+    compression: Optional[CompressionReport]
+    version: ModelVersionRef
+    promoted: bool
+    production_version: Optional[int]
+    pruned: Optional[PrunedRef] = None
+
+
 class PipelineReport(Record):
     """What one run of the training pipeline produced and decided."""
 
@@ -323,8 +388,9 @@ class PipelineReport(Record):
     tokenizer: TokenizerRef
     run: TrainRef
     evaluation: EvalReport
-    quantization: Optional[QuantReport]
+    compression: Optional[CompressionReport]
     version: ModelVersionRef
     promoted: bool
     production_version: Optional[int]
     model_card_uri: str
+    student: Optional[ReleaseReport] = Field(None, description="compress.distill / compress.prune: the student")

@@ -173,6 +173,9 @@ def build_profile(records: Sequence[dict], tokenize: Optional[Tokenize], cfg: Mo
     fit_rows, count_rows = split_halves(records)
     profile = profile_from_halves(take(batch, fit_rows), take(batch, count_rows), cfg, model_name=model_name,
                                   model_version=model_version, has_tokenizer=tokenize is not None)
+    variants = {r.get("variant") for r in records if isinstance(r, dict)}
+    if len(variants) == 1:
+        profile = profile.model_copy(update={"model_variant": variants.pop()})
     if cfg.domain_classifier:
         texts = reference_texts([r.get("prompt") if isinstance(r, dict) else None for r in records],
                                 cfg.classifier_reference_size)

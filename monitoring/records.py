@@ -244,6 +244,9 @@ class ReferenceProfile(_Plain):
     schema_version: Literal[1, 2] = SCHEMA_VERSION
     model_name: str
     model_version: int
+    model_variant: Optional[str] = Field(
+        None, description="The variant (fp32, int8, bf16) whose outputs were profiled, when all records share one"
+    )
     created_at: datetime
     n_records: int
     n_bins: int

@@ -12,7 +12,7 @@ from prefect.events import emit_event
 
 from llmops.infra.config import PipelineConfig
 from llmops.infra.store import ArtifactStore
-from llmops.models.records import DatasetRef, ProfileRef, TrainRef
+from llmops.models.records import CompressionReport, DatasetRef, ProfileRef, TrainRef
 from llmops.monitoring import layout
 from llmops.monitoring.policy import DriftEventLedger
 from llmops.monitoring.records import DriftEvent, DriftOutcome, DriftReport, LedgerEntry, Trend
@@ -23,9 +23,10 @@ from llmops.tasks.core.monitoring import DRIFT_EVENT, compact_closed_hours, refe
 
 
 @task(name="build-reference-profile", timeout_seconds=timeout_s("build-reference-profile"))
-def build_reference_profile(run: TrainRef, dataset: DatasetRef, config: PipelineConfig, version: int) -> ProfileRef:
+def build_reference_profile(run: TrainRef, dataset: DatasetRef, config: PipelineConfig, version: int,
+                            compression: Optional[CompressionReport] = None) -> ProfileRef:
     """Validation documents, served-size, through the model's own scoring and generation, profiled for ``version``."""
-    ref = reference_profile(store(), run, dataset, config, version, cache_dir())
+    ref = reference_profile(store(), run, dataset, config, version, cache_dir(), compression)
     get_run_logger().info("reference profile of v%d: %d validation documents, %d signals", version, ref.records,
                           len(ref.signals))
     return ref

@@ -12,11 +12,11 @@ from prefect.events import emit_event
 from llmops.infra.config import PipelineConfig
 from llmops.infra.traffic.log import parse_ts, read_window
 from llmops.models.records import (
+    CompressionReport,
     DatasetRef,
     EvalReport,
     ModelVersionRef,
     ProfileRef,
-    QuantReport,
     TokenizerRef,
     TrainRef,
 )
@@ -33,10 +33,10 @@ def reserve_version(model_name: str) -> int:
 
 @task(name="register-model", timeout_seconds=timeout_s("register-model"))
 def register_model(config: PipelineConfig, version: int, dataset: DatasetRef, tokenizer: TokenizerRef, run: TrainRef,
-                   evaluation: EvalReport, quant: Optional[QuantReport],
+                   evaluation: EvalReport, compression: Optional[CompressionReport],
                    reference_profile: Optional[ProfileRef]) -> ModelVersionRef:
     ref = register_candidate(store(), config, version=version, dataset=dataset, tokenizer=tokenizer, run=run,
-                             evaluation=evaluation, quant=quant, reference_profile=reference_profile,
+                             evaluation=evaluation, compression=compression, reference_profile=reference_profile,
                              cache_dir=cache_dir())
     card_uri = ref.uri.rsplit("/", 1)[0] + "/README.md"
     create_link_artifact(link(card_uri), link_text=f"model card: {ref.name} v{ref.version}",

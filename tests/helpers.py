@@ -18,8 +18,8 @@ from llmops.models.data.packing import pack_dataset
 from llmops.models.data.snapshot import read_split
 from llmops.models.data.tokenizer import build_tokenizer, load_tokenizer, train_bpe
 from llmops.models.model.presets import build_config
-from llmops.models.model.variants import quantize_int8, save_int8
-from llmops.models.records import DatasetRef, ModelVersionRef, TokenizerRef, TrainRef
+from llmops.models.model.variants import quantize_int8, save_variant
+from llmops.models.records import DatasetRef, GateDecision, ModelVersionRef, TokenizerRef, TrainRef, VersionMetadata
 from llmops.models.release.registry import Registry
 from llmops.models.training.run import run_training
 
@@ -54,7 +54,7 @@ def tiny_model(tokenizer: PreTrainedTokenizerFast, *, seed: int = 0, context_len
 
 def make_registered_model(store: ArtifactStore, name: str, *, alias: Optional[str] = "production", seed: int = 0,
                           int8: bool = False, context_length: int = 64, vocab_size: int = 400,
-                          files: Optional[dict] = None) -> ModelVersionRef:
+                          files: Optional[dict] = None, serving_variant: Optional[str] = None) -> ModelVersionRef:
     """Register a new version of a tiny untrained model (tokenizer included) and point ``alias`` at it.
 
     Args:
@@ -62,8 +62,9 @@ def make_registered_model(store: ArtifactStore, name: str, *, alias: Optional[st
         name: Model name in the registry.
         alias: Alias to move to the new version; None leaves aliases alone.
         seed: Weight initialisation seed (versions built with different seeds differ).
-        int8: Also register the ``int8`` variant (``quantize_int8`` + ``save_int8``).
+        int8: Also register the ``int8`` variant (``quantize_int8`` + ``save_variant``).
         files: Extra files for the version folder (name -> text or bytes), e.g. reference_profile.json.
+        serving_variant: Record this variant as the one that passed its gate fastest (what ``auto`` serves).
     """
     tokenizer = tiny_tokenizer(vocab_size)
     model = tiny_model(tokenizer, seed=seed, context_length=context_length)
@@ -73,9 +74,13 @@ def make_registered_model(store: ArtifactStore, name: str, *, alias: Optional[st
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         if int8:
-            save_int8(quantize_int8(model), Path(tmp) / "int8")
+            save_variant(quantize_int8(model), "int8", Path(tmp) / "int8")
             variants["int8"] = Path(tmp) / "int8"
-        ref = registry.register(folder, variants=variants, files=files)
+        metadata = None if serving_variant is None else VersionMetadata(
+            run_id="fixture", dataset="fixture", dataset_sha256="0" * 64, tokenizer_sha256="0" * 64,
+            gate=GateDecision(promote=True, reason="test fixture", candidate_bits_per_byte=1.0, threshold=3.0,
+                              documents=1), test_bits_per_byte=1.0, serving_variant=serving_variant)
+        ref = registry.register(folder, variants=variants, files=files, metadata=metadata)
     if alias is not None:
         registry.set_alias(alias, ref.version, reason="test fixture")
         ref = registry.ref(ref.version)

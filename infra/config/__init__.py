@@ -12,8 +12,8 @@ from llmops.infra.config.base import (
     apply_overrides,
     pinned,
 )
-from llmops.infra.config.data import DataConfig, RedactSettings, TokenizerConfig
 from llmops.infra.config.compression import CompressConfig, DistillConfig, PruneConfig
+from llmops.infra.config.data import DataConfig, RedactSettings, TokenizerConfig
 from llmops.infra.config.evaluation import EvalConfig, GateConfig, GenerationSettings
 from llmops.infra.config.model import ModelConfig, PresetName
 from llmops.infra.config.monitoring import MonitorConfig, ScheduleConfig, SignalThresholds
@@ -22,9 +22,9 @@ from llmops.infra.config.serving import CanaryConfig, ServeConfig
 from llmops.infra.config.train import DistributedSettings, LoraSettings, TrainConfig
 
 __all__ = [
-    "ADDED_LATER", "AdaptConfig", "CanaryConfig", "RedactSettings",
-    "EXECUTION_ONLY", "CompressConfig", "ConfigError", "DataConfig", "DistillConfig", "DistributedSettings", "EvalConfig",
-    "Frozen", "GateConfig", "GenerationSettings", "LoraSettings", "ModelConfig", "MonitorConfig", "PipelineConfig",
-    "PresetName", "PruneConfig", "RunIdRule", "ScheduleConfig", "ServeConfig", "SignalThresholds", "TokenizerConfig", "TrainConfig",
+    "ADDED_LATER", "AdaptConfig", "CanaryConfig", "CompressConfig", "ConfigError", "DataConfig", "DistillConfig",
+    "DistributedSettings", "EXECUTION_ONLY", "EvalConfig", "Frozen", "GateConfig", "GenerationSettings",
+    "LoraSettings", "ModelConfig", "MonitorConfig", "PipelineConfig", "PresetName", "PruneConfig", "RedactSettings",
+    "RunIdRule", "ScheduleConfig", "ServeConfig", "SignalThresholds", "TokenizerConfig", "TrainConfig",
     "apply_overrides", "pinned",
 ]

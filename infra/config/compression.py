@@ -27,7 +27,9 @@ class DistillConfig(Frozen):
         "teacher) (MiniLLM); jsd: generalized Jensen-Shannon with `jsd_beta` (TRL's GKD)."
     )
     alpha: float = Field(0.5, ge=0, le=1, description="Weight of the divergence; 1 - alpha weighs the cross-entropy.")
-    temperature: float = Field(2.0, gt=0, description="Both distributions are softened by it; the term is scaled by T².")
+    temperature: float = Field(
+        2.0, gt=0, description="Both distributions are softened by it; the term is scaled by T²."
+    )
     jsd_beta: float = Field(0.5, gt=0, lt=1, description="The mixture weight of generalized JSD (loss: jsd).")
     top_k: Optional[int] = Field(
         None, ge=1, description="Keep the teacher's top-k tokens per position (renormalized): less memory, a "
@@ -41,7 +43,9 @@ class DistillConfig(Frozen):
 class PruneConfig(Frozen):
     """Structured pruning to a real smaller config, healed by distillation from the unpruned model (Minitron)."""
 
-    enabled: bool = Field(False, description="In the training pipeline: prune the candidate and heal it by distillation.")
+    enabled: bool = Field(
+        False, description="In the training pipeline: prune the candidate and heal it by distillation."
+    )
     keep: float = Field(0.5, gt=0, le=1, description="The fraction of the trunk's parameters to keep (approximate).")
     axes: Literal["depth", "width", "both"] = Field(
         "both", description="Drop whole decoder layers, shrink MLP channels and attention heads, or both."
@@ -76,7 +80,7 @@ class CompressConfig(Frozen):
         if isinstance(data, dict) and "quantize" in data:
             data = dict(data)
             old = data.pop("quantize")
-            data.setdefault("variants", [] if old == "none" else [old])
+            data["variants"] = [] if old == "none" else [old]
             data.pop("max_bpb_increase", None)
             data.pop("latency_runs", None)
         return data

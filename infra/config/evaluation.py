@@ -1,7 +1,7 @@
 """The eval and gate sections: how a candidate is scored, sampled and gated."""
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Optional
 
 from pydantic import Field
 

@@ -9,8 +9,8 @@ from pydantic import Field, ValidationError, model_validator
 
 from llmops.infra.config.adapt import AdaptConfig
 from llmops.infra.config.base import ConfigError, Frozen, apply_overrides, explain
-from llmops.infra.config.data import DataConfig, TokenizerConfig
 from llmops.infra.config.compression import CompressConfig
+from llmops.infra.config.data import DataConfig, TokenizerConfig
 from llmops.infra.config.evaluation import EvalConfig, GateConfig
 from llmops.infra.config.model import ModelConfig
 from llmops.infra.config.monitoring import MonitorConfig, ScheduleConfig

@@ -1,70 +1,125 @@
-"""The compress stage: a run's model quantized to int8, measured beside fp32 (bits per byte, size, latency)."""
+"""The compress stage: each precision variant of a run's model measured beside fp32 in the same run, and kept as
+a serving candidate only when it is faster, smaller and within the parity gate."""
 from __future__ import annotations
 
-import io
-import statistics
-import time
+import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from llmops.infra.config import CompressConfig
+from llmops.infra.config import CompressConfig, GateConfig
 from llmops.infra.store import ArtifactStore
+from llmops.models.compression.measure import decode_tokens_per_s, distribution_parity
+from llmops.models.evaluation.gate import paired_interval
 from llmops.models.evaluation.scoring import bits_per_byte, score_documents
-from llmops.models.model.generation import SamplingParams, complete
 from llmops.models.model.loading import download_run_model, load_model
-from llmops.models.model.variants import INT8_FILE, quantize_int8, save_int8
-from llmops.models.records import QuantReport, TrainRef
+from llmops.models.model.variants import make_variant, save_variant
+from llmops.models.records import CompressionReport, DocScores, TrainRef, VariantReport
+
+log = logging.getLogger("llmops.compression")
+
+BATCHES = (1, 8)
 
 
-def serialized_bytes(model: torch.nn.Module) -> int:
-    """Bytes of the model's state dict as torch.save writes it (comparable across fp32 and int8)."""
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    return buf.tell()
+@dataclass
+class Parent:
+    """The fp32 model variants are measured against, with what is measured of it once (scores on first need)."""
 
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    texts: Sequence[str]
+    bytes: int
+    speed: dict[int, float]
+    stride: Optional[int] = None
+    scores: Optional[DocScores] = None
 
-
-def generation_latency_ms(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
-                          runs: int, max_new_tokens: int = 16) -> float:
-    """Median wall-clock of greedy generation of ``max_new_tokens`` for one prompt at batch 1."""
-    params = SamplingParams(max_new_tokens=max_new_tokens, do_sample=False)
-    complete(model, tokenizer, prompts[:1], params)  # warm-up
-    times = []
-    for i in range(runs):
-        t0 = time.perf_counter()
-        complete(model, tokenizer, [prompts[i % len(prompts)]], params)
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
-
+    def scored(self) -> DocScores:
+        if self.scores is None:
+            self.scores = score_documents(self.model, self.tokenizer, self.texts, self.stride)
+        return self.scores
 
 
 def compress_run(store: ArtifactStore, run: TrainRef, texts: Sequence[str], cfg: CompressConfig,
-                 cache_dir: Path, stride: Optional[int] = None) -> Optional[QuantReport]:
-    """Quantize the run's model to int8, measure it beside fp32, and store the variant under the run.
+                 cache_dir: Path, stride: Optional[int] = None) -> Optional[CompressionReport]:
+    """Make every variant in ``cfg.variants``, measure it beside fp32, and store it under ``runs/<id>/variants/``.
 
-    Returns None when ``cfg.quantize == "none"``. The variant is marked servable only when its
-    bits per byte on ``texts`` rise by at most ``cfg.max_bpb_increase``.
+    Returns None when ``cfg.variants`` is empty. Each variant is saved, loaded back as every consumer loads it,
+    and judged by :func:`assess`.
     """
-    if cfg.quantize == "none":
+    if not cfg.variants:
         return None
-    model, tokenizer = load_model(download_run_model(store, run, cache_dir))
-    qmodel = quantize_int8(model)
-    fp32_bpb = bits_per_byte(score_documents(model, tokenizer, texts, stride))
-    int8_bpb = bits_per_byte(score_documents(qmodel, tokenizer, texts, stride))
-    prompts = list(texts[:max(1, cfg.latency_runs)])
-    fp32_ms = generation_latency_ms(model, tokenizer, prompts, cfg.latency_runs)
-    int8_ms = generation_latency_ms(qmodel, tokenizer, prompts, cfg.latency_runs)
-    folder = Path(cache_dir) / "runs" / run.run_id / "int8"
-    save_int8(qmodel, folder)
-    prefix = f"runs/{run.run_id}/int8"
-    hashes = store.upload_dir(folder, prefix)
-    return QuantReport(
-        variant="int8", uri=store.uri_for(prefix), sha256=hashes[INT8_FILE],
-        fp32_bytes=serialized_bytes(model), int8_bytes=serialized_bytes(qmodel),
-        fp32_bits_per_byte=fp32_bpb, int8_bits_per_byte=int8_bpb, bpb_increase=int8_bpb - fp32_bpb,
-        fp32_latency_ms=fp32_ms, int8_latency_ms=int8_ms, servable=int8_bpb - fp32_bpb <= cfg.max_bpb_increase,
+    model_dir = download_run_model(store, run, cache_dir)
+    model, tokenizer = load_model(model_dir)
+    parent = Parent(model, tokenizer, texts, (model_dir / "model.safetensors").stat().st_size,
+                    speeds(model, tokenizer, texts, cfg), stride)
+    reports = []
+    for name in cfg.variants:
+        folder = Path(cache_dir) / "runs" / run.run_id / "variants" / name
+        weights = save_variant(make_variant(model, name), name, folder)
+        vmodel, _ = load_model(model_dir, name, variant_dir=folder)
+        prefix = f"runs/{run.run_id}/variants/{name}"
+        hashes = store.upload_dir(folder, prefix)
+        reports.append(assess(name, vmodel, parent, cfg, uri=store.uri_for(prefix), sha256=hashes[weights.name],
+                              size=weights.stat().st_size))
+        log.info("%s: %s", name, "servable" if reports[-1].servable else "; ".join(reports[-1].reasons))
+    servable = [r for r in reports if r.servable]
+    return CompressionReport(
+        parent_bytes=parent.bytes, parent_tokens_per_s=parent.speed,
+        parent_bits_per_byte=bits_per_byte(parent.scores) if parent.scores else None, documents=len(texts),
+        variants=reports, serve=max(servable, key=lambda r: r.tokens_per_s[1]).variant if servable else "fp32",
     )
+
+
+def speeds(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
+           cfg: CompressConfig) -> dict[int, float]:
+    """Greedy decode tokens/s at each batch size the gate compares."""
+    return {b: decode_tokens_per_s(model, tokenizer, texts, b, cfg.decode_tokens, cfg.speed_runs) for b in BATCHES}
+
+
+def assess(name: str, vmodel: PreTrainedModel, parent: Parent, cfg: CompressConfig, *, uri: str, sha256: str,
+           size: int) -> VariantReport:
+    """Measure one variant beside its parent and decide whether it may serve.
+
+    Speed first: a variant that is not faster at batch 1 and 8 (with ``cfg.require_faster``) is out without
+    spending the scoring on it. Then parity: the paired bootstrap interval of the bits/byte increase on the
+    parent's documents, whose upper end must stay within ``cfg.max_relative_bpb_increase`` of the parent's
+    bits/byte; mean KL and top-1 agreement are reported beside it. It must also be smaller on disk.
+    """
+    speed = speeds(vmodel, parent.tokenizer, parent.texts, cfg)
+    faster = all(speed[b] > parent.speed[b] for b in BATCHES)
+    quality = _parity(vmodel, parent, cfg) if faster or not cfg.require_faster else {}
+    return _report(name, uri, sha256, size, parent, speed, faster, quality, cfg)
+
+
+def _parity(variant: PreTrainedModel, parent: Parent, cfg: CompressConfig) -> dict:
+    scores = score_documents(variant, parent.tokenizer, parent.texts, parent.stride)
+    gate_cfg = GateConfig(confidence=cfg.confidence, bootstrap_samples=cfg.bootstrap_samples)
+    diff, low, high = paired_interval(scores, parent.scored(), gate_cfg)
+    kl, top1 = distribution_parity(parent.model, variant, parent.tokenizer, parent.texts)
+    return dict(bits_per_byte=bits_per_byte(scores), bpb_increase=diff, ci_low=low, ci_high=high,
+                relative_increase_high=high / bits_per_byte(parent.scored()), mean_kl=kl, top1_agreement=top1)
+
+
+def _report(name: str, uri: str, sha256: str, size: int, parent: Parent, speed: dict[int, float], faster: bool,
+            quality: dict, cfg: CompressConfig) -> VariantReport:
+    reasons = []
+    if not faster and cfg.require_faster:
+        reasons.append("slower than fp32: " + ", ".join(
+            f"batch {b} {speed[b]:.1f} vs {parent.speed[b]:.1f} tokens/s" for b in BATCHES))
+    smaller = size < parent.bytes
+    if not smaller:
+        reasons.append(f"not smaller on disk: {size:,} vs {parent.bytes:,} bytes")
+    parity = None
+    if quality:
+        parity = quality["relative_increase_high"] <= cfg.max_relative_bpb_increase
+        if not parity:
+            reasons.append(f"bits/byte {quality['bpb_increase']:+.4f} ({cfg.confidence:.0%} CI up to "
+                           f"{quality['relative_increase_high']:+.2%} of fp32) exceeds the "
+                           f"+{cfg.max_relative_bpb_increase:.2%} parity limit")
+    servable = parity is True and smaller and (faster or not cfg.require_faster)
+    return VariantReport(variant=name, uri=uri, sha256=sha256, bytes=size, tokens_per_s=speed, **quality,
+                         faster=faster, smaller=smaller, parity=parity, servable=servable,
+                         reasons=[] if servable else reasons)

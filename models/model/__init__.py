@@ -13,10 +13,10 @@ from llmops.models.model.presets import PresetError, build_config
 from llmops.models.model.pretrained import FinetuneError, tokenizer_config_for
 from llmops.models.model.reference import reference_records
 from llmops.models.model.traffic import traffic_record
+from llmops.models.model.variants import VariantError, serving_variant
 
 __all__ = [
     "Completion", "FinetuneError", "PresetError", "PromptScore", "SamplingParams", "VARIANTS", "build_config",
     "complete", "context_length", "download_run_model", "load_tokenizer", "load_model", "reference_records",
-    "score_prompts",
-    "tokenizer_config_for", "traffic_record",
+    "score_prompts", "serving_variant", "tokenizer_config_for", "traffic_record", "VariantError",
 ]

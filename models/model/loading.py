@@ -11,10 +11,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from llmops.infra.store import ArtifactStore
-from llmops.models.model.variants import load_int8
+from llmops.models.model.variants import VARIANTS, VariantError, load_variant
 from llmops.models.records import TrainRef
-
-VARIANTS = ("fp32", "int8")
 
 
 def load_model(model_dir: Union[str, Path], variant: str = "fp32", *, variant_dir: Optional[Path] = None,
@@ -23,20 +21,23 @@ def load_model(model_dir: Union[str, Path], variant: str = "fp32", *, variant_di
 
     Args:
         model_dir: The fp32 model's folder (config.json, model.safetensors, tokenizer files).
-        variant: ``fp32``, or a compressed variant rebuilt from the fp32 config and its own weights.
+        variant: ``fp32``, or a compressed variant (``bf16``, ``int8``; llmops.models.model.variants) loaded from
+            its own folder (an int8 one rebuilt on the fp32 config).
         variant_dir: Where the variant's files are (default: ``model_dir/variants/<variant>``, a registry
             version's layout).
-        device: Where an fp32 model goes (the int8 variant runs on CPU).
+        device: Where an fp32 or bf16 model goes (the int8 variant runs on CPU).
         attention: The attention kernel (``model.attention``).
     """
     model_dir = _saved_model(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if variant == "fp32":
         model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=attention).to(torch.device(device))
-    elif variant == "int8":
-        model = load_int8(model_dir, variant_dir or model_dir / "variants" / variant)
+    elif variant in VARIANTS:
+        model = load_variant(model_dir, variant_dir or model_dir / "variants" / variant, attention)
+        if variant != "int8":
+            model = model.to(torch.device(device))
     else:
-        raise ValueError(f"unknown model variant {variant!r}; known: {', '.join(VARIANTS)}")
+        raise VariantError(f"unknown model variant {variant!r}; known: {', '.join(VARIANTS)}")
     return model.eval(), tokenizer
 
 

@@ -11,11 +11,11 @@ from huggingface_hub import metadata_load
 from llmops.infra.config import PipelineConfig
 from llmops.infra.markdown import markdown_table
 from llmops.models.records import (
+    CompressionReport,
     DatasetRef,
     EvalReport,
     GateDecision,
     KernelChoice,
-    QuantReport,
     SampleParams,
     TokenizerRef,
     TrainRef,
@@ -23,12 +23,12 @@ from llmops.models.records import (
 from llmops.models.training.preflight import markdown
 
 _ORIGIN = {"scratch": "trained from scratch", "full": "fine-tuned (every weight)",
-           "lora": "fine-tuned with LoRA (adapters merged)"}
-_METHOD_TAGS = {"full": ["fine-tuned"], "lora": ["fine-tuned", "lora"]}
+           "lora": "fine-tuned with LoRA (adapters merged)", "distill": "distilled from a teacher"}
+_METHOD_TAGS = {"full": ["fine-tuned"], "lora": ["fine-tuned", "lora"], "distill": ["distilled"]}
 
 
 def render_card(*, name: str, version: int, config: PipelineConfig, dataset: DatasetRef, tokenizer: TokenizerRef,
-                run: TrainRef, evaluation: EvalReport, quant: Optional[QuantReport],
+                run: TrainRef, evaluation: EvalReport, compression: Optional[CompressionReport],
                 store_key: Callable[[str], str]) -> str:
     """The card of ``name`` version ``version``, stored at ``models/<name>/versions/<version>/README.md``.
 
@@ -66,7 +66,7 @@ def render_card(*, name: str, version: int, config: PipelineConfig, dataset: Dat
     parts = [
         "---\n" + yaml.safe_dump(metadata, sort_keys=False) + "---",
         f"# {name} — version {version}",
-        f"A {_shape(run, config) if run.method == 'scratch' else 'pretrained'} decoder-only language model "
+        f"A {_kind(run, config)} decoder-only language model "
         f"{_ORIGIN[run.method]} by llmops ({run.parameters:,} parameters, context {config.train.block_size} tokens).",
         "## Data lineage",
         markdown_table(["what", "value"], [
@@ -78,6 +78,7 @@ def render_card(*, name: str, version: int, config: PipelineConfig, dataset: Dat
             ["tokenizer", f"{tokenizer.kind}, {tokenizer.vocab_size} tokens, sha256 `{tokenizer.sha256[:16]}`"],
             ["training run", f"`{run.run_id}`"],
             *([["base model", _base_lineage(run.base_model, base_name, local_base)]] if run.base_model else []),
+            *([["teacher", _teacher(run)]] if run.distillation else []),
         ]),
         *_adaptation_section(dataset, store_key),
         "## Training",
@@ -109,11 +110,8 @@ def render_card(*, name: str, version: int, config: PipelineConfig, dataset: Dat
             for s in evaluation.samples
         ]),
     ]
-    if quant:
-        parts += ["## Compression", markdown_table(["variant", "bytes", "bits/byte", "latency (ms, 16 tokens)"], [
-            ["fp32", f"{quant.fp32_bytes:,}", f"{quant.fp32_bits_per_byte:.4f}", f"{quant.fp32_latency_ms:.1f}"],
-            ["int8", f"{quant.int8_bytes:,}", f"{quant.int8_bits_per_byte:.4f}", f"{quant.int8_latency_ms:.1f}"],
-        ]), f"int8 servable: {'yes' if quant.servable else 'no'} (bits/byte increase {quant.bpb_increase:+.4f})."]
+    if compression:
+        parts += compression_section(compression)
     parts += [
         "## Intended use and limitations",
         "A small model trained on the sources above, for the text they contain. It has not been "
@@ -195,7 +193,7 @@ def _knobs(params: Optional[SampleParams]) -> str:
 
 def _license(method: str, base: Optional[str]) -> dict:
     """The license keys of the front matter: for a fine-tune, its base model's, from a local base folder's README.md."""
-    if method == "scratch":
+    if method == "scratch" or (method == "distill" and not base):
         # Trained from scratch, the weights come only from this project's code (MIT) and the user's own data, so
         # no upstream model's terms apply; the config has no field for the data owner to choose another license.
         return {"license": "mit"}
@@ -220,6 +218,38 @@ def _preflight_section(run: TrainRef) -> list[str]:
             markdown(run.preflight, actual_s=run.wall_s)]
 
 
+def _kind(run: TrainRef, config: PipelineConfig) -> str:
+    if run.method == "distill":
+        return "pruned" if run.base_model else _shape(run, config)
+    return _shape(run, config) if run.method == "scratch" else "pretrained"
+
+
+def _teacher(run: TrainRef) -> str:
+    """Who taught a distilled run, and how (its lineage)."""
+    d = run.distillation
+    version = f" (version {d.teacher_version})" if d.teacher_version is not None else ""
+    how = f"{d.loss}, alpha {d.alpha:g}, temperature {d.temperature:g}" + (f", top-{d.top_k}" if d.top_k else "")
+    return f"`{d.teacher}`{version}, sha256 `{d.teacher_sha256[:16]}`; {how}"
+
+
 def _shape(run: TrainRef, config: PipelineConfig) -> str:
     """The preset, or for ``model.preset=auto`` the shape sized to the budget."""
     return run.sized.shape if run.sized else config.model.preset
+
+
+def compression_section(report: CompressionReport) -> list[str]:
+    """The variants beside fp32: speed, size, parity, and why each is or is not served."""
+    def num(value, fmt):
+        return "—" if value is None else format(value, fmt)
+
+    rows = [["fp32", f"{report.parent_bytes:,}", *(f"{report.parent_tokens_per_s[b]:.1f}" for b in (1, 8)),
+             num(report.parent_bits_per_byte, ".4f"), "—", "—", "—", "parent"]]
+    for v in report.variants:
+        interval = "—" if v.ci_low is None else f"{v.bpb_increase:+.4f} [{v.ci_low:+.4f}, {v.ci_high:+.4f}]"
+        rows.append([v.variant, f"{v.bytes:,}", *(f"{v.tokens_per_s[b]:.1f}" for b in (1, 8)),
+                     num(v.bits_per_byte, ".4f"), interval, num(v.mean_kl, ".5f"), num(v.top1_agreement, ".3f"),
+                     "yes" if v.servable else "no: " + "; ".join(v.reasons)])
+    return ["## Compression", markdown_table(
+        ["variant", "bytes", "tokens/s (batch 1)", "tokens/s (batch 8)", "bits/byte", "increase (95% CI)",
+         "KL (nats/token)", "top-1 agreement", "servable"], rows),
+        f"`serve.variant: auto` serves **{report.serve}** on CPU ({report.documents} test documents scored)."]

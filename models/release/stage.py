@@ -11,11 +11,11 @@ from llmops.infra.store import ArtifactStore, sha256_bytes
 from llmops.models.model.generation import SamplingParams, complete
 from llmops.models.model.loading import download_run_model
 from llmops.models.records import (
+    CompressionReport,
     DatasetRef,
     EvalReport,
     ModelVersionRef,
     ProfileRef,
-    QuantReport,
     TokenizerRef,
     TrainRef,
     VersionMetadata,
@@ -27,24 +27,27 @@ log = logging.getLogger("llmops.release")
 
 
 def register_candidate(store: ArtifactStore, config: PipelineConfig, *, version: int, dataset: DatasetRef,
-                       tokenizer: TokenizerRef, run: TrainRef, evaluation: EvalReport, quant: Optional[QuantReport],
+                       tokenizer: TokenizerRef, run: TrainRef, evaluation: EvalReport,
+                       compression: Optional[CompressionReport],
                        reference_profile: Optional[ProfileRef], cache_dir: Path) -> ModelVersionRef:
-    """Fill the reserved ``version`` with the model, its card, eval report, reference profile and int8 variant."""
+    """Fill the reserved ``version`` with the model, its card, eval report, reference profile and the variants
+    that passed their gate."""
     registry = Registry(store, config.model_name)
     card = render_card(name=config.model_name, version=version, config=config, dataset=dataset,
-                       tokenizer=tokenizer, run=run, evaluation=evaluation, quant=quant,
+                       tokenizer=tokenizer, run=run, evaluation=evaluation, compression=compression,
                        store_key=store.key_for)
     files: dict = {"README.md": card, "eval.json": store.get_bytes(store.key_for(evaluation.uri)),
                    "pipeline_config.yaml": config.to_yaml()}
     if reference_profile is not None:
         files["reference_profile.json"] = _verified(store, reference_profile)
     variants = {}
-    if quant is not None and quant.servable:
-        variants["int8"] = cache_dir / "runs" / run.run_id / "int8-download"
-        store.download_dir(store.key_for(quant.uri), variants["int8"])
+    for variant in compression.servable() if compression else []:
+        variants[variant.variant] = cache_dir / "runs" / run.run_id / "variants-download" / variant.variant
+        store.download_dir(store.key_for(variant.uri), variants[variant.variant])
     metadata = VersionMetadata(run_id=run.run_id, dataset=dataset.uri, dataset_sha256=dataset.sha256,
                                tokenizer_sha256=tokenizer.sha256, gate=evaluation.gate,
-                               test_bits_per_byte=evaluation.splits["test"].bits_per_byte)
+                               test_bits_per_byte=evaluation.splits["test"].bits_per_byte,
+                               serving_variant=compression.serve if compression else None)
     return registry.register(download_run_model(store, run, cache_dir), version=version, files=files,
                              variants=variants, metadata=metadata)
 

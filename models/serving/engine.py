@@ -12,6 +12,7 @@ import torch
 
 from llmops.infra.config import ServeConfig
 from llmops.models.model.generation import context_length
+from llmops.models.model.variants import serving_variant
 from llmops.models.release.registry import LoadedModel, Registry
 from llmops.models.serving.api import ApiError, Served
 from llmops.models.serving.jobs import Job
@@ -76,9 +77,10 @@ class Engine:
             if target is None or target == old or (target == self._failed_version and not force):
                 return old, old
             try:
-                new = self.registry.load(target, variant=self.cfg.variant, cache_dir=self.cache_dir,
-                                         device=self.device if self.cfg.variant == "fp32" else "cpu")
-                if new.model.device.type == "cuda":
+                variant = self._variant(target)
+                new = self.registry.load(target, variant=variant, cache_dir=self.cache_dir,
+                                         device="cpu" if variant == "int8" else self.device)
+                if new.model.device.type == "cuda" and variant == "fp32":
                     new.model.to(torch.bfloat16)
             except Exception as exc:  # any load failure must leave the current model serving
                 self._failed_version = target
@@ -91,6 +93,12 @@ class Engine:
             self.loaded = new
             log.info("serving %s version %d (%s), was %s", new.name, new.version, new.variant, old)
             return old, new.version
+
+    def _variant(self, version: int) -> str:
+        """``serve.variant`` for this version: ``auto`` is the fastest variant that passed its gate."""
+        manifest = self.registry.manifest(version)
+        fastest = manifest.metadata.serving_variant if manifest.metadata else None
+        return serving_variant(self.cfg.variant, manifest.variants, fastest, self.device)
 
     def _production(self) -> Optional[int]:
         loaded = self.follows.loaded
@@ -120,7 +128,7 @@ class Engine:
 
     def _load_failed(self, version: int, exc: Exception) -> tuple[Optional[int], Optional[int]]:
         name = self.registry.name
-        message = f"cannot load {name} version {version} ({self.cfg.variant}): {exc}"
+        message = f"cannot load {name} version {version} (variant {self.cfg.variant}): {exc}"
         log.error("%s; %s", message, "nothing is served" if self.loaded is None else
                   f"version {self.loaded.version} keeps serving")
         if self.loaded is None:
@@ -145,5 +153,6 @@ class Engine:
 
     def health(self) -> dict:
         loaded = self.loaded
-        return {"alias": self.alias, "version": loaded.version if loaded else None, "variant": self.cfg.variant,
+        return {"alias": self.alias, "version": loaded.version if loaded else None,
+                "variant": loaded.variant if loaded else None, "variant_setting": self.cfg.variant,
                 "device": self.device, "dtype": str(loaded.model.dtype).removeprefix("torch.") if loaded else None}

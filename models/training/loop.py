@@ -19,6 +19,7 @@ from llmops.infra.config import TrainConfig
 from llmops.models.data.packing import TokenData
 from llmops.models.training.batching import fixed_batches, make_sampler
 from llmops.models.training.checkpoint import Checkpointer, TrainerState, TrainingError
+from llmops.models.training.distillation import Teacher
 from llmops.models.training.distributed import Parallel
 from llmops.models.training.fused_loss import FusedHead, fused_head, fuses_loss
 from llmops.models.training.optim import lr_at, make_optimizer
@@ -45,6 +46,7 @@ class StepMetrics:
     val_loss: Optional[float] = None
     skipped: Optional[bool] = None  # fp16: the loss scaler found inf/NaN gradients and skipped the update
     mfu: Optional[float] = None  # model FLOPs utilisation per device, when its peak is known (train.peak_tflops)
+    kl: Optional[float] = None  # distillation: the step's mean divergence term (times T²) per target position
 
     def to_json(self) -> str:
         return json.dumps({k: v for k, v in self.__dict__.items() if v is not None})
@@ -111,7 +113,7 @@ def warmup_seconds(model: torch.nn.Module, data: TokenData, cfg: TrainConfig, de
 def train(model: torch.nn.Module, train_data: TokenData, val_data: TokenData, cfg: TrainConfig,
           checkpointer: Checkpointer, metrics_path: Path,
           on_metrics: Optional[Callable[[StepMetrics], None]] = None,
-          parallel: Optional[Parallel] = None) -> TrainOutcome:
+          parallel: Optional[Parallel] = None, teacher: Optional[Teacher] = None) -> TrainOutcome:
     """Train ``model`` until ``max_steps`` or the time budget, resuming from the latest checkpoint.
 
     ``train_data``/``val_data`` are packed blocks (n, block_size) for train.batching=pack, or
@@ -122,6 +124,10 @@ def train(model: torch.nn.Module, train_data: TokenData, val_data: TokenData, cf
     Under torch.distributed (``parallel`` from ``init_parallel`` in models/training/distributed.py) every rank
     calls this: each trains on its slice of the same global batch, the logged loss is the mean over
     ranks, and only rank 0 writes the metrics and checkpoints, which keep the single-process format.
+
+    With ``teacher`` (models/training/distillation.py) the student is distilled: its loss mixes the cross-entropy
+    with the divergence from the teacher (logged as ``kl``), the fused head is off (the student's logits are
+    needed), validation stays plain cross-entropy, and checkpoints hold the student alone.
     """
     threads = torch.get_num_threads()
     if cfg.num_threads:
@@ -129,16 +135,17 @@ def train(model: torch.nn.Module, train_data: TokenData, val_data: TokenData, cf
     parallel = parallel or Parallel()
     device = resolve_device(cfg.device)
     autocast = ForwardContext(device, resolve_precision(cfg.precision, device), cfg.cpu_matmul)
+    fuses = fuses_loss(cfg, device, autocast.precision, parallel.sharded) and teacher is None
     try:
-        with fused_head(model, fuses_loss(cfg, device, autocast.precision, parallel.sharded), autocast.onednn) as head:
+        with fused_head(model, fuses, autocast.onednn) as head:
             return _train(model, train_data, val_data, cfg, checkpointer, metrics_path, on_metrics, parallel,
-                          autocast, head)
+                          autocast, head, teacher)
     finally:
         torch.set_num_threads(threads)
 
 
 def _train(model, train_data, val_data, cfg, checkpointer, metrics_path, on_metrics, parallel: Parallel,
-           autocast: ForwardContext, head: Optional[FusedHead]) -> TrainOutcome:
+           autocast: ForwardContext, head: Optional[FusedHead], teacher: Optional[Teacher] = None) -> TrainOutcome:
     device, precision = autocast.device, autocast.precision
     if parallel.sharded and precision == "fp16":
         raise TrainingError("train.precision=fp16 with distributed.strategy=fsdp is not supported: use bf16")
@@ -153,6 +160,10 @@ def _train(model, train_data, val_data, cfg, checkpointer, metrics_path, on_metr
                  cfg.cpu_matmul)
     if head is not None:
         log.info("the LM head and the loss run fused, without (batch, tokens, vocab) logits (train.fused_loss)")
+    if teacher is not None:
+        teacher.to(device)
+        log.info("distilling: loss %s, alpha %g, temperature %g", teacher.cfg.loss, teacher.cfg.alpha,
+                 teacher.cfg.temperature)
 
     # the metrics file travels inside each checkpoint, so after a crash it is rewound with the model
     carried = {"metrics.jsonl": metrics_path} if parallel.is_main else {}
@@ -183,8 +194,9 @@ def _train(model, train_data, val_data, cfg, checkpointer, metrics_path, on_metr
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss_value, tokens = forward_backward(step_model, sampler, state, cfg, device, autocast, scaler,
-                                                  parallel, head)
+                                                  parallel, head, teacher)
             loss_value = parallel.mean(loss_value)
+            kl = parallel.mean(teacher.pop_step_mean()) if teacher is not None else None
             if not math.isfinite(loss_value):
                 raise diverged("loss", loss_value, state, cfg, precision, checkpointer)
             grad_norm = unscale_and_clip(wrapped, optimizer, scaler, cfg)
@@ -206,7 +218,7 @@ def _train(model, train_data, val_data, cfg, checkpointer, metrics_path, on_metr
                 state.last_val_loss = val_loss
             m = StepMetrics(state.step, loss_value, lr, grad_norm, tokens / dt, state.tokens_seen, state.elapsed_s,
                             _memory_mb(device), val_loss, skipped or None,
-                            model_flops * tokens / dt / peak if peak else None)
+                            model_flops * tokens / dt / peak if peak else None, kl)
             if parallel.is_main:
                 metrics_file.write(m.to_json() + "\n")
                 metrics_file.flush()

@@ -23,6 +23,7 @@ from llmops.models.training import budget
 from llmops.models.training import preflight as pf
 from llmops.models.training.calibration import choose_kernels, with_kernels
 from llmops.models.training.checkpoint import Checkpointer, TrainingError
+from llmops.models.training.distillation import TeacherSpec, distilled_run_id
 from llmops.models.training.distributed import Parallel
 from llmops.models.training.loop import StepMetrics, read_metrics, train, warmup_seconds
 from llmops.models.training.plots import plot_training
@@ -83,7 +84,7 @@ def run_training(store: ArtifactStore, packed: PackedRef, tokenizer_ref: Tokeniz
                  tokenizer: PreTrainedTokenizerBase, model_cfg: ModelConfig, train_cfg: TrainConfig,
                  cache_dir: Path, on_metrics: Optional[Callable[[StepMetrics], None]] = None,
                  on_preflight: Optional[Callable[[PreflightReport], None]] = None,
-                 parallel: Optional[Parallel] = None) -> Optional[TrainRef]:
+                 parallel: Optional[Parallel] = None, teacher: Optional[TeacherSpec] = None) -> Optional[TrainRef]:
     """Train (or resume, or reuse) the run for these inputs and return its record.
 
     Before training, a preflight estimates memory, compute and duration (``runs/<id>/preflight.json``)
@@ -92,10 +93,17 @@ def run_training(store: ArtifactStore, packed: PackedRef, tokenizer_ref: Tokeniz
 
     Under torch.distributed every rank calls this with its ``parallel`` (llmops.models.training.worker):
     they train together, rank 0 alone writes to the store and returns the record, the others None.
+
+    With ``teacher`` the model of ``model_cfg`` is the student, distilled from it in the same loop
+    (models/training/distillation.py): the run id is the plain run's id hashed with the teacher's weights and the
+    loss settings, and the record says ``method="distill"`` and holds them as ``distillation``.
     """
     parallel = parallel or Parallel()
     _check_layout(packed, train_cfg)
     run_id, base = run_identity(packed, tokenizer_ref, model_cfg, train_cfg)
+    distillation = teacher.record() if teacher is not None else None
+    if distillation is not None:
+        run_id = distilled_run_id(run_id, distillation)
     prefix = f"runs/{run_id}"
     if store.exists(f"{prefix}/manifest.json"):
         log.info("run %s already finished; reusing it", run_id)
@@ -107,6 +115,56 @@ def run_training(store: ArtifactStore, packed: PackedRef, tokenizer_ref: Tokeniz
         model_cfg = model_cfg.model_copy(update={"preset": "mini", "overrides": {**sized.overrides,
                                                                                  **model_cfg.overrides}})
     config = model_config_for(model_cfg, tokenizer_ref, train_cfg.block_size)
+    model, report, kernels = _prepare(store, prefix, model_cfg, train_cfg, config, train_data, Path(cache_dir),
+                                      parallel, on_preflight)
+    local = Path(cache_dir) / "runs" / run_id
+    checkpointer = Checkpointer(store, f"{prefix}/checkpoints", keep=train_cfg.keep_checkpoints)
+    title = f"run {run_id} ({model_cfg.pretrained or model_cfg.preset})"
+    try:
+        outcome = train(model, train_data, load_packed(store, packed, "validation", cache_dir),
+                        with_kernels(train_cfg, kernels), checkpointer, local / "metrics.jsonl", on_metrics, parallel,
+                        teacher.build(tokenizer_ref.vocab_size) if teacher is not None else None)
+    except BaseException:
+        if parallel.is_main:  # a diverged or crashed run still shows what it did, up to the failing step
+            _publish_metrics_after_failure(store, prefix, local, title)
+        raise
+    if not parallel.is_main:
+        return None
+    if parallel.sharded:  # the trained weights are spread over the ranks: rebuild them whole from the last checkpoint
+        outcome.model = build_run_model(model_cfg, train_cfg, config)
+        checkpointer.load_model(outcome.state.step, outcome.model)
+    _publish_metrics(store, prefix, local, title)
+    model, sha256 = _save_final(store, prefix, outcome.model, tokenizer, pretrained=bool(model_cfg.pretrained))
+    ref = TrainRef(
+        run_id=run_id,
+        uri=store.uri_for(f"{prefix}/final"),
+        sha256=sha256,
+        steps=outcome.state.step,
+        tokens_seen=outcome.state.tokens_seen,
+        final_train_loss=outcome.final_train_loss,
+        final_val_loss=outcome.state.last_val_loss,
+        wall_s=round(outcome.state.elapsed_s, 2),
+        metrics_uri=store.uri_for(f"{prefix}/metrics.jsonl"),
+        loss_plot_uri=store.uri_for(f"{prefix}/loss.png"),
+        parameters=sum(p.numel() for p in model.parameters()),
+        device=outcome.device,
+        precision=outcome.precision,
+        resumed_from_step=outcome.resumed_from_step,
+        method=_method(model_cfg, train_cfg, distilled=distillation is not None),
+        base_model=base,
+        preflight=report,
+        kernels=kernels,
+        sized=sized,
+        distillation=distillation,
+    )
+    store.put_json(f"{prefix}/manifest.json", ref.model_dump(mode="json"))
+    return ref
+
+
+def _prepare(store: ArtifactStore, prefix: str, model_cfg: ModelConfig, train_cfg: TrainConfig,
+             config: PretrainedConfig, train_data, cache_dir: Path, parallel: Parallel,
+             on_preflight: Optional[Callable[[PreflightReport], None]]):
+    """Preflight, the model, the timed warm-up step and the kernels: (model, preflight report, kernel choice)."""
     device = resolve_device(train_cfg.device)
     precision = resolve_precision(train_cfg.precision, device)
     report = _preflight(store, prefix, model_cfg, train_cfg, config, train_data, device, precision,
@@ -123,54 +181,28 @@ def run_training(store: ArtifactStore, packed: PackedRef, tokenizer_ref: Tokeniz
         if on_preflight:
             on_preflight(report)
     kernels = choose_kernels(model, train_data, train_cfg, device, store=store, run_prefix=prefix,
-                             cache_dir=Path(cache_dir), step_s=seconds, parallel=parallel)
+                             cache_dir=cache_dir, step_s=seconds, parallel=parallel)
     if parallel.is_main:
         log.info("kernels: %s (%s: %s)", kernels.label, kernels.source, kernels.reason)
-    local = Path(cache_dir) / "runs" / run_id
-    checkpointer = Checkpointer(store, f"{prefix}/checkpoints", keep=train_cfg.keep_checkpoints)
-    title = f"run {run_id} ({model_cfg.pretrained or model_cfg.preset})"
-    try:
-        outcome = train(model, train_data, load_packed(store, packed, "validation", cache_dir),
-                        with_kernels(train_cfg, kernels), checkpointer, local / "metrics.jsonl", on_metrics, parallel)
-    except BaseException:
-        if parallel.is_main:  # a diverged or crashed run still shows what it did, up to the failing step
-            _publish_metrics_after_failure(store, prefix, local, title)
-        raise
-    if not parallel.is_main:
-        return None
-    if parallel.sharded:  # the trained weights are spread over the ranks: rebuild them whole from the last checkpoint
-        outcome.model = build_run_model(model_cfg, train_cfg, config)
-        checkpointer.load_model(outcome.state.step, outcome.model)
-    _publish_metrics(store, prefix, local, title)
-    model = merge_for_deployment(outcome.model).cpu()
-    _set_generation_config(model, tokenizer, pretrained=bool(model_cfg.pretrained))
+    return model, report, kernels
+
+
+def _save_final(store: ArtifactStore, prefix: str, trained: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
+                pretrained: bool) -> tuple[torch.nn.Module, str]:
+    """The plain model (LoRA merged) and the tokenizer in ``runs/<id>/final``: (the model, its weights' sha256)."""
+    model = merge_for_deployment(trained).cpu()
+    _set_generation_config(model, tokenizer, pretrained=pretrained)
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         hashes = store.upload_dir(tmp, f"{prefix}/final")
-    ref = TrainRef(
-        run_id=run_id,
-        uri=store.uri_for(f"{prefix}/final"),
-        sha256=hashes["model.safetensors"],
-        steps=outcome.state.step,
-        tokens_seen=outcome.state.tokens_seen,
-        final_train_loss=outcome.final_train_loss,
-        final_val_loss=outcome.state.last_val_loss,
-        wall_s=round(outcome.state.elapsed_s, 2),
-        metrics_uri=store.uri_for(f"{prefix}/metrics.jsonl"),
-        loss_plot_uri=store.uri_for(f"{prefix}/loss.png"),
-        parameters=sum(p.numel() for p in model.parameters()),
-        device=outcome.device,
-        precision=outcome.precision,
-        resumed_from_step=outcome.resumed_from_step,
-        method="lora" if train_cfg.lora else ("full" if model_cfg.pretrained else "scratch"),
-        base_model=base,
-        preflight=report,
-        kernels=kernels,
-        sized=sized,
-    )
-    store.put_json(f"{prefix}/manifest.json", ref.model_dump(mode="json"))
-    return ref
+    return model, hashes["model.safetensors"]
+
+
+def _method(model_cfg: ModelConfig, train_cfg: TrainConfig, distilled: bool) -> str:
+    if distilled:
+        return "distill"
+    return "lora" if train_cfg.lora else ("full" if model_cfg.pretrained else "scratch")
 
 
 def size_to_budget(store: ArtifactStore, prefix: str, train_cfg: TrainConfig, parallel: Parallel) -> ModelSizing:

@@ -9,12 +9,13 @@ import torch.nn.functional as F
 from llmops.infra.config import TrainConfig
 from llmops.models.training.batching import IGNORE_INDEX, Batch, Sampler
 from llmops.models.training.checkpoint import Checkpointer, TrainerState, TrainingError
+from llmops.models.training.distillation import Teacher
 from llmops.models.training.distributed import Parallel
 from llmops.models.training.fused_loss import FusedHead
 
 
 def micro_loss(model: torch.nn.Module, batch: Batch, accum_steps: int, window_targets: int,
-               head: Optional[FusedHead] = None) -> torch.Tensor:
+               head: Optional[FusedHead] = None, teacher: Optional[Teacher] = None) -> torch.Tensor:
     """This micro-batch's share of the step's mean next-token loss.
 
     Packed blocks all hold the same number of targets, so each micro-batch's mean counts
@@ -22,7 +23,12 @@ def micro_loss(model: torch.nn.Module, batch: Batch, accum_steps: int, window_ta
     the whole accumulation window, so every real token weighs the same. With ``head`` (the model
     inside :func:`llmops.models.training.fused_loss.fused_head`) the model returns hidden states and the head
     scores them without materializing the logits.
+
+    With ``teacher`` (distillation; never with ``head``: the student's logits are needed) the share is
+    ``(1 - alpha) * cross-entropy + alpha * divergence``, both summed over the same targets and weighed alike.
     """
+    if teacher is not None:
+        return _distill_loss(model, batch, accum_steps, window_targets, teacher)
     if head is not None:
         hidden = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                        use_cache=False).logits  # (B, T, H)
@@ -36,9 +42,19 @@ def micro_loss(model: torch.nn.Module, batch: Batch, accum_steps: int, window_ta
     return summed / window_targets
 
 
+def _distill_loss(model: torch.nn.Module, batch: Batch, accum_steps: int, window_targets: int,
+                  teacher: Teacher) -> torch.Tensor:
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits  # (B, T, V)
+    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch.labels[:, 1:].flatten(),
+                         ignore_index=IGNORE_INDEX, reduction="sum")
+    alpha = teacher.cfg.alpha
+    summed = (1 - alpha) * ce + alpha * teacher.summed_divergence(logits, batch)
+    return summed / (batch.targets * accum_steps if batch.attention_mask is None else window_targets)
+
+
 def forward_backward(model, sampler: Sampler, state: TrainerState, cfg: TrainConfig, device: torch.device,
                       autocast, scaler: torch.amp.GradScaler, parallel: Parallel,
-                      head: Optional[FusedHead]) -> tuple[float, int]:
+                      head: Optional[FusedHead], teacher: Optional[Teacher] = None) -> tuple[float, int]:
     """Accumulate gradients over ``grad_accum_steps`` micro-batches; return (this rank's step loss, real tokens of
     the global batch).
 
@@ -56,7 +72,7 @@ def forward_backward(model, sampler: Sampler, state: TrainerState, cfg: TrainCon
         batch = parallel.shard(batch).to(device)
         with parallel.sync_gradients(model, last=i == len(micro) - 1):
             with autocast():
-                loss = micro_loss(model, batch, cfg.grad_accum_steps, window_targets, head)
+                loss = micro_loss(model, batch, cfg.grad_accum_steps, window_targets, head, teacher)
             scaler.scale(loss).backward()
         total += loss.detach().float()
     return total.item(), sum(b.tokens for b in micro)  # one host sync per step, not per micro-batch

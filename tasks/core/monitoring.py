@@ -19,8 +19,15 @@ from llmops.infra.store import ArtifactNotFound, ArtifactStore
 from llmops.infra.traffic.compaction import closed_before, compact
 from llmops.infra.traffic.log import window_partitions
 from llmops.models.data import read_split
-from llmops.models.model import SamplingParams, download_run_model, load_model, load_tokenizer, reference_records
-from llmops.models.records import DatasetRef, ProfileRef, TrainRef
+from llmops.models.model import (
+    SamplingParams,
+    download_run_model,
+    load_model,
+    load_tokenizer,
+    reference_records,
+    serving_variant,
+)
+from llmops.models.records import CompressionReport, DatasetRef, ProfileRef, TrainRef
 from llmops.models.release import Registry
 from llmops.monitoring import layout
 from llmops.monitoring.batch import Tokenize
@@ -43,24 +50,44 @@ def serving_params(config: PipelineConfig) -> SamplingParams:
 
 
 def served_records(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
-                   config: PipelineConfig, *, model_name: str, version: int) -> list[dict]:
+                   config: PipelineConfig, *, model_name: str, version: int, variant: str = "fp32") -> list[dict]:
     """Traffic records of ``texts`` as the server would capture them with its default sampling."""
     return reference_records(model, tokenizer, texts, params=serving_params(config), model_name=model_name,
-                             version=version)
+                             version=version, variant=variant)
 
 
 def reference_profile(store: ArtifactStore, run: TrainRef, dataset: DatasetRef, config: PipelineConfig,
-                      version: int, cache_dir: Path) -> ProfileRef:
+                      version: int, cache_dir: Path, compression: Optional[CompressionReport] = None) -> ProfileRef:
     """Profile validation documents (at most the server's prompt size) run through the run's model, and stage the
-    profile in the claimed ``version``'s folder, where registration finds it."""
-    model, tokenizer = load_model(download_run_model(store, run, cache_dir))
+    profile in the claimed ``version``'s folder, where registration finds it.
+
+    The model runs as the variant ``serve.variant`` will serve (``auto``: the fastest that passed its gate), so
+    serving that variant does not read as drift.
+    """
+    model, tokenizer, variant = _serving_model(store, run, config, cache_dir, compression)
     texts = [t for t in read_split(store, dataset, "validation") if len(t) <= config.serve.max_prompt_chars]
     prompts = random.Random(0).sample(texts, min(len(texts), config.monitor.reference_size))
-    records = served_records(model, tokenizer, prompts, config, model_name=config.model_name, version=version)
+    records = served_records(model, tokenizer, prompts, config, model_name=config.model_name, version=version,
+                             variant=variant)
     profile = build_profile(records, tokenize_with(tokenizer), config.monitor, model_name=config.model_name,
                             model_version=version, embedder=embedder_for(config.monitor))
     uri, sha = Registry(store, config.model_name).stage_file(version, "reference_profile.json", profile.to_json())
     return ProfileRef(uri=uri, sha256=sha, model_version=version, records=len(records), signals=profile.signals)
+
+
+def _serving_model(store: ArtifactStore, run: TrainRef, config: PipelineConfig, cache_dir: Path,
+                   compression: Optional[CompressionReport]) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
+    servable = {v.variant: v for v in compression.servable()} if compression else {}
+    variant = serving_variant(config.serve.variant, ["fp32", *servable], compression.serve if compression else None)
+    model_dir = download_run_model(store, run, cache_dir)
+    if variant == "fp32":
+        return (*load_model(model_dir), variant)
+    if variant not in servable:
+        raise ValueError(f"serve.variant={variant}: run {run.run_id} has no servable {variant} variant "
+                         f"(compress.variants made {[v.variant for v in compression.variants] if compression else []})")
+    folder = Path(cache_dir) / "runs" / run.run_id / "variants-download" / variant
+    store.download_dir(store.key_for(servable[variant].uri), folder)
+    return (*load_model(model_dir, variant, variant_dir=folder), variant)
 
 
 def production_reference(store: ArtifactStore, config: PipelineConfig, cache_dir: Path

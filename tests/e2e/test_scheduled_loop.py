@@ -38,7 +38,7 @@ T = TypeVar("T")
 # window (schedule_after) keeps the retrain, and its possible promotion, after the second scheduled check.
 OVERRIDES = [
     'data.sources=["builtin://stdlib-docstrings?max_bytes=200000", "traffic://"]', "data.val_fraction=0.2",
-    "train.max_steps=20", "eval.max_docs=20", "compress.quantize=none", "serve.default_max_tokens=4",
+    "train.max_steps=20", "eval.max_docs=20", "compress.variants=[]", "serve.default_max_tokens=4",
     "monitor.reference_size=100", "monitor.min_samples=40", "monitor.window_minutes=10",
     "monitor.cooldown_minutes=60", "monitor.evidently_report=false",
     "schedule.monitor_every_minutes=0.25", "schedule.retrain_cron=null", "schedule.retrain_delay_minutes=0.5",

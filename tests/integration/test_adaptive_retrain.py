@@ -33,7 +33,7 @@ def test_a_drift_retrain_adapts_production_to_the_window_and_gates_both_slices()
 
     name = f"adapt-{uuid.uuid4().hex[:8]}"
     config = PipelineConfig.from_yaml("configs/tiny.yaml").with_overrides([
-        f"model_name={name}", "compress.quantize=none", "adapt.max_minutes=null", "adapt.max_steps=40",
+        f"model_name={name}", "compress.variants=[]", "adapt.max_minutes=null", "adapt.max_steps=40",
         "adapt.max_regression=0.05",
     ])
     first = training_pipeline(config)

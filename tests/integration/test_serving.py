@@ -397,6 +397,19 @@ def test_int8_variant_serves_and_is_captured(store, cache_dir):
     assert record["variant"] == "int8"
 
 
+def test_auto_serves_the_variant_that_passed_its_gate_and_fp32_for_a_version_without_one(store, cache_dir):
+    make_registered_model(store, "auto", int8=True, serving_variant="int8")
+    with start_server(store, "auto", CFG.model_copy(update={"variant": "auto"}), cache_dir) as handle:
+        health = httpx.get(f"{handle.url}/health").json()
+        assert (health["version"], health["variant"], health["variant_setting"]) == (1, "int8", "auto")
+        assert {m["id"]: m["variant"] for m in httpx.get(f"{handle.url}/v1/models").json()["data"]} == {
+            "auto": "int8", "auto:1": "int8"}
+        make_registered_model(store, "auto", int8=True, seed=1)  # its int8 passed no gate: not chosen
+        assert httpx.post(f"{handle.url}/admin/reload", headers=_admin(handle)).status_code == 200
+        health = httpx.get(f"{handle.url}/health").json()
+        assert (health["version"], health["variant"]) == (2, "fp32")
+
+
 def test_missing_variant_is_reported_as_unavailable(store, server, cache_dir):
     with start_server(store, MODEL, CFG.model_copy(update={"variant": "int8", "capture": False}), cache_dir) as handle:
         health = httpx.get(f"{handle.url}/health")

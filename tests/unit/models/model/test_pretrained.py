@@ -235,7 +235,7 @@ def test_the_card_names_the_base_model_and_the_method():
 
     run = RUN.model_copy(update={"method": "lora", "base_model": "/models/base@0123456789abcdef"})
     card = render_card(name="card-lm", version=1, config=CONFIG, dataset=DATASET, tokenizer=TOKENIZER, run=run,
-                       evaluation=evaluation(), quant=None, store_key=store_key)
+                       evaluation=evaluation(), compression=None, store_key=store_key)
     assert "fine-tuned with LoRA (adapters merged) by llmops" in card
     assert dict(table_rows(section(card, "Data lineage"))[1:])["base model"] == (
         "local folder `base`, content `0123456789abcdef`")

@@ -11,16 +11,17 @@ from huggingface_hub import ModelCard
 
 from llmops.infra.config import PipelineConfig
 from llmops.models.records import (
+    CompressionReport,
     DatasetRef,
     EvalReport,
     GateDecision,
-    QuantReport,
     Sample,
     SampleParams,
     SplitEval,
     SplitRef,
     TokenizerRef,
     TrainRef,
+    VariantReport,
 )
 from llmops.models.release.card import render_card
 
@@ -63,9 +64,17 @@ def evaluation(promote: bool = True, with_test: bool = True) -> EvalReport:
     )
 
 
-QUANT = QuantReport(variant="int8", uri="/store/runs/0123456789abcdef/int8", sha256="9" * 64, fp32_bytes=128807,
-                    int8_bytes=89162, fp32_bits_per_byte=1.5432, int8_bits_per_byte=1.6232, bpb_increase=0.08,
-                    fp32_latency_ms=42.25, int8_latency_ms=30.5, servable=False)
+COMPRESSION = CompressionReport(
+    parent_bytes=128807, parent_tokens_per_s={1: 40.0, 8: 200.0}, parent_bits_per_byte=1.5432, documents=48,
+    serve="int8", variants=[
+        VariantReport(variant="int8", uri="/store/runs/0123456789abcdef/variants/int8", sha256="9" * 64,
+                      bytes=40100, tokens_per_s={1: 120.5, 8: 480.0}, bits_per_byte=1.5501, bpb_increase=0.0069,
+                      ci_low=0.004, ci_high=0.0095, relative_increase_high=0.0062, mean_kl=0.00123,
+                      top1_agreement=0.987, faster=True, smaller=True, parity=True, servable=True),
+        VariantReport(variant="bf16", uri="/store/runs/0123456789abcdef/variants/bf16", sha256="8" * 64,
+                      bytes=64500, tokens_per_s={1: 12.0, 8: 90.0}, faster=False, smaller=True, servable=False,
+                      reasons=["slower than fp32: batch 1 12.0 vs 40.0 tokens/s, batch 8 90.0 vs 200.0 tokens/s"]),
+    ])
 
 
 def store_key(uri: str) -> str:
@@ -74,9 +83,11 @@ def store_key(uri: str) -> str:
     return uri.removeprefix("/store/")
 
 
-def card(promote: bool = True, quant: Optional[QuantReport] = QUANT, with_test: bool = True) -> str:
+def card(promote: bool = True, compression: Optional[CompressionReport] = COMPRESSION,
+         with_test: bool = True) -> str:
     return render_card(store_key=store_key, name="card-lm", version=3, config=CONFIG, dataset=DATASET,
-                       tokenizer=TOKENIZER, run=RUN, evaluation=evaluation(promote, with_test), quant=quant)
+                       tokenizer=TOKENIZER, run=RUN, evaluation=evaluation(promote, with_test),
+                       compression=compression)
 
 
 def front_matter(text: str) -> dict:
@@ -169,19 +180,21 @@ def test_sample_text_with_pipes_and_newlines_stays_in_its_cell():
                      "file is closed"]]
 
 
-def test_compression_section_only_with_a_quant_report():
-    body = section(card(quant=QUANT), "Compression")
-    assert table_rows(body)[1:] == [["fp32", "128,807", "1.5432", "42.2"], ["int8", "89,162", "1.6232", "30.5"]]
-    assert "int8 servable: no (bits/byte increase +0.0800)." in body
-    servable = section(card(quant=QUANT.model_copy(update={"servable": True})), "Compression")
-    assert "int8 servable: yes" in servable
-    assert "## Compression" not in card(quant=None)
+def test_compression_section_only_with_a_compression_report():
+    body = section(card(), "Compression")
+    assert table_rows(body)[1:] == [
+        ["fp32", "128,807", "40.0", "200.0", "1.5432", "—", "—", "—", "parent"],
+        ["int8", "40,100", "120.5", "480.0", "1.5501", "+0.0069 [+0.0040, +0.0095]", "0.00123", "0.987", "yes"],
+        ["bf16", "64,500", "12.0", "90.0", "—", "—", "—", "—",
+         "no: slower than fp32: batch 1 12.0 vs 40.0 tokens/s, batch 8 90.0 vs 200.0 tokens/s"]]
+    assert "`serve.variant: auto` serves **int8** on CPU (48 test documents scored)." in body
+    assert "## Compression" not in card(compression=None)
 
 
 def test_a_run_without_a_loss_plot_or_resume_says_so():
     run = RUN.model_copy(update={"loss_plot_uri": None, "resumed_from_step": None, "final_val_loss": 4.0})
     text = render_card(store_key=store_key, name="card-lm", version=1, config=CONFIG, dataset=DATASET,
-                       tokenizer=TOKENIZER, run=run, evaluation=evaluation(), quant=None)
+                       tokenizer=TOKENIZER, run=run, evaluation=evaluation(), compression=None)
     training = dict(table_rows(section(text, "Training"))[1:])
     assert (training["loss curve"], training["resumed from step"], training["final validation loss"]) == (
         "n/a", "no", "4.0000")
@@ -197,7 +210,7 @@ def fine_tune_card(base: str, method: str = "lora") -> str:
     config = PipelineConfig.from_dict({"model_name": "card-lm", "model": {"preset": "tiny", "pretrained": base}})
     run = RUN.model_copy(update={"method": method, "base_model": f"{base}@0123456789abcdef"})
     return render_card(store_key=store_key, name="card-lm", version=1, config=config, dataset=DATASET,
-                       tokenizer=TOKENIZER, run=run, evaluation=evaluation(), quant=None)
+                       tokenizer=TOKENIZER, run=run, evaluation=evaluation(), compression=None)
 
 
 @pytest.mark.parametrize("method, tags", [("full", ["fine-tuned"]), ("lora", ["fine-tuned", "lora"])])

@@ -9,7 +9,7 @@ import torch
 from llmops.infra.store import LocalStore
 from llmops.models.data.tokenizer import train_bpe
 from llmops.models.model.presets import build_config
-from llmops.models.model.variants import quantize_int8, save_int8
+from llmops.models.model.variants import quantize_int8, save_variant
 from llmops.models.records import GateDecision, VersionMetadata
 from llmops.models.release.registry import Registry, RegistryError
 from llmops.models.training.setup import build_model
@@ -25,7 +25,7 @@ def saved_model(tmp_path_factory):
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     int8 = folder.parent / "int8"
-    save_int8(quantize_int8(model), int8)
+    save_variant(quantize_int8(model), "int8", int8)
     return folder, int8, model
 
 

@@ -21,10 +21,10 @@ from llmops.models.model.loading import download_run_model
 from llmops.models.model.reference import reference_records
 from llmops.models.model.variants import INT8_FILE
 from llmops.models.records import (
+    CompressionReport,
     DatasetRef,
     EvalReport,
     ProfileRef,
-    QuantReport,
     TokenizerRef,
     TrainRef,
     VersionMetadata,
@@ -47,7 +47,7 @@ CONFIG = PipelineConfig.from_dict({
               "eval_every": 30, "eval_batches": 2, "checkpoint_every": 30, "num_threads": 1},
     "eval": {"max_docs": 10, "max_new_tokens": 4},
     "gate": {"max_bits_per_byte": 50.0},
-    "compress": {"latency_runs": 1},
+    "compress": {"require_faster": False, "decode_tokens": 4, "speed_runs": 1},
     "monitor": {"min_samples": 10},
 })
 
@@ -60,7 +60,7 @@ class Candidate:
     tokenizer: TokenizerRef
     run: TrainRef
     evaluation: EvalReport
-    quant: QuantReport
+    compression: CompressionReport
     profile: str
 
     def staged_profile(self, version: int) -> ProfileRef:
@@ -69,27 +69,28 @@ class Candidate:
         parsed = ReferenceProfile.from_json(self.profile)
         return ProfileRef(uri=uri, sha256=sha, model_version=version, records=parsed.n_records, signals=parsed.signals)
 
-    def register(self, version: int, quant: Optional[QuantReport], profile: Optional[ProfileRef]):
+    def register(self, version: int, compression: Optional[CompressionReport], profile: Optional[ProfileRef]):
         return register_candidate(self.store, CONFIG, version=version, dataset=self.dataset, tokenizer=self.tokenizer,
-                                  run=self.run, evaluation=self.evaluation, quant=quant, reference_profile=profile,
+                                  run=self.run, evaluation=self.evaluation, compression=compression,
+                                  reference_profile=profile,
                                   cache_dir=self.cache)
 
 
 @pytest.fixture(scope="module")
 def candidate(tmp_path_factory) -> Candidate:
-    """The pipeline's stages up to registration, for real: ingest, BPE, pack, train, evaluate, int8, profile."""
+    """The pipeline's stages up to registration, for real: ingest, BPE, pack, train, evaluate, compress, profile."""
     done = train_stdlib_run(tmp_path_factory.mktemp("release"), CONFIG, NAME)
     store, cache, dataset, tokenizer, run = done.store, done.cache, done.dataset, done.tokenizer, done.run
     evaluation = evaluate_run(store, run, dataset, CONFIG.eval, CONFIG.gate, NAME, cache)
-    quant = compress_run(store, run, read_split(store, dataset, "test")[:10], CONFIG.compress, cache)
+    compression = compress_run(store, run, read_split(store, dataset, "test")[:10], CONFIG.compress, cache)
     local = download_run_model(store, run, cache)
     model = AutoModelForCausalLM.from_pretrained(local).eval()
     records = reference_records(model, tokenizer, read_split(store, dataset, "validation")[:20],
                                 params=SamplingParams(max_new_tokens=4, seed=0), model_name=NAME, version=1)
     tokenize = lambda texts: tokenizer(list(texts), add_special_tokens=False)["input_ids"]  # noqa: E731
     profile = build_profile(records, tokenize, CONFIG.monitor, model_name=NAME, model_version=1).to_json()
-    assert quant.servable, "a 30-step tiny model quantizes within 0.05 bits/byte"
-    return Candidate(store, cache, dataset, done.tokenizer_ref, run, evaluation, quant, profile)
+    assert [v.variant for v in compression.servable()] == ["int8", "bf16"], "a 30-step tiny model keeps parity"
+    return Candidate(store, cache, dataset, done.tokenizer_ref, run, evaluation, compression, profile)
 
 
 def version_files(store: LocalStore, version: int) -> set[str]:
@@ -101,26 +102,29 @@ def test_register_candidate_fills_the_reserved_version_with_everything(candidate
     store = candidate.store
     registry = Registry(store, NAME)
     version = registry.claim_version()
-    ref = candidate.register(version, candidate.quant, candidate.staged_profile(version))
+    ref = candidate.register(version, candidate.compression, candidate.staged_profile(version))
 
     assert ref.name == NAME and ref.version == version and registry.versions() == [version]
-    assert ref.variants == ["fp32", "int8"] and ref.sha256 == candidate.run.sha256
+    assert ref.variants == ["fp32", "bf16", "int8"] and ref.sha256 == candidate.run.sha256
     files = version_files(store, version)
     assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
             "README.md", "eval.json", "pipeline_config.yaml", "reference_profile.json", "manifest.json",
-            f"variants/int8/{INT8_FILE}", "variants/int8/quantization.json"} <= files
+            f"variants/int8/{INT8_FILE}", "variants/int8/variant.json", "variants/bf16/model.safetensors",
+            "variants/bf16/variant.json"} <= files
     assert registry.read_file(version, "eval.json") == store.get_bytes(store.key_for(candidate.evaluation.uri))
     assert sha256_bytes(registry.read_file(version, "eval.json")) == candidate.evaluation.sha256
     stored_config = yaml.safe_load(registry.read_file(version, "pipeline_config.yaml"))
     assert PipelineConfig.model_validate(stored_config) == CONFIG
     profile = ReferenceProfile.from_json(registry.read_file(version, "reference_profile.json"))
     assert profile == ReferenceProfile.from_json(candidate.profile) and profile.model_name == NAME
-    assert sha256_bytes(registry.read_file(version, f"variants/int8/{INT8_FILE}")) == candidate.quant.sha256
+    int8_report = candidate.compression.variants[0]
+    assert sha256_bytes(registry.read_file(version, f"variants/int8/{INT8_FILE}")) == int8_report.sha256
 
     assert registry.manifest(version).metadata == VersionMetadata(
         run_id=candidate.run.run_id, dataset=candidate.dataset.uri, dataset_sha256=candidate.dataset.sha256,
         tokenizer_sha256=candidate.tokenizer.sha256, gate=candidate.evaluation.gate,
-        test_bits_per_byte=candidate.evaluation.splits["test"].bits_per_byte)
+        test_bits_per_byte=candidate.evaluation.splits["test"].bits_per_byte,
+        serving_variant=candidate.compression.serve)
     # both variants load as the server loads them and agree on the next token
     ids = torch.tensor([[0, 5, 9, 17, 42]])
     fp32 = registry.load(version, cache_dir=candidate.cache)
@@ -133,7 +137,7 @@ def test_register_candidate_fills_the_reserved_version_with_everything(candidate
 def test_the_registered_card_carries_the_evaluation(candidate):
     registry = Registry(candidate.store, NAME)
     version = registry.claim_version()
-    candidate.register(version, candidate.quant, candidate.staged_profile(version))
+    candidate.register(version, candidate.compression, candidate.staged_profile(version))
     card = registry.read_file(version, "README.md").decode()
 
     meta = yaml.safe_load(re.match(r"\A---\n(.*?)\n---\n", card, re.S).group(1))
@@ -148,7 +152,7 @@ def test_the_registered_card_carries_the_evaluation(candidate):
     assert f"`{candidate.run.run_id}`" in card and f"`{candidate.dataset.sha256}`" in card
     gate = candidate.evaluation.gate
     assert gate.promote and f"**promoted** — {gate.reason}" in card
-    assert "int8 servable: yes" in card
+    assert "`serve.variant: auto` serves" in card and "| int8 |" in card
 
 
 def test_a_profile_is_staged_only_in_a_claimed_unregistered_version_and_registered_only_unchanged(candidate):
@@ -159,22 +163,26 @@ def test_a_profile_is_staged_only_in_a_claimed_unregistered_version_and_register
     staged = candidate.staged_profile(version)
     candidate.store.put_text(candidate.store.key_for(staged.uri), candidate.profile + " ")  # edited after profiling
     with pytest.raises(RegistryError, match="changed after it was profiled"):
-        candidate.register(version, candidate.quant, staged)
+        candidate.register(version, candidate.compression, staged)
     assert version not in registry.versions()
-    candidate.register(version, candidate.quant, candidate.staged_profile(version))
+    candidate.register(version, candidate.compression, candidate.staged_profile(version))
     with pytest.raises(RegistryError, match="already registered"):
         registry.stage_file(version, "reference_profile.json", candidate.profile)
 
 
-def test_a_non_servable_int8_and_a_missing_profile_are_left_out(candidate):
+def test_variants_that_failed_their_gate_and_a_missing_profile_are_left_out(candidate):
     registry = Registry(candidate.store, NAME)
     version = registry.claim_version()
-    ref = candidate.register(version, candidate.quant.model_copy(update={"servable": False}), None)
+    failed = [v.model_copy(update={"servable": False, "reasons": ["slower than fp32: batch 1 1.0 vs 2.0 tokens/s"]})
+              for v in candidate.compression.variants]
+    ref = candidate.register(version, candidate.compression.model_copy(update={"variants": failed, "serve": "fp32"}),
+                             None)
 
     assert ref.variants == ["fp32"]
     files = version_files(candidate.store, version)
     assert not any(f.startswith("variants/") for f in files) and "reference_profile.json" not in files
-    assert "int8 servable: no" in registry.read_file(version, "README.md").decode()
+    assert "no: slower than fp32: batch 1" in registry.read_file(version, "README.md").decode()
+    assert registry.manifest(version).metadata.serving_variant == "fp32"
     with pytest.raises(RegistryError, match=f"{NAME} version {version} has no 'int8' variant"):
         registry.load(version, variant="int8", cache_dir=candidate.cache)
 

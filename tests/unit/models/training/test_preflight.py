@@ -23,8 +23,8 @@ from llmops.models.training.checkpoint import Checkpointer
 from llmops.models.training.loop import read_metrics, train, warmup_seconds
 from tests.helpers import stdlib_texts
 from tests.unit.models.release.test_card import (
+    COMPRESSION,
     DATASET,
-    QUANT,
     RUN,
     TOKENIZER,
     evaluation,
@@ -196,7 +196,7 @@ def test_a_run_records_its_preflight_and_the_card_shows_it(packed_corpus):
     assert store.get_json(f"runs/{ref.run_id}/preflight.json") == ref.preflight.model_dump(mode="json")
     card = render_card(name="card-lm", version=1, config=PipelineConfig(), dataset=DATASET, tokenizer=TOKENIZER,
                        run=RUN.model_copy(update={"preflight": ref.preflight, "wall_s": 1.5}), evaluation=evaluation(),
-                       quant=QUANT, store_key=store_key)
+                       compression=COMPRESSION, store_key=store_key)
     rows = dict(table_rows(section(card, "Training"))[1:])
     assert "### Preflight" in card
     assert rows["parameters"] == f"{ref.parameters:,} ({ref.parameters:,} trainable)"
@@ -221,8 +221,8 @@ def test_warn_mode_trains_anyway_and_says_so(packed_corpus, monkeypatch, mode):
     ref = run_training(store, packed, tok_ref, tokenizer, ModelConfig(preset="tiny"), cfg, cache)
     assert ref.steps == 2 and not ref.preflight.fits and ref.preflight.estimated_duration_s is None
     card = render_card(name="card-lm", version=1, config=PipelineConfig(), dataset=DATASET, tokenizer=TOKENIZER,
-                       run=RUN.model_copy(update={"preflight": ref.preflight}), evaluation=evaluation(), quant=None,
-                       store_key=store_key)
+                       run=RUN.model_copy(update={"preflight": ref.preflight}), evaluation=evaluation(),
+                       compression=None, store_key=store_key)
     assert "the run did not fit (train.preflight=warn) in memory" in card
     assert "not measured" in dict(table_rows(section(card, "Training"))[1:])["duration estimated / actual"]
 
