@@ -178,9 +178,14 @@ def cmd_models(args) -> int:
 
 
 def cmd_deploy(args) -> int:
-    from llmops.flows.deployments import deploy_to_pool, serve_deployments
+    from llmops.flows.deployments import deploy_to_pool, prefect_yaml, serve_deployments
 
     config = load_config(args)
+    if args.prefect_yaml:
+        args.prefect_yaml.write_text(prefect_yaml(config, args.pool or "llmops"), encoding="utf-8")
+        print(f"wrote {args.prefect_yaml}: `prefect deploy --all --prefect-file {args.prefect_yaml}` creates the "
+              f"deployments on work pool {args.pool or 'llmops'!r}")
+        return 0
     if args.pool:
         ids = deploy_to_pool(config, args.pool)
         print(f"{len(ids)} deployments on work pool {args.pool!r}: start a worker with "
@@ -269,7 +274,9 @@ COMMANDS = [
         _arg("--reason", default="manual rollback")]),
     ("models", "list registered versions and aliases", cmd_models, [_arg("--model")]),
     ("deploy", "register deployments (schedules, drift trigger) with the Prefect API and serve them", cmd_deploy, [
-        _arg("--pool", help="create them on this work pool instead, for its workers to run (nothing is served here)")]),
+        _arg("--pool", help="create them on this work pool instead, for its workers to run (nothing is served here)"),
+        _arg("--prefect-yaml", type=Path, metavar="FILE",
+             help="write them as a prefect.yaml for `prefect deploy --all` (on --pool, default llmops) and exit")]),
     ("up", "start a local Prefect server (SQLite, UI) and serve the deployments", cmd_up, [
         _arg("--host", default="127.0.0.1"), _arg("--port", type=int, default=4200)]),
     ("reports", "serve the local store's reports read-only over HTTP (artifact links: LLMOPS_REPORT_BASE_URL)",

@@ -88,9 +88,13 @@ class Demo:
         return runner
 
     def train_first(self) -> PipelineReport:
-        self.step("2/8 Train, evaluate, quantize, register and promote the first model")
+        self.step("2/8 Train, evaluate, compress, register and promote the first model")
         first = training_pipeline(self.config)
         console.print(f"v{first.version.version}: {first.evaluation.gate.reason}")
+        if first.compression is not None:
+            for v in first.compression.variants:
+                console.print(f"  {v.variant}: {'servable' if v.servable else 'not served: ' + '; '.join(v.reasons)}")
+            console.print(f"  the server's serve.variant=auto serves {first.compression.serve}")
         return first
 
     def serve(self) -> ServerHandle:

@@ -19,7 +19,8 @@ from llmops.infra.store import ArtifactStore, sha256_file
 from llmops.models.model.loading import load_model, load_tokenizer
 from llmops.models.model.pretrained import pretrained_config
 from llmops.models.records import PackedRef, PreflightReport, TokenizerRef, TrainRef
-from llmops.models.training.distillation import TeacherSpec
+from llmops.models.training.distillation import TeacherSpec, distillation_record
+from llmops.models.training.launcher import DistributedTeacher, launch_run
 from llmops.models.training.loop import StepMetrics
 from llmops.models.training.run import run_training
 
@@ -79,11 +80,14 @@ def distill(store: ArtifactStore, packed: PackedRef, tokenizer_ref: TokenizerRef
     """
     teacher_dir = Path(teacher_dir)
     check_vocabulary(load_tokenizer(teacher_dir), tokenizer, pretrained_config(str(teacher_dir)).vocab_size)
-    if train_cfg.distributed.enabled:
-        log.warning("distillation trains in this process: train.distributed is not used")
+    identity = (teacher_uri or str(teacher_dir.resolve()), sha256_file(teacher_dir / "model.safetensors"))
+    if train_cfg.distributed.enabled:  # every rank loads the teacher itself
+        record = distillation_record(cfg, *identity, teacher_version)
+        return launch_run(store, packed, tokenizer_ref, student, budgeted(train_cfg, cfg), cache_dir,
+                          on_line=log.info, on_metrics=on_metrics, on_preflight=on_preflight,
+                          teacher=DistributedTeacher(path=str(teacher_dir.resolve()), record=record, cfg=cfg))
     model, _ = load_model(teacher_dir)
-    spec = TeacherSpec(model, cfg, teacher_uri or str(teacher_dir.resolve()),
-                       sha256_file(teacher_dir / "model.safetensors"), teacher_version)
+    spec = TeacherSpec(model, cfg, *identity, teacher_version)
     log.info("distilling %s from %s (%s, alpha %g, temperature %g%s)", student.pretrained or student.preset,
              spec.teacher, cfg.loss, cfg.alpha, cfg.temperature, f", top-{cfg.top_k}" if cfg.top_k else "")
     return run_training(store, packed, tokenizer_ref, tokenizer, student, budgeted(train_cfg, cfg), cache_dir,

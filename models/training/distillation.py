@@ -112,13 +112,17 @@ class TeacherSpec:
     version: Optional[int] = None
 
     def record(self) -> Distillation:
-        c = self.cfg
-        return Distillation(teacher=self.teacher, teacher_sha256=self.sha256, teacher_version=self.version,
-                            loss=c.loss, alpha=c.alpha, temperature=c.temperature,
-                            jsd_beta=c.jsd_beta if c.loss == "jsd" else None, top_k=c.top_k)
+        return distillation_record(self.cfg, self.teacher, self.sha256, self.version)
 
     def build(self, vocab: int) -> Teacher:
         return Teacher(self.model, self.cfg, vocab)
+
+
+def distillation_record(cfg: DistillConfig, teacher: str, sha256: str, version: Optional[int] = None) -> Distillation:
+    """The lineage a distilled run records (and its id hashes): the teacher and the loss settings."""
+    return Distillation(teacher=teacher, teacher_sha256=sha256, teacher_version=version, loss=cfg.loss,
+                        alpha=cfg.alpha, temperature=cfg.temperature,
+                        jsd_beta=cfg.jsd_beta if cfg.loss == "jsd" else None, top_k=cfg.top_k)
 
 
 def distilled_run_id(base_id: str, record: Distillation) -> str:

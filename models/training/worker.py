@@ -11,6 +11,8 @@ from typing import Optional
 from llmops.infra.store import open_store
 from llmops.models.data.packing import load_packed
 from llmops.models.data.tokenizer import load_tokenizer
+from llmops.models.model.loading import load_model
+from llmops.models.training.distillation import TeacherSpec
 from llmops.models.training.distributed import close_parallel, init_parallel
 from llmops.models.training.launcher import METRICS_PREFIX, PREFLIGHT_PREFIX, DistributedJob
 from llmops.models.training.run import run_training
@@ -41,14 +43,36 @@ def main(argv: Optional[list[str]] = None) -> None:
             load_tokenizer(store, job.tokenizer, cache)
             for split in ("train", "validation"):
                 load_packed(store, job.packed, split, cache)
+            _teacher_dir(store, job, cache)
         parallel.barrier()
         tokenizer = load_tokenizer(store, job.tokenizer, cache)
         run_training(store, job.packed, job.tokenizer, tokenizer, job.model, job.train, cache,
                      on_metrics=lambda m: print(METRICS_PREFIX + m.to_json(), flush=True),
                      on_preflight=lambda r: print(PREFLIGHT_PREFIX + r.model_dump_json(), flush=True),
-                     parallel=parallel)
+                     parallel=parallel, teacher=_teacher(job, _teacher_dir(store, job, cache, fetch=False)))
     finally:
         close_parallel()
+
+
+def _teacher_dir(store, job: DistributedJob, cache: Path, fetch: bool = True) -> Optional[Path]:
+    """The teacher's folder on this node: the launcher's path, else a copy from the store (fetched by local rank 0)."""
+    if job.teacher is None:
+        return None
+    folder = Path(job.teacher.path)
+    if (folder / "config.json").is_file():
+        return folder
+    folder = cache / "teachers" / job.teacher.record.teacher_sha256[:16]
+    if fetch and not (folder / "model.safetensors").is_file():
+        store.download_dir(store.key_for(job.teacher.record.teacher), folder)
+    return folder
+
+
+def _teacher(job: DistributedJob, folder: Optional[Path]) -> Optional[TeacherSpec]:
+    if job.teacher is None:
+        return None
+    model, _ = load_model(folder)
+    r = job.teacher.record
+    return TeacherSpec(model, job.teacher.cfg, r.teacher, r.teacher_sha256, r.teacher_version)
 
 
 if __name__ == "__main__":

@@ -42,3 +42,37 @@ def test_deployments_on_a_work_pool_run_on_its_worker(tmp_path):
         while not (state := client.read_flow_run(run.id).state).is_final() and time.monotonic() < deadline:
             time.sleep(1)
     assert state.is_completed(), f"{state}\n{worker.stdout[-3000:]}\n{worker.stderr[-3000:]}"
+
+
+def test_the_committed_prefect_yaml_is_the_default_deployments_and_prefect_deploy_creates_them(tmp_path):
+    from pathlib import Path
+
+    import yaml
+
+    from llmops.flows.deployments import prefect_yaml
+
+    committed = Path(__file__).parents[2] / "prefect.yaml"
+    assert committed.read_text() == prefect_yaml(PipelineConfig(), "llmops"), \
+        "prefect.yaml is stale: regenerate it with `llmops deploy --prefect-yaml prefect.yaml`"
+    name = "yaml-lm"
+    spec = yaml.safe_load(prefect_yaml(PipelineConfig(model_name=name), POOL))
+    (tmp_path / "prefect.yaml").write_text(yaml.safe_dump(spec))
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=POOL, type="process"), overwrite=True)
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    out = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    with get_client(sync_client=True) as client:
+        got = {n: client.read_deployment_by_name(n) for n in ("training-pipeline/train", "monitor-drift/monitor",
+                                                              "retrain/retrain", "canary-check/canary")}
+        automations = client.read_automations_by_name(f"retrain-{name}-on-drift")
+    assert all(d.work_pool_name == POOL for d in got.values())
+    assert got["retrain/retrain"].schedules[0].schedule.cron == "0 3 * * 0"
+    assert got["monitor-drift/monitor"].schedules[0].schedule.interval.total_seconds() == 3600
+    assert got["retrain/retrain"].global_concurrency_limit.limit == 1
+    assert got["retrain/retrain"].concurrency_options.collision_strategy.value == "CANCEL_NEW"
+    assert PipelineConfig.model_validate(got["training-pipeline/train"].parameters["config"]).model_name == name
+    (automation,) = automations
+    assert automation.trigger.expect == {"llmops.drift.detected"}
+    assert automation.actions[0].parameters["drift"] == "{{ event.payload }}", "the event template is kept"

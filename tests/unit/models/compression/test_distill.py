@@ -217,3 +217,29 @@ def test_without_a_teacher_training_is_unchanged(tmp_path):
     ref = run_training(store, packed, tok_ref, tok, ModelConfig(preset="tiny"), _train_cfg(max_steps=2), tmp_path)
     assert ref.method == "scratch" and ref.distillation is None
     assert all("kl" not in r for r in read_metrics(store.local_path(f"runs/{ref.run_id}/metrics.jsonl")))
+
+
+def test_a_distributed_distillation_matches_one_process(tmp_path, monkeypatch):
+    """Two DDP ranks under torchrun, each loading the teacher: the same run id, steps and losses as one process."""
+    from tests.unit.models.training.test_distributed import ROOT, _stored_inputs, two_ranks
+
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    _, _, _, _, folder = _setup(tmp_path)
+    store = LocalStore(tmp_path / "dist")
+    tok, tok_ref, packed = _stored_inputs(store)  # the ranks read the tokenizer from the store
+    train_cfg = _train_cfg(max_steps=4, eval_every=4, preflight_steps=1, fused_adamw=False)
+    cfg = DistillConfig(loss="reverse_kl", top_k=32)
+    ddp = _distill(tmp_path, store, tok, tok_ref, packed, folder, cfg,
+                   train_cfg=train_cfg.model_copy(update={"distributed": two_ranks(strategy="ddp")}))
+    single_store = LocalStore(tmp_path / "single")
+    _, single_tok_ref, single_packed = _stored_inputs(single_store)
+    single = _distill(tmp_path / "single", single_store, tok, single_tok_ref, single_packed, folder, cfg,
+                      train_cfg=train_cfg)
+
+    assert ddp.run_id == single.run_id and ddp.method == single.method == "distill"
+    assert ddp.distillation == single.distillation and ddp.steps == single.steps == 4
+    ddp_rows = read_metrics(store.local_path(f"runs/{ddp.run_id}/metrics.jsonl"))
+    one_rows = read_metrics(single_store.local_path(f"runs/{single.run_id}/metrics.jsonl"))
+    for key in ("loss", "kl"):
+        assert [r[key] for r in ddp_rows] == pytest.approx([r[key] for r in one_rows], rel=1e-4)

@@ -7,15 +7,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmops.infra.config import CompressConfig, PipelineConfig
+from llmops.infra.config import CompressConfig, MonitorConfig, PipelineConfig
 from llmops.infra.store import LocalStore, sha256_file
 from llmops.models.compression.stage import BATCHES, Parent, assess, compress_run, speeds
 from llmops.models.data.snapshot import read_split
 from llmops.models.evaluation.scoring import bits_per_byte, score_documents
+from llmops.models.model.generation import SamplingParams
 from llmops.models.model.loading import download_run_model, load_model
+from llmops.models.model.reference import reference_records
 from llmops.models.model.variants import make_variant
 from llmops.models.records import TrainRef
-from tests.helpers import train_stdlib_run
+from llmops.monitoring.check import compare_records
+from tests.helpers import stdlib_texts, train_stdlib_run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -113,3 +116,31 @@ def test_no_variants_returns_none_and_writes_nothing(trained, tmp_path):
 def test_configs_from_before_variants_still_load():
     assert CompressConfig.model_validate({"quantize": "int8", "max_bpb_increase": 0.05}).variants == ["int8"]
     assert CompressConfig.model_validate({"quantize": "none", "latency_runs": 5}).variants == []
+
+
+def test_serving_a_variant_that_passed_its_gate_does_not_read_as_drift(trained, tmp_path):
+    """Profiled with int8 (what auto serves), the same prompts served by fp32 read as no drift; a broken model
+    does."""
+    store, run, _, cache = trained
+    model, tokenizer = load_model(download_run_model(store, run, cache))
+    int8 = make_variant(model, "int8")
+    broken = make_variant(model, "bf16")
+    with torch.no_grad():
+        for layer in broken.model.layers:
+            layer.mlp.down_proj.weight.zero_()
+    prompts = list(dict.fromkeys(t[:200] for t in stdlib_texts() if len(t) >= 40))[:360]  # unique: no tied values
+    params = SamplingParams(max_new_tokens=6, do_sample=False)
+    cfg = MonitorConfig(min_samples=60, domain_classifier=False)
+
+    def records(m, variant, texts):
+        return reference_records(m, tokenizer, texts, params=params, model_name="m", version=1, variant=variant,
+                                 latency_samples=0)
+
+    # the same traffic served by another model: only the model's own features can move
+    reference = records(int8, "int8", prompts)
+    tokenize = lambda texts: tokenizer(list(texts), add_special_tokens=False)["input_ids"]  # noqa: E731
+    reports = {name: compare_records(reference, records(m, name, prompts), tokenize, cfg, tmp_path / name)
+               for name, m in (("fp32", model), ("broken", broken))}
+    verdicts = {name: (r.verdict, r.alerting) for name, r in reports.items()}
+    assert verdicts["fp32"][0] == "ok", verdicts
+    assert verdicts["broken"][0] == "alert", "the check does see a model that really changed"
