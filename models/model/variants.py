@@ -6,9 +6,9 @@ A variant lives in its own folder beside the fp32 model with a ``variant.json`` 
   weights int8 per output channel, activations quantized per batch at run time. ``model.int8.safetensors``
   holds each quantized layer's int8 weight, scales, zero points and bias, and every other tensor in fp32;
   loading rebuilds the architecture from the fp32 ``config.json`` and puts the int8 weights back.
-  We use ``torch.ao``'s dynamic quantization because it was the fastest int8 path measured on this CPU
-  (issue 15: 3.9x fp32 at batch 1, where torchao 0.18's int8 weight-only gave 1.4x and its dynamic
-  activation+weight 0.9x in eager mode); ``torch.ao`` is deprecated but ships with torch.
+  We use ``torch.ao``'s dynamic quantization because it is the fastest int8 path measured here
+  (bench/bench_compression.py: 2.3x fp32 at batch 1, where torchao 0.18's int8 weight-only gave 0.59x and its
+  dynamic activation+weight 0.52x in eager mode); ``torch.ao`` is deprecated but ships with torch.
 - ``bf16``: the model cast to bfloat16, saved by ``save_pretrained`` and loaded by ``from_pretrained``. It is
   faster only where the hardware computes in bf16 (GPUs, CPUs with AVX512-BF16 or AMX); the compress
   stage measures that and serves it only where it is.
