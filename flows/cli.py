@@ -181,13 +181,16 @@ def cmd_deploy(args) -> int:
     from llmops.flows.deployments import deploy_to_pool, prefect_yaml, serve_deployments
 
     config = load_config(args)
+    train_vars = {"gpu_count": args.train_gpus} if args.train_gpus is not None else None
     if args.prefect_yaml:
-        args.prefect_yaml.write_text(prefect_yaml(config, args.pool or "llmops"), encoding="utf-8")
+        args.prefect_yaml.write_text(prefect_yaml(config, args.pool or "llmops", args.train_pool, train_vars),
+                                     encoding="utf-8")
+        where = f"{args.pool or 'llmops'!r}" + (f" and {args.train_pool!r}" if args.train_pool else "")
         print(f"wrote {args.prefect_yaml}: `prefect deploy --all --prefect-file {args.prefect_yaml}` creates the "
-              f"deployments on work pool {args.pool or 'llmops'!r}")
+              f"deployments on work pool {where}")
         return 0
     if args.pool:
-        ids = deploy_to_pool(config, args.pool)
+        ids = deploy_to_pool(config, args.pool, args.train_pool, train_vars)
         print(f"{len(ids)} deployments on work pool {args.pool!r}: start a worker with "
               f"`prefect worker start --pool {args.pool}` where llmops is installed")
         return 0
@@ -276,7 +279,10 @@ COMMANDS = [
     ("deploy", "register deployments (schedules, drift trigger) with the Prefect API and serve them", cmd_deploy, [
         _arg("--pool", help="create them on this work pool instead, for its workers to run (nothing is served here)"),
         _arg("--prefect-yaml", type=Path, metavar="FILE",
-             help="write them as a prefect.yaml for `prefect deploy --all` (on --pool, default llmops) and exit")]),
+             help="write them as a prefect.yaml for `prefect deploy --all` (on --pool, default llmops) and exit"),
+        _arg("--train-pool", help="put train and retrain on this work pool instead (a GPU pool)"),
+        _arg("--train-gpus", type=int, metavar="N",
+             help="job variable gpu_count=N for them (pools made from infra/pools/kubernetes.json)")]),
     ("up", "start a local Prefect server (SQLite, UI) and serve the deployments", cmd_up, [
         _arg("--host", default="127.0.0.1"), _arg("--port", type=int, default=4200)]),
     ("reports", "serve the local store's reports read-only over HTTP (artifact links: LLMOPS_REPORT_BASE_URL)",

@@ -76,3 +76,28 @@ def test_the_committed_prefect_yaml_is_the_default_deployments_and_prefect_deplo
     (automation,) = automations
     assert automation.trigger.expect == {"llmops.drift.detected"}
     assert automation.actions[0].parameters["drift"] == "{{ event.payload }}", "the event template is kept"
+
+
+@pytest.mark.parametrize("kind", ["kubernetes", "docker"])
+def test_the_shipped_job_templates_make_pools_and_training_goes_to_the_gpu_pool(kind):
+    import json
+    from pathlib import Path
+
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    template = json.loads((Path(__file__).parents[2] / "infra" / "pools" / f"{kind}.json").read_text())
+    assert "image" in template["variables"]["properties"], "a docker-based pool: deployments need no storage"
+    with get_client(sync_client=True) as client:  # the API checks the template's placeholders against its variables
+        client.create_work_pool(WorkPoolCreate(name=f"cpu-{kind}", type=kind, base_job_template=template),
+                                overwrite=True)
+        client.create_work_pool(WorkPoolCreate(name="gpu-k8s", type="kubernetes", base_job_template=json.loads(
+            (Path(__file__).parents[2] / "infra" / "pools" / "kubernetes.json").read_text())), overwrite=True)
+    config = PipelineConfig(model_name=f"gpu-{kind}")
+    ids = deploy_to_pool(config, f"cpu-{kind}", "gpu-k8s", {"gpu_count": 1})
+    with get_client(sync_client=True) as client:
+        deployments = {d.name: d for d in (client.read_deployment(i) for i in ids)}
+    assert {n: d.work_pool_name for n, d in deployments.items()} == {
+        "monitor": f"cpu-{kind}", "canary": f"cpu-{kind}", "train": "gpu-k8s", "retrain": "gpu-k8s"}
+    assert deployments["train"].job_variables == {"gpu_count": 1} and not deployments["monitor"].job_variables
+    with pytest.raises(PrefectHTTPStatusError, match="-1 is less than the minimum of 0"):
+        deploy_to_pool(config, f"cpu-{kind}", "gpu-k8s", {"gpu_count": -1})  # the template's minimum is 0
