@@ -179,10 +179,15 @@ class Corpus:
 
         return load_model(download_run_model(self.store, run, self.cache))[0]
 
-    def bpb(self, run, texts) -> float:
+    def measured(self, run) -> dict[str, Any]:
+        """The run's model, loaded once: its parameters, validation bits/byte and decode tokens/s at batch 1."""
+        from llmops.models.compression.measure import decode_tokens_per_s
         from llmops.models.evaluation.scoring import bits_per_byte, score_documents
 
-        return bits_per_byte(score_documents(self.model(run), self.tokenizer, texts))
+        model = self.model(run)
+        return {"parameters": run.parameters,
+                "val_bits_per_byte": bits_per_byte(score_documents(model, self.tokenizer, self.validation)),
+                "tokens_per_s_b1": decode_tokens_per_s(model, self.tokenizer, self.validation, 1, 32, 3)}
 
 
 def part_quality(args, corpus: Corpus, teacher) -> dict[str, Any]:
@@ -260,17 +265,10 @@ def part_prune(args, corpus: Corpus, teacher) -> dict[str, Any]:
 
 def arms_result(corpus: Corpus, teacher, arms: dict, better: str, than: str) -> dict[str, Any]:
     """Validation bits/byte of every arm (and the teacher), decode speed at batch 1, and the relative gap."""
-    from llmops.models.compression.measure import decode_tokens_per_s
-
-    out = {"teacher": {"parameters": teacher.parameters, "val_bits_per_byte": corpus.bpb(teacher, corpus.validation),
-                       "tokens_per_s_b1": decode_tokens_per_s(corpus.model(teacher), corpus.tokenizer,
-                                                              corpus.validation, 1, 32, 3)}}
+    out = {"teacher": corpus.measured(teacher)}
     for name, run in arms.items():
-        out[name] = {"run_id": run.run_id, "method": run.method, "parameters": run.parameters, "steps": run.steps,
-                     "tokens_seen": run.tokens_seen, "train_s": run.wall_s,
-                     "val_bits_per_byte": corpus.bpb(run, corpus.validation),
-                     "tokens_per_s_b1": decode_tokens_per_s(corpus.model(run), corpus.tokenizer, corpus.validation,
-                                                            1, 32, 3)}
+        out[name] = {"run_id": run.run_id, "method": run.method, "steps": run.steps, "tokens_seen": run.tokens_seen,
+                     "train_s": run.wall_s, **corpus.measured(run)}
         out[name]["speedup_vs_teacher"] = out[name]["tokens_per_s_b1"] / out["teacher"]["tokens_per_s_b1"]
         print(f"{name}: {out[name]['val_bits_per_byte']:.4f} bits/byte, {run.parameters:,} parameters", flush=True)
     out["relative_gain"] = 1 - out[better]["val_bits_per_byte"] / out[than]["val_bits_per_byte"]

@@ -6,14 +6,14 @@ from prefect import flow
 
 from llmops.flows.training_pipeline import student_stages
 from llmops.infra.config import PipelineConfig, TokenizerConfig
-from llmops.models.records import ReleaseReport
+from llmops.models.records import StudentReport
 from llmops.tasks.distillation import resolve_teacher_task
 from llmops.tasks.ingestion import ingest_data
 from llmops.tasks.tokenization import build_tokenizer_task, pack_data
 
 
 @flow(name="distill", log_prints=True)
-def distill_flow(config: PipelineConfig = PipelineConfig(), teacher: str = "production") -> ReleaseReport:
+def distill_flow(config: PipelineConfig = PipelineConfig(), teacher: str = "production") -> StudentReport:
     """Distill ``compress.distill.student_preset`` (or, with compress.prune.enabled, a pruned copy of a registered
     teacher) from ``teacher``; the data is tokenized with the teacher's own tokenizer."""
     ref = resolve_teacher_task(config.model_name, teacher)

@@ -7,8 +7,16 @@ from typing import Optional
 from prefect import flow
 
 from llmops.infra.config import PipelineConfig
-from llmops.models.compression import TeacherRef
-from llmops.models.records import DatasetRef, PackedRef, PipelineReport, ReleaseReport, TokenizerRef, TrainRef
+from llmops.models.compression import TeacherRef, student_config
+from llmops.models.records import (
+    DatasetRef,
+    PackedRef,
+    PipelineReport,
+    ReleaseReport,
+    StudentReport,
+    TokenizerRef,
+    TrainRef,
+)
 from llmops.tasks.compression import compress_model
 from llmops.tasks.distillation import distill_model, prune_model
 from llmops.tasks.evaluation import evaluate_model
@@ -37,12 +45,8 @@ def run_stages(config: PipelineConfig, dataset: Optional[DatasetRef] = None) -> 
         teacher = TeacherRef(label=f"run {run.run_id} (v{released.version.version})", run=run,
                              model_name=config.model_name, version=released.version.version)
         student = student_stages(config, dataset, tokenizer, packed, teacher)
-    return PipelineReport(
-        model_name=config.model_name, dataset=dataset, tokenizer=tokenizer, run=run,
-        evaluation=released.evaluation, compression=released.compression, version=released.version,
-        promoted=released.promoted, production_version=released.production_version,
-        model_card_uri=released.version.uri.rsplit("/", 1)[0] + "/README.md", student=student,
-    )
+    return PipelineReport(**dict(released), model_name=config.model_name, dataset=dataset, tokenizer=tokenizer,
+                          model_card_uri=released.version.uri.rsplit("/", 1)[0] + "/README.md", student=student)
 
 
 def release_candidate(config: PipelineConfig, dataset: DatasetRef, tokenizer: TokenizerRef,
@@ -61,12 +65,13 @@ def release_candidate(config: PipelineConfig, dataset: DatasetRef, tokenizer: To
 
 
 def student_stages(config: PipelineConfig, dataset: DatasetRef, tokenizer: TokenizerRef, packed: PackedRef,
-                   teacher: TeacherRef) -> ReleaseReport:
+                   teacher: TeacherRef) -> StudentReport:
     """A student of ``teacher``: its pruned copy (compress.prune) or a smaller preset, distilled on the same data,
     then released like any candidate (its own version, gated against production)."""
     pruned = prune_model(teacher, dataset, config.compress.prune) if config.compress.prune.enabled else None
     run = distill_model(packed, tokenizer, teacher, config.model, config.train, config.compress.distill, pruned)
-    student_config = config.model_copy(update={"model": config.model.model_copy(update=(
-        {"pretrained": None} if pruned else {"preset": config.compress.distill.student_preset, "pretrained": None,
-                                             "overrides": dict(config.compress.distill.student_overrides)}))})
-    return release_candidate(student_config, dataset, tokenizer, run).model_copy(update={"pruned": pruned})
+    # the version's recorded model section: the teacher's shape for a pruned copy, else the student preset's
+    model = config.model.model_copy(update={"pretrained": None}) if pruned else \
+        student_config(config.compress.distill, config.model)
+    released = release_candidate(config.model_copy(update={"model": model}), dataset, tokenizer, run)
+    return StudentReport(**dict(released), pruned=pruned)

@@ -369,7 +369,7 @@ class ModelVersionRef(Record):
 
 
 class ReleaseReport(Record):
-    """A run released through the pipeline's stages: the candidate itself, or a student pruned/distilled from it."""
+    """A trained run released through the pipeline's stages: evaluated, compressed, registered, maybe promoted."""
 
     run: TrainRef
     evaluation: EvalReport
@@ -377,20 +377,19 @@ class ReleaseReport(Record):
     version: ModelVersionRef
     promoted: bool
     production_version: Optional[int]
+
+
+class StudentReport(ReleaseReport):
+    """A student pruned from and/or distilled from a teacher, released like any candidate."""
+
     pruned: Optional[PrunedRef] = None
 
 
-class PipelineReport(Record):
-    """What one run of the training pipeline produced and decided."""
+class PipelineReport(ReleaseReport):
+    """What one run of the training pipeline produced and decided: the candidate's release, and its student's."""
 
     model_name: str
     dataset: DatasetRef
     tokenizer: TokenizerRef
-    run: TrainRef
-    evaluation: EvalReport
-    compression: Optional[CompressionReport]
-    version: ModelVersionRef
-    promoted: bool
-    production_version: Optional[int]
     model_card_uri: str
-    student: Optional[ReleaseReport] = Field(None, description="compress.distill / compress.prune: the student")
+    student: Optional[StudentReport] = Field(None, description="compress.distill / compress.prune: the student")

@@ -2,7 +2,6 @@
 progress, a summary table)."""
 from __future__ import annotations
 
-import logging
 from typing import Optional
 
 from prefect import get_run_logger, task
@@ -11,6 +10,7 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from llmops.infra.config import DistillConfig, ModelConfig, PruneConfig, TrainConfig
 from llmops.models.compression import (
     TeacherRef,
+    budgeted,
     distill,
     prune_model_dir,
     resolve_teacher,
@@ -21,6 +21,7 @@ from llmops.models.data import load_tokenizer, read_split
 from llmops.models.records import DatasetRef, PackedRef, PrunedRef, TokenizerRef, TrainRef
 from llmops.models.training import StepMetrics
 from llmops.tasks.core.context import ACCELERATOR_TAG, artifact_key, cache_dir, store, timeout_s
+from llmops.tasks.training import step_reporter
 
 
 @task(name="resolve-teacher", timeout_seconds=timeout_s("resolve-teacher"))
@@ -57,12 +58,11 @@ def distill_model(packed: PackedRef, tokenizer_ref: TokenizerRef, teacher: Teach
     progress_id = create_progress_artifact(0.0, key=artifact_key("distill-progress", teacher.label, name),
                                            description=f"distilling {name} from {teacher.label}")
     last: dict[str, StepMetrics] = {}
+    step = step_reporter(logger, progress_id, budgeted(train_cfg, cfg))  # progress against the student's budget
 
     def report(m: StepMetrics) -> None:
         last["step"] = m
-        if m.step % max(1, train_cfg.max_steps // 50) == 0 or m.val_loss is not None:
-            update_progress_artifact(progress_id, min(100.0, 100.0 * _done(m, train_cfg, cfg)))
-            _log_step(logger, m)
+        step(m)
 
     folder, uri = teacher_folder(st, teacher, cache_dir())
     ref = distill(st, packed, tokenizer_ref, load_tokenizer(st, tokenizer_ref, cache_dir()), folder, student,
@@ -73,18 +73,6 @@ def distill_model(packed: PackedRef, tokenizer_ref: TokenizerRef, teacher: Teach
     logger.info("run %s (%s distilled from %s): %d steps, final loss %.4f, val loss %s, %.1f s", ref.run_id, name,
                 teacher.label, ref.steps, ref.final_train_loss, ref.final_val_loss, ref.wall_s)
     return ref
-
-
-def _done(m: StepMetrics, train_cfg: TrainConfig, cfg: DistillConfig) -> float:
-    """Progress: steps, or the student's time budget when it ends first."""
-    budget_s = cfg.max_minutes * 60 if cfg.max_minutes else train_cfg.budget_s
-    return max(m.step / train_cfg.max_steps, m.elapsed_s / budget_s if budget_s else 0.0)
-
-
-def _log_step(logger: logging.Logger | logging.LoggerAdapter, m: StepMetrics) -> None:
-    val = f", val loss {m.val_loss:.4f}" if m.val_loss is not None else ""
-    kl = f", divergence {m.kl:.4f}" if m.kl is not None else ""
-    logger.info("step %d: loss %.4f%s%s, lr %.2e, %.0f tokens/s", m.step, m.loss, kl, val, m.lr, m.tokens_per_s)
 
 
 def _summary(ref: TrainRef, teacher: TeacherRef, last: Optional[StepMetrics]) -> dict:

@@ -37,19 +37,7 @@ def train_model(packed: PackedRef, tokenizer_ref: TokenizerRef, model_cfg: Model
     run_id, _ = run_identity(packed, tokenizer_ref, model_cfg, train_cfg)
     progress_id = create_progress_artifact(0.0, key=artifact_key("train-progress", run_id),
                                            description=f"training run {run_id} ({name})")
-    every = max(1, train_cfg.max_steps // 50)
-
-    def report(m: StepMetrics) -> None:
-        if m.step % every == 0 or m.val_loss is not None:
-            done = m.step / train_cfg.max_steps
-            if train_cfg.budget_s:  # a time-budgeted run ends at whichever limit it reaches first
-                done = max(done, m.elapsed_s / train_cfg.budget_s)
-            update_progress_artifact(progress_id, min(100.0, 100.0 * done))
-            val = f", val loss {m.val_loss:.4f}" if m.val_loss is not None else ""
-            mfu = f", MFU {m.mfu:.1%}" if m.mfu is not None else ""
-            logger.info("step %d: loss %.4f%s, lr %.2e, %.0f tokens/s%s", m.step, m.loss, val, m.lr, m.tokens_per_s,
-                        mfu)
-
+    report = step_reporter(logger, progress_id, train_cfg)
     preflight = _preflight_reporter(logger, name)
     if train_cfg.distributed.enabled:
         ref = launch_run(st, packed, tokenizer_ref, model_cfg, train_cfg, cache_dir(), on_line=logger.info,
@@ -63,6 +51,27 @@ def train_model(packed: PackedRef, tokenizer_ref: TokenizerRef, model_cfg: Model
                              key=artifact_key("loss-curve", ref.run_id))
     logger.info("run %s: %d steps, final loss %.4f, %.1f s", ref.run_id, ref.steps, ref.final_train_loss, ref.wall_s)
     return ref
+
+
+def step_reporter(logger: logging.Logger | logging.LoggerAdapter, progress_id, train_cfg: TrainConfig
+                  ) -> Callable[[StepMetrics], None]:
+    """The on_metrics callback: about 50 times a run (and at every evaluation) move the progress artifact and log the
+    step (with the divergence of a distillation, the MFU where the peak is known)."""
+    every = max(1, train_cfg.max_steps // 50)
+
+    def report(m: StepMetrics) -> None:
+        if m.step % every == 0 or m.val_loss is not None:
+            done = m.step / train_cfg.max_steps
+            if train_cfg.budget_s:  # a time-budgeted run ends at whichever limit it reaches first
+                done = max(done, m.elapsed_s / train_cfg.budget_s)
+            update_progress_artifact(progress_id, min(100.0, 100.0 * done))
+            kl = f", divergence {m.kl:.4f}" if m.kl is not None else ""
+            val = f", val loss {m.val_loss:.4f}" if m.val_loss is not None else ""
+            mfu = f", MFU {m.mfu:.1%}" if m.mfu is not None else ""
+            logger.info("step %d: loss %.4f%s%s, lr %.2e, %.0f tokens/s%s", m.step, m.loss, kl, val, m.lr,
+                        m.tokens_per_s, mfu)
+
+    return report
 
 
 def _preflight_reporter(logger: logging.Logger | logging.LoggerAdapter, name: str) -> Callable[[PreflightReport], None]:

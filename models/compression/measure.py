@@ -2,14 +2,13 @@
 distributions stay (mean KL, top-1 agreement)."""
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Sequence
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llmops.models.model.generation import context_length
+from llmops.models.training.preflight import measure_step_seconds
 
 
 def _prompts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], batch: int, prompt_tokens: int) -> torch.Tensor:
@@ -27,7 +26,7 @@ def _prompts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], batch: in
 @torch.inference_mode()
 def decode_tokens_per_s(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
                         batch: int, new_tokens: int, runs: int, prompt_tokens: int = 16) -> float:
-    """Greedy decode speed: new tokens per second over the whole batch, median of ``runs`` (after a warm-up).
+    """Greedy decode speed: new tokens per second over the whole batch, median of ``runs`` after a warm-up run.
 
     Every run generates exactly ``new_tokens`` per row (eos is not allowed to stop it early), so variants are
     timed on the same work. The prefill of the short prompt is included, as a client sees it.
@@ -35,13 +34,7 @@ def decode_tokens_per_s(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
     x = _prompts(tokenizer, texts, batch, min(prompt_tokens, context_length(model) - new_tokens)).to(model.device)
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                   pad_token_id=tokenizer.eos_token_id, attention_mask=torch.ones_like(x))
-    model.generate(x, **{**kwargs, "max_new_tokens": 2, "min_new_tokens": 2})  # warm-up: kernels, caches
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        model.generate(x, **kwargs)
-        times.append(time.perf_counter() - t0)
-    return batch * new_tokens / statistics.median(times)
+    return batch * new_tokens / measure_step_seconds(lambda: model.generate(x, **kwargs), model.device, runs)
 
 
 @torch.inference_mode()
@@ -49,13 +42,7 @@ def prefill_ms(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts
                runs: int) -> float:
     """Median milliseconds of one forward pass over a ``tokens``-token prompt at batch 1."""
     x = _prompts(tokenizer, texts, 1, min(tokens, context_length(model))).to(model.device)
-    model(input_ids=x)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        model(input_ids=x)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1000
+    return measure_step_seconds(lambda: model(input_ids=x), model.device, runs) * 1000
 
 
 @torch.inference_mode()

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from llmops.infra.store import ArtifactStore
 from llmops.models.model.variants import VARIANTS, VariantError, load_variant
-from llmops.models.records import TrainRef
+from llmops.models.records import TrainRef, VariantReport
 
 
 def load_model(model_dir: Union[str, Path], variant: str = "fp32", *, variant_dir: Optional[Path] = None,
@@ -58,4 +58,11 @@ def download_run_model(store: ArtifactStore, ref: TrainRef, cache_dir: Path) -> 
     local = Path(cache_dir) / "runs" / ref.run_id / "final"
     if not (local / "model.safetensors").exists():
         store.download_dir(store.key_for(ref.uri), local)
+    return local
+
+
+def download_run_variant(store: ArtifactStore, run: TrainRef, variant: VariantReport, cache_dir: Path) -> Path:
+    """A local copy of one of the run's variants as the compress stage stored it."""
+    local = Path(cache_dir) / "runs" / run.run_id / "variants-download" / variant.variant
+    store.download_dir(store.key_for(variant.uri), local)
     return local

@@ -138,18 +138,19 @@ def _load_int8(model_dir: Path, weights: Path, attention: str) -> PreTrainedMode
     skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir), attn_implementation=attention)
     qmodel = quantize_int8(skeleton)
     tensors = load_file(str(weights))
-    for name, module in qmodel.named_modules():
-        if isinstance(module, DynamicLinear):
-            try:
-                q = torch._make_per_channel_quantized_tensor(
-                    tensors.pop(f"{name}.int8_weight"), tensors.pop(f"{name}.scales").double(),
-                    tensors.pop(f"{name}.zero_points").long(), 0)
-            except KeyError as exc:
-                raise VariantError(f"{weights}: no int8 weights for layer {name} ({exc})") from None
-            module.set_weight_bias(q, tensors.pop(f"{name}.bias", None))
+    quantized = {name: m for name, m in qmodel.named_modules() if isinstance(m, DynamicLinear)}
+    for name, module in quantized.items():
+        try:
+            q = torch._make_per_channel_quantized_tensor(
+                tensors.pop(f"{name}.int8_weight"), tensors.pop(f"{name}.scales").double(),
+                tensors.pop(f"{name}.zero_points").long(), 0)
+        except KeyError as exc:
+            raise VariantError(f"{weights}: no int8 weights for layer {name} ({exc})") from None
+        module.set_weight_bias(q, tensors.pop(f"{name}.bias", None))
     state = qmodel.state_dict()  # keeps the per-module version metadata the quantized layers' loaders read
-    expected = {k for k, v in state.items() if not (isinstance(v, torch.Tensor) and v.is_quantized)
-                and not k.startswith(tuple(n + "." for n, m in qmodel.named_modules() if isinstance(m, DynamicLinear)))}
+    prefixes = tuple(name + "." for name in quantized)
+    expected = {k for k, v in state.items()
+                if not (isinstance(v, torch.Tensor) and v.is_quantized) and not k.startswith(prefixes)}
     missing, unexpected = sorted(expected - tensors.keys()), sorted(tensors.keys() - expected)
     if missing or unexpected:
         raise VariantError(f"{weights} does not match {model_dir}/config.json: missing {missing[:5]}, "
@@ -157,7 +158,6 @@ def _load_int8(model_dir: Path, weights: Path, attention: str) -> PreTrainedMode
     state.update(tensors)
     qmodel.load_state_dict(state)
     return qmodel.eval()
-
 
 
 def serving_variant(requested: str, available: Sequence[str], fastest: Optional[str], device_type: str = "cpu") -> str:

@@ -9,7 +9,7 @@ from typing import Optional
 from llmops.infra.config import PipelineConfig
 from llmops.infra.store import ArtifactStore, sha256_bytes
 from llmops.models.model.generation import SamplingParams, complete
-from llmops.models.model.loading import download_run_model
+from llmops.models.model.loading import download_run_model, download_run_variant
 from llmops.models.records import (
     CompressionReport,
     DatasetRef,
@@ -42,8 +42,7 @@ def register_candidate(store: ArtifactStore, config: PipelineConfig, *, version:
         files["reference_profile.json"] = _verified(store, reference_profile)
     variants = {}
     for variant in compression.servable() if compression else []:
-        variants[variant.variant] = cache_dir / "runs" / run.run_id / "variants-download" / variant.variant
-        store.download_dir(store.key_for(variant.uri), variants[variant.variant])
+        variants[variant.variant] = download_run_variant(store, run, variant, cache_dir)
     metadata = VersionMetadata(run_id=run.run_id, dataset=dataset.uri, dataset_sha256=dataset.sha256,
                                tokenizer_sha256=tokenizer.sha256, gate=evaluation.gate,
                                test_bits_per_byte=evaluation.splits["test"].bits_per_byte,

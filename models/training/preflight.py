@@ -253,7 +253,8 @@ def check(report: PreflightReport) -> None:
 
 
 def measure_step_seconds(step: Callable[[], None], device: torch.device, steps: int = 2) -> float:
-    """Median time of ``step`` (one forward + backward) after a warm-up call (allocations, kernel selection)."""
+    """Median time of ``step`` (one forward + backward, or any call on ``device``) after a warm-up call
+    (allocations, kernel selection)."""
     times = []
     for _ in range(steps + 1):
         t0 = time.perf_counter()

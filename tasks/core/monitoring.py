@@ -22,6 +22,7 @@ from llmops.models.data import read_split
 from llmops.models.model import (
     SamplingParams,
     download_run_model,
+    download_run_variant,
     load_model,
     load_tokenizer,
     reference_records,
@@ -85,8 +86,7 @@ def _serving_model(store: ArtifactStore, run: TrainRef, config: PipelineConfig, 
     if variant not in servable:
         raise ValueError(f"serve.variant={variant}: run {run.run_id} has no servable {variant} variant "
                          f"(compress.variants made {[v.variant for v in compression.variants] if compression else []})")
-    folder = Path(cache_dir) / "runs" / run.run_id / "variants-download" / variant
-    store.download_dir(store.key_for(servable[variant].uri), folder)
+    folder = download_run_variant(store, run, servable[variant], cache_dir)
     return (*load_model(model_dir, variant, variant_dir=folder), variant)
 
 
