@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-all lint bench clean
+.PHONY: run test test-services test-all lint bench clean
 
 # constraints.txt pins torch to the CPU build and the releases known to work together
 $(STAMP): pyproject.toml constraints.txt
@@ -19,6 +19,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest
+
+# containers, Postgres and the UI in a browser: system packages, root and minutes (.ci/system provides them in CI)
+test-services: $(STAMP)
+	$(BIN)/pytest -m 'container or postgres or browser'
 
 test-all: $(STAMP)
 	$(BIN)/pytest -m ''
