@@ -7,81 +7,24 @@ test only writes the traffic and watches through the Prefect client; nothing cal
 """
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import TypeVar
-
-import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    DeploymentFilter,
-    DeploymentFilterId,
-    FlowRunFilter,
-    FlowRunFilterCreatedBy,
-    LogFilter,
-    LogFilterFlowRunId,
-)
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from llmops.flows.local.server import LocalPrefectServer, deployment_runner
 from llmops.infra.config import PipelineConfig
-from llmops.infra.settings import get_settings
 from llmops.infra.store import open_store
 from llmops.infra.traffic.log import parse_ts, write_records
 from tests.helpers import drain_prefect_workers
+from tests.served_loop import OVERRIDES, ROOT, deployment, drifted_traffic, final_runs, poll, runs_of
 
-ROOT = Path(__file__).parents[2]
-T = TypeVar("T")
-# fast enough for a test on 2 cores: a 15 s schedule, a small model, no companion reports. The 30 s review
-# window (schedule_after) keeps the retrain, and its possible promotion, after the second scheduled check.
-OVERRIDES = [
-    'data.sources=["builtin://stdlib-docstrings?max_bytes=200000", "traffic://"]', "data.val_fraction=0.2",
-    "train.max_steps=20", "eval.max_docs=20", "compress.variants=[]", "serve.default_max_tokens=4",
-    "monitor.reference_size=100", "monitor.min_samples=40", "monitor.window_minutes=10",
-    "monitor.cooldown_minutes=60", "monitor.evidently_report=false",
-    "schedule.monitor_every_minutes=0.25", "schedule.retrain_cron=null", "schedule.retrain_delay_minutes=0.5",
-]
 FAST_SERVER = {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2", "PREFECT_SERVER_SERVICES_SCHEDULER_MIN_RUNS": "3",
                "PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS": "6"}
 
 
-def poll(what: str, probe: Callable[[], T], timeout: float, every: float = 1.0) -> T:
-    """``probe()`` until it returns something truthy; fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(every)
-
-
-def runs_of(client, deployment_id, automation: bool = False) -> list[FlowRun]:
-    runs = client.read_flow_runs(
-        flow_run_filter=FlowRunFilter(created_by=FlowRunFilterCreatedBy(type_=["AUTOMATION"])) if automation else None,
-        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
-    )
-    return sorted(runs, key=lambda r: r.start_time or r.expected_start_time)
-
-
 def log_text(client, run: FlowRun) -> str:
     return "\n".join(log.message for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]))))
-
-
-def drifted_traffic(config: PipelineConfig, n: int = 80) -> list[dict]:
-    """Python source prompts (the model was trained on docstrings), captured as the server captures them."""
-    from llmops.models.data.corpus import stdlib_code
-    from llmops.models.model.reference import reference_records
-    from llmops.models.release.registry import Registry
-    from llmops.tasks.core.monitoring import serving_params
-
-    loaded = Registry(open_store(), config.model_name).load("production", cache_dir=get_settings().cache_dir)
-    code = [d.text for d in stdlib_code(max_bytes=400_000) if 40 <= len(d.text) <= 1500][:n]
-    return reference_records(loaded.model, loaded.tokenizer, code, params=serving_params(config),
-                             model_name=config.model_name, version=loaded.version, latency_samples=0)
 
 
 def test_the_scheduled_monitor_alerts_once_triggers_one_retrain_and_the_gate_decides(tmp_path):
@@ -103,8 +46,8 @@ def test_the_scheduled_monitor_alerts_once_triggers_one_retrain_and_the_gate_dec
             runner = deployment_runner(config_path, server.api_url, tmp_path / "runner.log", tmp_path / "prefect",
                                        env={"PREFECT_RUNNER_POLL_FREQUENCY": "2"}).start()
             with get_client(sync_client=True) as client:
-                monitor = poll("the monitor deployment", lambda: _deployment(client, "monitor-drift/monitor"), 90)
-                retrain = poll("the retrain deployment", lambda: _deployment(client, "retrain/retrain"), 30)
+                monitor = poll("the monitor deployment", lambda: deployment(client, "monitor-drift/monitor"), 90)
+                retrain = poll("the retrain deployment", lambda: deployment(client, "retrain/retrain"), 30)
 
                 # two scheduled monitor runs complete: the first alerts and emits, the second alerts inside the cooldown
                 # (a run that starts while another holds the monitor's slot is cancelled: CANCEL_NEW)
@@ -118,7 +61,7 @@ def test_the_scheduled_monitor_alerts_once_triggers_one_retrain_and_the_gate_dec
 
                 # exactly one retrain, created by the trigger, runs the gate
                 triggered = poll("the triggered retrain", lambda: runs_of(client, retrain.id, automation=True), 60)
-                final = poll("the retrain to finish", lambda: _final(runs_of(client, retrain.id, automation=True)),
+                final = poll("the retrain to finish", lambda: final_runs(runs_of(client, retrain.id, automation=True)),
                              timeout=240, every=2)[0]
                 assert final.id == triggered[0].id and final.state.type == StateType.COMPLETED, runner.tail(60)
                 assert final.parameters["reason"] == "drift"
@@ -146,22 +89,9 @@ def test_the_scheduled_monitor_alerts_once_triggers_one_retrain_and_the_gate_dec
     assert production == (2 if gate.promote else 1), "the gate, not the trigger, decides promotion"
 
 
-def _deployment(client, name: str):
-    from prefect.exceptions import ObjectNotFound
-
-    try:
-        return client.read_deployment_by_name(name)
-    except ObjectNotFound:
-        return None
-
-
 def _completed(runs: list[FlowRun], count: int) -> list[FlowRun]:
     done = [r for r in runs if r.state is not None and r.state.type == StateType.COMPLETED]
     return done[:count] if len(done) >= count else []
-
-
-def _final(runs: list[FlowRun]) -> list[FlowRun]:
-    return [r for r in runs if r.state is not None and r.state.is_final()]
 
 
 def _stop_schedule(client, deployment_id) -> None:
