@@ -28,6 +28,11 @@ class Settings(BaseSettings):
         description="Local scratch space: models downloaded from the store, built-in corpora.",
     )
     s3_endpoint_url: Optional[str] = Field(default=None, description="Custom S3 endpoint, e.g. MinIO's http://host:9000.")
+    s3_public_endpoint_url: Optional[str] = Field(
+        default=None,
+        description="The S3 endpoint as browsers reach it, when they cannot reach s3_endpoint_url (a compose service "
+        "name, a cluster-internal address): presigned report links are signed for this host.",
+    )
     s3_region: Optional[str] = Field(default=None, description="Region for the S3 client.")
     s3_access_key_id: Optional[SecretStr] = None
     s3_secret_access_key: Optional[SecretStr] = None

@@ -267,13 +267,14 @@ class S3Store(ArtifactStore):
                 "aws_access_key_id": settings.s3_access_key_id.get_secret_value(),
                 "aws_secret_access_key": settings.s3_secret_access_key.get_secret_value(),
             }
-        self.client = boto3.client(
-            "s3",
-            endpoint_url=settings.s3_endpoint_url,
-            region_name=settings.s3_region,
-            config=Config(retries={"max_attempts": 5, "mode": "standard"}),
-            **credentials,
-        )
+        def client(endpoint_url: Optional[str]):
+            return boto3.client("s3", endpoint_url=endpoint_url, region_name=settings.s3_region,
+                                config=Config(retries={"max_attempts": 5, "mode": "standard"}), **credentials)
+
+        self.client = client(settings.s3_endpoint_url)
+        # a presigned URL's signature covers its host, so links for browsers are signed by a client of the
+        # endpoint they reach; presigning is local, this client never connects
+        self._signer = client(settings.s3_public_endpoint_url) if settings.s3_public_endpoint_url else self.client
 
     def _key(self, key: str) -> str:
         validate_key(key)
@@ -296,7 +297,7 @@ class S3Store(ArtifactStore):
             raise StoreError(f"S3 {what} of {self.uri}/{key} failed: {exc}") from exc
 
     def browser_url(self, key: str, expires_s: int) -> Optional[str]:
-        return self._call("presign", key, self.client.generate_presigned_url, ClientMethod="get_object",
+        return self._call("presign", key, self._signer.generate_presigned_url, ClientMethod="get_object",
                           Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=expires_s)
 
     def put_bytes(self, key: str, data: bytes) -> str:

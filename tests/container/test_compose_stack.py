@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -83,7 +84,8 @@ def stack():
     _base_image()
     _wheelhouse()
     _build()
-    ports = {"PREFECT_PORT": free_port(), "LLMOPS_SERVE_PORT": free_port(), "S3_CONSOLE_PORT": free_port()}
+    ports = {"PREFECT_PORT": free_port(), "LLMOPS_SERVE_PORT": free_port(), "S3_PORT": free_port(),
+             "S3_CONSOLE_PORT": free_port()}
     env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "LLMOPS_IMAGE": IMAGE,
            "LLMOPS_POSTGRES_IMAGE": POSTGRES_IMAGE, "LLMOPS_CONFIG": "/configs/tiny.yaml", "LLMOPS_API_KEY": API_KEY}
     compose = ["docker-compose", "-p", PROJECT, "-f", str(DOCKER / "compose.yaml"),
@@ -144,6 +146,14 @@ def test_the_stack_comes_up_trains_through_the_worker_and_serves_the_promoted_mo
                         json={"model": "llmops-tiny", "prompt": "Return the", "max_tokens": 4}).json()
     assert answer["model"] == "llmops-tiny:1" and answer["usage"]["completion_tokens"] >= 1
     assert httpx.post(f"{serve}/v1/completions", json={"model": "llmops-tiny", "prompt": "x"}).status_code == 401
+
+    # the run's artifacts link reports with presigned URLs signed for the published store port: the host opens them
+    artifacts = httpx.post(f"{api}/artifacts/filter", timeout=10,
+                           json={"artifacts": {"flow_run_id": {"any_": [runs[0]["id"]]}}}).json()
+    public = f"http://localhost:{stack['env']['S3_PORT']}/"
+    links = {m for a in artifacts for m in re.findall(r"http://localhost:\d+/[^\s)\]\"'<>]+", json.dumps(a["data"]))}
+    assert links and all(link.startswith(public) for link in links), links
+    assert httpx.get(sorted(links)[0], timeout=10).status_code == 200
 
     # docker stop: SIGTERM to the server, which flushes the captured request to the store and exits 0
     sh(*stack["compose"], "stop", "-t", "60", "model-server", env=stack["env"])

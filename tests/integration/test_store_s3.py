@@ -41,3 +41,20 @@ def test_artifact_links_to_an_s3_store_are_presigned_urls_another_host_can_open(
     opened = httpx.get(url)  # no credentials: the signature in the URL is the access
     assert opened.status_code == 200 and opened.content == b"<h1>drift</h1>"
     assert httpx.get(url.replace("report.html", "other.html")).status_code in (403, 404), "the URL opens one key"
+
+
+def test_presigned_links_are_signed_for_the_public_endpoint_browsers_reach(s3_bucket, monkeypatch):
+    """In the compose stack the store is http://s3:9000 to the services and http://localhost:9000 to a browser."""
+    import httpx
+
+    from llmops.infra.settings import get_settings
+
+    internal = get_settings().s3_endpoint_url
+    public = internal.replace("127.0.0.1", "localhost")
+    monkeypatch.setenv("LLMOPS_S3_PUBLIC_ENDPOINT_URL", public)
+    get_settings.cache_clear()
+    store = open_store(f"s3://{s3_bucket}/p")
+    store.put_bytes("r.html", b"report")  # the store itself still talks to the internal endpoint
+    url = store.browser_url("r.html", 600)
+    assert url.startswith(f"{public}/") and not url.startswith(internal)
+    assert httpx.get(url).content == b"report"
