@@ -205,7 +205,7 @@ def cmd_deploy(args) -> int:
 def cmd_up(args) -> int:
     from llmops.flows.local.up import run_up
 
-    return run_up(load_config(args), host=args.host, port=args.port, config_path=args.config)
+    return run_up(load_config(args), host=args.host, port=args.port)
 
 
 def cmd_reports(args) -> int:

@@ -1,4 +1,5 @@
-"""Child processes the CLI starts for the user: a local Prefect server (SQLite) and a deployment runner."""
+"""Child processes the CLI starts for the user: a local Prefect server (SQLite, or PostgreSQL) and a deployment
+runner."""
 from __future__ import annotations
 
 import os
@@ -107,16 +108,26 @@ class ChildProcess:
 
 
 class LocalPrefectServer(ChildProcess):
-    """``prefect server start`` on loopback with its own PREFECT_HOME (SQLite database, UI included)."""
+    """``prefect server start`` on loopback with its own PREFECT_HOME (UI included).
+
+    Its database is SQLite in PREFECT_HOME unless ``PREFECT_API_DATABASE_CONNECTION_URL``
+    (``postgresql+asyncpg://user:password@host:5432/db``), from our environment or ``env``, names a PostgreSQL
+    database: the server creates or migrates its tables there at start-up. The user's own Prefect profile is not
+    read (PREFECT_HOME is ours), so the environment is the way to point ``llmops up`` at a database.
+    """
 
     def __init__(self, home: Path, host: str = "127.0.0.1", port: Optional[int] = None,
                  env: Optional[dict[str, str]] = None):
         """``env``: more server settings, e.g. ``PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS``."""
         self.host, self.port, self.home = host, port or free_port(host), home
+        # `--port` does not reach the UI: it calls PREFECT_API_URL, else PREFECT_SERVER_API_PORT (4200), so on any
+        # other port (or with a PREFECT_API_URL exported for another server) its pages could not load a thing
+        ui = {} if {"PREFECT_UI_API_URL", "PREFECT_SERVER_UI_API_URL"} & os.environ.keys() else \
+            {"PREFECT_UI_API_URL": self.api_url}
         super().__init__(
             [sys.executable, "-m", "prefect", "server", "start", "--host", self.host, "--port", str(self.port)],
             home / "server.log",
-            {**quiet_prefect_env(home), **(env or {})},
+            {**quiet_prefect_env(home), **ui, **(env or {})},
         )
 
     @property

@@ -4,7 +4,6 @@ from __future__ import annotations
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Optional
 
 from llmops.flows.local.server import LocalPrefectServer, deployment_runner
 from llmops.flows.local.shutdown import sigterm_as_interrupt
@@ -12,9 +11,11 @@ from llmops.infra.config import PipelineConfig
 from llmops.infra.settings import get_settings
 
 
-def run_up(config: PipelineConfig, host: str = "127.0.0.1", port: int = 4200,
-           config_path: Optional[Path] = None) -> int:
+def run_up(config: PipelineConfig, host: str = "127.0.0.1", port: int = 4200) -> int:
     """Start the server in ``<cache>/prefect`` and ``llmops deploy`` against it; print where the UI is.
+
+    The runner reads ``config`` as written to ``<cache>/prefect/up-config.yaml``: the file ``--config`` named with
+    every ``--set`` applied.
 
     Ctrl-C or SIGTERM, at any time, stops the runner and then the server (each with its process group), and
     returns 0; 1 if one of them exited by itself.
@@ -26,11 +27,9 @@ def run_up(config: PipelineConfig, host: str = "127.0.0.1", port: int = 4200,
             server = LocalPrefectServer(home, host=host, port=port).start()
             stack.callback(server.stop)
             server.wait_healthy()
-            if config_path is None:
-                config_path = home / "up-config.yaml"
-                config_path.write_text(config.to_yaml())
-            runner = deployment_runner(Path(config_path).resolve(), server.api_url, home / "deployments.log",
-                                       home).start()
+            config_path = home / "up-config.yaml"
+            config_path.write_text(config.to_yaml())
+            runner = deployment_runner(config_path, server.api_url, home / "deployments.log", home).start()
             stack.callback(runner.stop)
             print(f"Prefect UI:  {server.ui_url}\n"
                   f"Prefect API: {server.api_url}  (export PREFECT_API_URL={server.api_url})\n"
