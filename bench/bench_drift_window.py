@@ -16,9 +16,17 @@ runs in its own subprocess, so its peak memory (max RSS) is its own:
   per-record signals (token_frequency is one value per token, not a column).
 * ``parsers`` (first size only): records/s of the stdlib json and orjson row parsers, Arrow's JSON
   parser, and reading the compacted Parquet's monitoring columns.
+* ``check-one`` / ``check-dask``: the whole check as the monitor flow runs it (records, the prompt
+  sample, statistics, the domain classifier, files; Evidently off), from the Parquet copy and from the
+  JSONL store: in one process (``check_store_window``, ``monitor.cluster: local``), and as the map over
+  the window's hour partitions through Prefect's ``DaskTaskRunner`` on a local cluster of two worker
+  processes (the ``accumulate-partition`` task), merged and finished in the driver. The cluster's
+  start and the workers' first imports are timed apart (a standing cluster pays them once;
+  ``dask-local:N`` pays them per check); the reports must be identical.
 
     python bench/bench_drift_window.py                   # 100k and 1M records (~1 GB of JSONL at 1M)
     python bench/bench_drift_window.py --sizes 20000     # a quick run
+    python bench/bench_drift_window.py --only cluster    # the one-process vs Dask check alone
 
 Writes bench/results/drift_window.json and drift_window.md.
 """
@@ -253,6 +261,105 @@ def run_parsers(folder: Path) -> dict:
     return timings
 
 
+def _report_facts(report) -> dict:
+    """What must be identical between the one-process and the cluster check: everything but timings and paths."""
+    return {"verdict": report.verdict, "n_samples": report.n_samples, "notes": report.notes, "skipped": report.skipped,
+            "signals": {k: s.model_dump(mode="json") for k, s in report.signals.items()},
+            "classifier": report.classifier.model_dump(mode="json", exclude={"seconds"}) if report.classifier else None}
+
+
+def run_check(folder: Path) -> dict:
+    """``check_store_window`` in this process, from the Parquet copy and from the JSONL store."""
+    from llmops.infra.config import MonitorConfig
+    from llmops.infra.store import LocalStore
+    from llmops.monitoring.check import check_store_window
+    from llmops.monitoring.records import ReferenceProfile
+
+    profile, cfg = (ReferenceProfile.from_json((folder / "profile.json").read_text()),
+                    MonitorConfig(evidently_report=False))
+    out = {}
+    for source, name in (("compacted", "parquet"), ("store", "jsonl")):
+        store = LocalStore(folder / source)
+        _warm_up(store, profile)
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            report = check_store_window(store, MODEL, T0, T0 + timedelta(hours=HOURS), profile, None, cfg, Path(tmp))
+            out[name] = {"s": time.perf_counter() - t0, "report": _report_facts(report)}
+    return {**out, "peak_rss_mb": max_rss_mb()}
+
+
+def run_check_dask(folder: Path, workers: int = 2) -> dict:
+    """The same check as the monitor flow's ``check-drift-on-cluster``: ``accumulate-partition`` mapped over the
+    window's partitions through prefect-dask's DaskTaskRunner on a LocalCluster of worker processes, the partials
+    merged and finished here."""
+    import importlib
+    import os
+
+    home = tempfile.mkdtemp(prefix="bench-prefect-")
+    for key, value in {"PREFECT_HOME": home, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
+                       "PREFECT_LOGGING_LEVEL": "WARNING", "DASK_LOGGING__DISTRIBUTED": "error",
+                       "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}.items():
+        os.environ.setdefault(key, value)
+    from distributed import Client, LocalCluster
+    from prefect import flow, unmapped
+    from prefect_dask import DaskTaskRunner
+
+    from llmops.infra.config import MonitorConfig
+    from llmops.infra.store import LocalStore
+    from llmops.monitoring import layout
+    from llmops.monitoring.accumulate import WindowAccumulator
+    from llmops.monitoring.check import finish_merged
+    from llmops.monitoring.partition import WindowPlan, merge_partials, prompt_sample_size, window_partition_prefixes
+    from llmops.monitoring.records import ReferenceProfile
+    from llmops.tasks.monitoring import accumulate_partition
+
+    profile, cfg = (ReferenceProfile.from_json((folder / "profile.json").read_text()),
+                    MonitorConfig(evidently_report=False))
+    end = T0 + timedelta(hours=HOURS)
+    t0 = time.perf_counter()
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    t1 = time.perf_counter()
+    with Client(cluster) as client:  # what a worker's first task imports (torch and transformers among it)
+        client.run(importlib.import_module, "llmops.tasks.monitoring")
+    t2 = time.perf_counter()
+
+    # by address: the runner is duplicated per flow run, and the flow travels to the workers in its context
+    @flow(name="bench-drift-partitions", task_runner=DaskTaskRunner(address=cluster.scheduler_address),
+          validate_parameters=False)
+    def partitions(plan):
+        return accumulate_partition.map(unmapped(plan), plan.partitions).result()
+
+    def plan_for(store, prefixes) -> WindowPlan:
+        store.put_bytes("bench/reference_profile.json", (folder / "profile.json").read_bytes())
+        return WindowPlan(store_uri=store.uri, model=MODEL, version=1, start=T0, end=end,
+                          window_id=layout.window_id(T0, end), partitions=prefixes,
+                          profile_key="bench/reference_profile.json", sample_size=cfg.ks_window_sample,
+                          prompt_sample=prompt_sample_size(profile, cfg, semantic=False))
+
+    prefixes = window_partition_prefixes(MODEL, T0, end)
+    t3 = time.perf_counter()
+    # the API server starts, each worker runs its first tasks (Prefect's client, the profile read once per worker)
+    partitions(plan_for(LocalStore(folder / "compacted"), prefixes))
+    out = {"cluster_start_s": t1 - t0, "worker_imports_s": t2 - t1, "first_flow_s": time.perf_counter() - t3,
+           "workers": workers}
+    for source, name in (("compacted", "parquet"), ("store", "jsonl")):
+        store = LocalStore(folder / source)
+        plan = plan_for(store, prefixes)
+        with tempfile.TemporaryDirectory() as tmp:
+            t4 = time.perf_counter()
+            results = partitions(plan)
+            t5 = time.perf_counter()
+            merged = merge_partials(WindowAccumulator(profile, cfg.ks_window_sample), results, plan.prompt_sample)
+            t6 = time.perf_counter()
+            report = finish_merged(profile, merged, cfg, Path(tmp), has_tokenizer=False, window_id=plan.window_id,
+                                   start=T0, end=end)
+            t7 = time.perf_counter()
+        out[name] = {"s": t7 - t4, "map_s": t5 - t4, "merge_s": t6 - t5, "finish_s": t7 - t6,
+                     "report": _report_facts(report)}
+    cluster.close()
+    return {**out, "peak_rss_mb": max_rss_mb()}
+
+
 def worker(kind: str, folder: Path) -> dict:
     import warnings
 
@@ -264,7 +371,8 @@ def worker(kind: str, folder: Path) -> dict:
     import llmops.monitoring.check  # noqa: F401
 
     workers = {"ours-jsonl": lambda f: run_ours(f, "store"), "ours-parquet": lambda f: run_ours(f, "compacted"),
-               "compact": run_compact, "evidently": run_evidently, "parsers": run_parsers}
+               "compact": run_compact, "evidently": run_evidently, "parsers": run_parsers,
+               "check-one": run_check, "check-dask": run_check_dask}
     return workers[kind](folder)
 
 
@@ -302,7 +410,42 @@ def compare(n: int, jsonl: dict, ours: dict, compaction: dict, ev: dict) -> dict
     }
 
 
-def markdown(table: list[dict], runs: list[dict], parsers: dict) -> str:
+def compare_cluster(n: int, one: dict, dask: dict) -> dict:
+    """One size's row of the whole check: one process against the map on the Dask workers, per source."""
+    row = {"n": n, "workers": dask["workers"], "cluster_start_s": dask["cluster_start_s"],
+           "worker_imports_s": dask["worker_imports_s"], "first_flow_s": dask["first_flow_s"],
+           "one_peak_rss_mb": one["peak_rss_mb"], "dask_driver_peak_rss_mb": dask["peak_rss_mb"]}
+    for source in ("parquet", "jsonl"):
+        a, b = one[source], dask[source]
+        row |= {f"{source}_one_s": a["s"], f"{source}_dask_s": b["s"], f"{source}_dask_map_s": b["map_s"],
+                f"{source}_dask_merge_s": b["merge_s"], f"{source}_dask_finish_s": b["finish_s"],
+                f"{source}_speedup": a["s"] / b["s"], f"{source}_identical": a["report"] == b["report"],
+                f"{source}_verdict": a["report"]["verdict"]}
+    return row
+
+
+def cluster_markdown(rows: list[dict]) -> list[str]:
+    table = [[f"{r['n']:,}", source, f"{r[source + '_one_s']:.2f}",
+              f"**{r[source + '_dask_s']:.2f}** ({r[source + '_dask_map_s']:.2f} + {r[source + '_dask_merge_s']:.2f} + "
+              f"{r[source + '_dask_finish_s']:.2f})", f"{r[source + '_speedup']:.2f}x",
+              "yes" if r[source + "_identical"] else "NO"] for r in rows for source in ("parquet", "jsonl")]
+    start = "; ".join(f"{r['cluster_start_s']:.1f} s + {r['worker_imports_s']:.1f} s + {r['first_flow_s']:.1f} s"
+                      for r in rows)
+    return [f"The whole check as the monitor flow runs it (records, a {2000:,}-prompt sample, statistics, the domain "
+            "classifier, files; Evidently off): one process (`check_store_window`, `monitor.cluster: local`) against "
+            f"the map over the window's {HOURS + 1} hour partitions through Prefect's `DaskTaskRunner` on a local "
+            f"cluster of {rows[0]['workers']} worker processes (the `accumulate-partition` task, `dask-local:2`), "
+            "the partials merged and finished in the driver. Identical: every signal's statistics, counts and means, "
+            "the classifier, notes and verdict. The two workers, the driver and Prefect's API server share the "
+            "machine's cores.", "",
+            markdown_table(["records", "source", "one process s", "2 Dask workers s (map + merge + finish)",
+                            "speed-up", "identical report"], table), "",
+            f"Not in those times, paid once by a standing cluster and per check by `dask-local:2`: starting the "
+            f"cluster + the workers' first imports (torch and transformers come with the task's module) + the first "
+            f"flow run (Prefect's API server): {start} (per size).", ""]
+
+
+def markdown(table: list[dict], runs: list[dict], parsers: dict, cluster: list[dict]) -> str:
     def mb(t: dict, side: str) -> str:
         return f"{t[side + '_peak_rss_mb']:.0f} / {t[side + '_rss_added_mb']:.0f}"
 
@@ -351,6 +494,7 @@ def markdown(table: list[dict], runs: list[dict], parsers: dict) -> str:
                              [[f"{t['n']:,}", f"{t['jsonl_classifier_read_s']:.2f}",
                                f"{t['ours_classifier_read_s']:.2f}", f"{t['classifier_fit_s']:.2f}"]
                               for t in table]), ""]
+    lines += cluster_markdown(cluster)
     lines += ["Per-signal PSI (ours: status; Evidently: PSI on its own Sturges bins, drift at >= 0.1):", ""]
     for r in runs:
         lines.append(f"- {r['kind']} n={r['n']:,}: " + ", ".join(
@@ -376,7 +520,7 @@ def main() -> None:
         print(json.dumps(worker(args.worker[0], Path(args.worker[1]))))
         return
     root = args.data or Path(tempfile.mkdtemp(prefix="bench-drift-window-"))
-    table, runs, parsers = [], [], {}
+    table, runs, parsers, cluster = [], [], {}, []
     for i, n in enumerate(args.sizes):
         t0 = time.perf_counter()
         folder = prepare(root, n, args.reference)
@@ -391,13 +535,19 @@ def main() -> None:
         table.append(compare(n, jsonl, ours, compaction, ev))
         print(f"n={n:,}: JSONL {jsonl['total_s']:.2f} s, Parquet {ours['total_s']:.2f} s (compaction "
               f"{compaction['compact_s']:.1f} s), Evidently {ev['total_s']:.1f} s", flush=True)
-    text = markdown(table, runs, parsers)
+        cluster.append(compare_cluster(n, run_one("check-one", folder), run_one("check-dask", folder)))
+        print(f"n={n:,}: whole check from Parquet, one process {cluster[-1]['parquet_one_s']:.2f} s, 2 Dask workers "
+              f"{cluster[-1]['parquet_dask_s']:.2f} s (identical: {cluster[-1]['parquet_identical']}); from JSONL "
+              f"{cluster[-1]['jsonl_one_s']:.2f} s and {cluster[-1]['jsonl_dask_s']:.2f} s (identical: "
+              f"{cluster[-1]['jsonl_identical']})", flush=True)
+    text = markdown(table, runs, parsers, cluster)
     print(text)
     for r in runs:
         r.pop("signals", None)  # compared above; the results keep PSI and status per signal
     write_results(args.out.name, {"meta": run_meta(reference=args.reference, hours=HOURS, per_file=PER_FILE,
                                                    load_average=load_average()),
-                                  "comparison": table, "parsers": parsers, "runs": runs}, text, args.out.parent)
+                                  "comparison": table, "cluster": cluster, "parsers": parsers, "runs": runs},
+                  text, args.out.parent)
 
 
 if __name__ == "__main__":

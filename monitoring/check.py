@@ -14,9 +14,17 @@ from llmops.infra.config import MonitorConfig
 from llmops.infra.store import ArtifactStore
 from llmops.infra.traffic.log import read_jsonl_file
 from llmops.monitoring import layout, policy, report, stats
-from llmops.monitoring.accumulate import SignalSummary, WindowAccumulator, sampling_keys
+from llmops.monitoring.accumulate import PromptSample, SignalSummary, WindowAccumulator, sampling_keys
 from llmops.monitoring.batch import Tokenize
 from llmops.monitoring.classifier import ClassifierOutcome, domain_classifier_test
+from llmops.monitoring.partition import (
+    MergedWindow,
+    accumulate_partition,
+    merge_partials,
+    partitions_of,
+    prompt_sample_size,
+    window_partition_prefixes,
+)
 from llmops.monitoring.profile import build_profile
 from llmops.monitoring.records import (
     CLASSIFIER_SIGNAL,
@@ -28,9 +36,9 @@ from llmops.monitoring.records import (
     SignalResult,
     SignalStats,
 )
-from llmops.monitoring.semantic import SemanticAccumulator, SentenceEmbedder, sample_prompts, window_prompts
+from llmops.monitoring.semantic import SemanticAccumulator, SentenceEmbedder
 from llmops.monitoring.signals import SIGNALS, rows_batch, skip_reason
-from llmops.monitoring.stream import CHUNK_BYTES, stream_window
+from llmops.monitoring.stream import CHUNK_BYTES
 
 
 def _interval_labels(edges: list[float]) -> list[str]:
@@ -136,18 +144,20 @@ def run_classifier(profile: ReferenceProfile, prompts: Optional[Sequence[str]], 
         return None, str(exc)
 
 
-def check_window(profile: ReferenceProfile, records: Sequence[dict], tokenize: Optional[Tokenize],
-                 cfg: MonitorConfig, out_dir: Path, *, window_id: Optional[str] = None,
+def check_window(profile: ReferenceProfile, records: Sequence[dict] | Mapping[str, Sequence[dict]],
+                 tokenize: Optional[Tokenize], cfg: MonitorConfig, out_dir: Path, *, window_id: Optional[str] = None,
                  start: Optional[datetime] = None, end: Optional[datetime] = None,
                  notes: Sequence[str] = ()) -> DriftReport:
     """Check one in-memory traffic window against a reference profile and write its files to ``out_dir``.
 
-    The records go through the same accumulator as a streamed window (:func:`check_store_window`),
-    so the same records in the same order give the same report.
+    The records go through the same accumulator as a streamed window (:func:`check_store_window`).
+    Sampling keys are drawn per partition: records given by partition prefix (as
+    :func:`~llmops.monitoring.partition.records_by_partition` reads a stored window) give the streamed
+    check's report exactly; a plain sequence is one partition of its own.
 
     Args:
         profile: The production model's reference profile.
-        records: The window's traffic records (contract format).
+        records: The window's traffic records (contract format), or a mapping of partition prefix to its records.
         tokenize: The served tokenizer, batch form, for records without ``prompt_token_ids``.
         cfg: Thresholds and policy.
         out_dir: Local folder for the files (created).
@@ -161,14 +171,15 @@ def check_window(profile: ReferenceProfile, records: Sequence[dict], tokenize: O
     """
     validate_config(cfg)
     accumulator = WindowAccumulator(profile, cfg.ks_window_sample)
-    keys = sampling_keys().random(len(records))
-    accumulator.add(rows_batch(records, tokenize, keys=keys))
-    prompts = None
-    if cfg.domain_classifier:  # the sample a streamed window of these records in this order would read
-        prompts, _ = sample_prompts([[r["prompt"] for r in records if isinstance(r, dict)
-                                      and isinstance(r.get("prompt"), str)]], cfg.classifier_window_sample)
+    sample = PromptSample(cfg.classifier_window_sample)
+    for partition, part_records in partitions_of(records):
+        keys = sampling_keys(partition=partition)
+        accumulator.add(rows_batch(part_records, tokenize, keys=keys.random(len(part_records))))
+        if cfg.domain_classifier:  # the sample a streamed window of these records would read: keys of its own
+            prompts = [r["prompt"] for r in part_records if isinstance(r, dict) and isinstance(r.get("prompt"), str)]
+            sample.add(prompts, sampling_keys(partition=partition).random(len(prompts)))
     return finish_window(profile, accumulator, cfg, out_dir, has_tokenizer=tokenize is not None, window_id=window_id,
-                         start=start, end=end, notes=notes, prompts=prompts)
+                         start=start, end=end, notes=notes, prompts=sample.prompts() if cfg.domain_classifier else None)
 
 
 def finish_window(profile: ReferenceProfile, accumulator: WindowAccumulator, cfg: MonitorConfig, out_dir: Path, *,
@@ -290,11 +301,15 @@ def check_store_window(store: ArtifactStore, model: str, start: datetime, end: d
                        chunk_bytes: int = CHUNK_BYTES) -> DriftReport:
     """Check a stored traffic window against a reference profile, streaming; write its files to ``out_dir``.
 
+    The window is accumulated partition by partition (:func:`~llmops.monitoring.partition.accumulate_partition`)
+    and the partials merged (:func:`~llmops.monitoring.partition.merge_partials`), in this process: the
+    monitor flow maps the same function over a cluster's workers and gets the same report.
+
     Memory is bounded by ``chunk_bytes`` (or one Parquet row group of a compacted hour) and the
     accumulator (bins, categories, one KS reservoir of ``cfg.ks_window_sample`` values per signal),
     not by the window. Records of other versions are left out and counted, malformed lines skipped
     and counted; both are noted in the report. With ``embedder`` (and a profile that has
-    ``semantic_distance``) a second pass embeds a uniform sample of the window's prompts.
+    ``semantic_distance``) a uniform sample of the window's prompts is embedded.
 
     Args:
         store: The artifact store holding ``traffic/<model>/...``.
@@ -313,25 +328,40 @@ def check_store_window(store: ArtifactStore, model: str, start: datetime, end: d
     """
     validate_config(cfg)
     version = profile.model_version if version is None else version
+    size = prompt_sample_size(profile, cfg, embedder is not None)
+    partials = (accumulate_partition(store, prefix, start, end, profile, tokenize, version=version,
+                                     sample_size=cfg.ks_window_sample, prompt_sample=size, chunk_bytes=chunk_bytes)
+                for prefix in window_partition_prefixes(model, start, end))
+    merged = merge_partials(window_accumulator(profile, cfg, embedder), partials, size)
+    return finish_merged(profile, merged, cfg, out_dir, has_tokenizer=tokenize is not None,
+                         window_id=window_id or layout.window_id(start, end), start=start, end=end, notes=notes)
+
+
+def window_accumulator(profile: ReferenceProfile, cfg: MonitorConfig,
+                       embedder: Optional[SentenceEmbedder] = None) -> WindowAccumulator:
+    """An empty accumulator for a window of ``profile`` (with the semantic signal when given ``embedder``)."""
     if embedder is None:
-        accumulator = WindowAccumulator(profile, cfg.ks_window_sample)
-    else:
-        accumulator = SemanticAccumulator(profile, cfg.ks_window_sample, embedder)
-    scan = stream_window(store, model, start, end, accumulator, tokenize, version=version, chunk_bytes=chunk_bytes)
-    notes = [*notes, *scan.notes()]
-    prompts, classify = None, cfg.domain_classifier and bool(profile.texts)
-    sizes = ([cfg.semantic_window_sample] if embedder is not None else []) + (
-        [cfg.classifier_window_sample] if classify else [])
-    if sizes:  # one pass for both: a prefix of a bottom-k sample (sorted by key) is a uniform sample too
-        prompts, total = sample_prompts(window_prompts(store, model, start, end, version), max(sizes))
-        if embedder is not None and total > cfg.semantic_window_sample:
-            notes.append(f"semantic_distance: {cfg.semantic_window_sample} of {total} prompts embedded (uniform "
-                         f"sample, monitor.semantic_window_sample)")
-        if classify and total > cfg.classifier_window_sample:
-            notes.append(f"{CLASSIFIER_SIGNAL}: {cfg.classifier_window_sample} of {total} prompts read (uniform "
-                         f"sample, monitor.classifier_window_sample)")
-    if embedder is not None:
-        accumulator.add_prompts(prompts[:cfg.semantic_window_sample])
-    return finish_window(profile, accumulator, cfg, out_dir, has_tokenizer=tokenize is not None,
-                         window_id=window_id or layout.window_id(start, end), start=start, end=end, notes=notes,
-                         prompts=prompts)
+        return WindowAccumulator(profile, cfg.ks_window_sample)
+    return SemanticAccumulator(profile, cfg.ks_window_sample, embedder)
+
+
+def finish_merged(profile: ReferenceProfile, merged: MergedWindow, cfg: MonitorConfig, out_dir: Path, *,
+                  has_tokenizer: bool, window_id: str, start: Optional[datetime] = None,
+                  end: Optional[datetime] = None, notes: Sequence[str] = ()) -> DriftReport:
+    """Statistics, verdict and files of a window whose partitions' partials were merged: the scan's notes, the
+    prompt sample embedded (a :class:`SemanticAccumulator`) and given to the domain classifier, then
+    :func:`finish_window`."""
+    notes, accumulator = [*notes, *merged.scan.notes()], merged.accumulator
+    prompts = merged.prompts.prompts() if merged.prompts is not None else None
+    total = merged.prompts.seen if merged.prompts is not None else 0
+    semantic = isinstance(accumulator, SemanticAccumulator)
+    if semantic and total > cfg.semantic_window_sample:
+        notes.append(f"semantic_distance: {cfg.semantic_window_sample} of {total} prompts embedded (uniform "
+                     f"sample, monitor.semantic_window_sample)")
+    if cfg.domain_classifier and profile.texts and total > cfg.classifier_window_sample:
+        notes.append(f"{CLASSIFIER_SIGNAL}: {cfg.classifier_window_sample} of {total} prompts read (uniform "
+                     f"sample, monitor.classifier_window_sample)")
+    if semantic:
+        accumulator.add_prompts((prompts or [])[:cfg.semantic_window_sample])
+    return finish_window(profile, accumulator, cfg, out_dir, has_tokenizer=has_tokenizer, window_id=window_id,
+                         start=start, end=end, notes=notes, prompts=prompts)

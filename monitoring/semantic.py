@@ -16,9 +16,9 @@ import numpy as np
 
 from llmops.infra.config import MonitorConfig
 from llmops.infra.store import ArtifactStore
-from llmops.infra.traffic.log import partition_records, window_partitions
+from llmops.infra.traffic.log import Partition, partition_records, window_partitions
 from llmops.infra.traffic.parquet import read_prompts
-from llmops.monitoring.accumulate import Reservoir, WindowAccumulator, sampling_keys
+from llmops.monitoring.accumulate import PromptSample, WindowAccumulator, sampling_keys
 from llmops.monitoring.batch import Batch
 from llmops.monitoring.records import SEMANTIC_SIGNAL as SIGNAL
 from llmops.monitoring.records import ReferenceProfile, SemanticProfile
@@ -135,26 +135,33 @@ class SemanticAccumulator(WindowAccumulator):
         return {**super().summaries(), **self.semantic.summaries()}
 
 
+def partition_prompts(store: ArtifactStore, part: Partition, start: datetime, end: datetime, version: int) -> list[str]:
+    """The prompts of ``version``'s records in [start, end) of one hour partition, in the order the streaming
+    check reads them (its Parquet file, then its JSONL files)."""
+    prompts = read_prompts(store, part.parquet, start, end, version) if part.parquet else []
+    prompts += [r["prompt"] for r in partition_records(store, replace(part, parquet=None), start, end, [])
+                if r.get("version") == version and isinstance(r.get("prompt"), str)]
+    return prompts
+
+
 def window_prompts(store: ArtifactStore, model: str, start: datetime, end: datetime, version: int):
     """The prompts of ``version``'s records in [start, end), one hour partition in memory at a time, in
     the order the streaming check reads them."""
     for part in window_partitions(store, model, start, end):
-        prompts = read_prompts(store, part.parquet, start, end, version) if part.parquet else []
-        prompts += [r["prompt"] for r in partition_records(store, replace(part, parquet=None), start, end, [])
-                    if r.get("version") == version and isinstance(r.get("prompt"), str)]
-        yield prompts
+        yield partition_prompts(store, part, start, end, version)
 
 
-def sample_prompts(batches: Iterable[Sequence[str]], size: int) -> tuple[list[str], int]:
+def sample_prompts(batches: Iterable[Sequence[str]], size: int, *,
+                   partition: Optional[str] = None) -> tuple[list[str], int]:
     """(a uniform sample without replacement of at most ``size`` prompts of the stream, how many it had).
 
     The KS reservoirs' bottom-k sampling: every prompt draws a key in stream order from a fixed
-    seed and the ``size`` smallest keys stay, so the same window gives the same sample.
+    seed (and ``partition``'s name, see :func:`~llmops.monitoring.accumulate.sampling_keys`) and the
+    ``size`` smallest keys stay, so the same prompts give the same sample however they are batched.
     """
-    keys, reservoir, seen = sampling_keys(), Reservoir(size), 0
+    keys, sample = sampling_keys(partition=partition), PromptSample(size)
     for prompts in batches:
-        reservoir.add(np.asarray(prompts, dtype=object), keys.random(len(prompts)))
-        seen += len(prompts)
-    return list(reservoir.values[np.argsort(reservoir.keys)]), seen
+        sample.add(prompts, keys.random(len(prompts)))
+    return sample.prompts(), sample.seen
 
 

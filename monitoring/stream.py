@@ -53,17 +53,42 @@ class WindowScan:
             notes.append(f"{self.malformed.count} malformed traffic line(s), first: {self.malformed.examples[0]}")
         return notes
 
+    def merge(self, other: WindowScan) -> None:
+        """Add the scan of the partitions that come after this one's (files and examples stay in reading order)."""
+        self.files += other.files
+        self.records += other.records
+        self.other_versions += other.other_versions
+        self.malformed.count += other.malformed.count
+        self.malformed.examples = (self.malformed.examples + other.malformed.examples)[:self.malformed.keep]
+        self.fast_chunks += other.fast_chunks
+        self.row_chunks += other.row_chunks
+        self.row_groups += other.row_groups
+        self.parse_s += other.parse_s
+
 
 class _Stream:
-    """One window's scan: the filters, the key generator and the accumulator, fed chunk by chunk."""
+    """One window's scan: the filters, the key generator of the partition being read and the accumulator, fed
+    chunk by chunk."""
 
     def __init__(self, accumulator: WindowAccumulator, tokenize: Optional[Tokenize], start: datetime, end: datetime,
                  version: int):
         self.accumulator, self.tokenize, self.version = accumulator, tokenize, version
         self.start, self.end = start, end
         self.bounds = columnar.micros(start), columnar.micros(end)
-        self.keys = sampling_keys()
+        self.keys: Optional[np.random.Generator] = None  # the partition's: set by partition()
         self.scan = WindowScan()
+
+    def partition(self, store: ArtifactStore, part: Partition, chunk_bytes: int) -> None:
+        """Accumulate one hour partition: its compacted Parquet file, then its JSONL files, keys drawn from the
+        partition's own generator (see :func:`sampling_keys`)."""
+        self.keys = sampling_keys(partition=part.prefix)
+        if part.parquet:
+            self.scan.files.append(part.parquet)
+            self.parquet(store, part)
+        for key in part.jsonl:
+            self.scan.files.append(key)
+            for first_line, data in iter_chunks(store, key, chunk_bytes):
+                self.chunk(key, first_line, data)
 
     def chunk(self, key: str, first_line: int, data: bytes) -> None:
         """Accumulate one chunk: Arrow's fast path, or the row parser when Arrow refuses it."""
@@ -186,19 +211,24 @@ def stream_window(store: ArtifactStore, model: str, start: datetime, end: dateti
     """Feed every record of ``model``/``version`` with ``start <= ts < end`` into ``accumulator``, file by file.
 
     Only the hour partitions the window touches are listed and read (as :func:`llmops.infra.traffic.log.read_window`),
-    in the same order, so the same records reach the accumulator in the same order as an in-memory check.
+    in the same order, so the same records reach the accumulator in the same order as an in-memory check of the
+    window's records by partition.
     A compacted hour is read from its Parquet file (only the columns the signals need, one row group
     at a time), then its JSONL files that came after the compaction.
     """
     stream = _Stream(accumulator, tokenize, start, end, version)
     for part in window_partitions(store, model, start, end):
-        if part.parquet:
-            stream.scan.files.append(part.parquet)
-            stream.parquet(store, part)
-        for key in part.jsonl:
-            stream.scan.files.append(key)
-            for first_line, data in iter_chunks(store, key, chunk_bytes):
-                stream.chunk(key, first_line, data)
+        stream.partition(store, part, chunk_bytes)
+    return stream.scan
+
+
+def stream_partition(store: ArtifactStore, part: Partition, start: datetime, end: datetime,
+                     accumulator: WindowAccumulator, tokenize: Optional[Tokenize], *, version: int,
+                     chunk_bytes: int = CHUNK_BYTES) -> WindowScan:
+    """Feed one hour partition's records of ``version`` with ``start <= ts < end`` into ``accumulator``: what
+    :func:`stream_window` does for each partition of a window, with the same sampling keys."""
+    stream = _Stream(accumulator, tokenize, start, end, version)
+    stream.partition(store, part, chunk_bytes)
     return stream.scan
 
 

@@ -48,14 +48,24 @@ class AdaptConfig(Frozen):
         "is excluded from training (GPT-3's decontamination uses 13).",
     )
     max_minutes: Optional[float] = Field(0.75, gt=0, description="Wall-clock budget of the continued training.")
-    max_steps: int = Field(1000, ge=1)
+    max_steps: int = Field(
+        1000, ge=1,
+        description="Optimizer steps of the continued training at most, in place of train.max_steps (max_minutes may "
+        "stop it sooner).",
+    )
     lr: float = Field(
         2e-3, gt=0,
         description="Peak learning rate of the continued training: re-warmed to two thirds of a fresh run's, then "
         "cosine decay to lr * min_lr_ratio.",
     )
-    warmup_steps: int = Field(10, ge=0)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    warmup_steps: int = Field(
+        10, ge=0, description="Steps of linear re-warming to lr of the continued training, in place of "
+        "train.warmup_steps."
+    )
+    min_lr_ratio: float = Field(
+        0.1, ge=0, le=1, description="The continued training's cosine decay ends at lr * min_lr_ratio (in place of "
+        "train.min_lr_ratio)."
+    )
     lora: Optional[LoraSettings] = Field(None, description="Train LoRA adapters on production instead of every weight.")
     max_regression: float = Field(
         0.01, ge=0,

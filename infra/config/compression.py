@@ -54,6 +54,10 @@ class PruneConfig(Frozen):
 
 
 class CompressConfig(Frozen):
+    """What each version is compressed into. Every variant is measured beside its fp32 parent on the test documents
+    and may serve only if it is smaller on disk, decodes faster (require_faster) and stays within the parity bound
+    on bits/byte; distill and prune optionally make a smaller student, released as a version of its own."""
+
     variants: list[Variant] = Field(
         default_factory=lambda: ["int8", "bf16"],
         description="Variants made per version: int8 (dynamic int8 on every Linear and Conv1D) and bf16. Each must "
@@ -64,14 +68,22 @@ class CompressConfig(Frozen):
         "to the parent's bits/byte."
     )
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence of the paired bootstrap interval.")
-    bootstrap_samples: int = Field(1000, ge=100)
+    bootstrap_samples: int = Field(
+        1000, ge=100, description="Resamples of the documents in the parity gate's paired bootstrap."
+    )
     require_faster: bool = Field(
         True, description="A variant must decode faster (batch 1 and 8) than its parent to be served."
     )
     decode_tokens: int = Field(32, ge=1, description="New tokens per speed measurement.")
     speed_runs: int = Field(3, ge=1, description="Timed runs per batch size; the median is kept.")
-    distill: DistillConfig = Field(default_factory=DistillConfig)
-    prune: PruneConfig = Field(default_factory=PruneConfig)
+    distill: DistillConfig = Field(
+        default_factory=DistillConfig,
+        description="Distill a smaller student preset from the candidate; its loss settings also heal a pruned copy.",
+    )
+    prune: PruneConfig = Field(
+        default_factory=PruneConfig,
+        description="Prune the candidate into a smaller student instead of a preset, healed by distillation.",
+    )
 
     @model_validator(mode="before")
     @classmethod

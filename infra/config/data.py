@@ -49,7 +49,11 @@ class RedactSettings(Frozen):
 class DataConfig(Frozen):
     """Where the text comes from and how it is validated and split."""
 
-    dataset_name: str = Field("corpus", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    dataset_name: str = Field(
+        "corpus", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Name of the dataset snapshots in the store (datasets/<name>/<sha>/); an adaptation's snapshot "
+        "is <name>-adapt.",
+    )
     sources: list[str] = Field(
         default_factory=lambda: ["builtin://stdlib-docstrings", "traffic://"],
         description=(
@@ -64,8 +68,16 @@ class DataConfig(Frozen):
     max_records_per_source: Optional[int] = Field(
         None, ge=1, description="Read at most this many records from each source."
     )
-    val_fraction: float = Field(0.05, gt=0, lt=0.5)
-    test_fraction: float = Field(0.05, gt=0, lt=0.5)
+    val_fraction: float = Field(
+        0.05, gt=0, lt=0.5,
+        description="Share of the records hashed into the validation split (validation loss, eval, the monitor's "
+        "reference profile); what neither split takes trains.",
+    )
+    test_fraction: float = Field(
+        0.05, gt=0, lt=0.5,
+        description="Share of the records hashed into the test split, on which the gate compares the candidate "
+        "with production.",
+    )
     split_seed: int = Field(0, description="Salt of the hash that assigns a record to a split.")
     traffic_days: int = Field(30, ge=1, description="How far back traffic:// reads captured prompts.")
     redact: RedactSettings = Field(
@@ -88,13 +100,25 @@ class DataConfig(Frozen):
 
 
 class TokenizerConfig(Frozen):
+    """How text becomes token ids: a byte-level BPE (GPT-2 style, no unknown tokens) trained on the snapshot's train
+    split, or an existing tokenizer attached from a local path or hub id. It is stored content-addressed by the train
+    split and this section (num_proc aside), so an unchanged snapshot reuses it instead of training again."""
+
     kind: Literal["bpe", "pretrained"] = Field(
         "bpe",
         description="Train a byte-level BPE, or attach an existing tokenizer. With model.pretrained set, bpe "
         "means the pretrained model's own tokenizer.",
     )
-    vocab_size: int = Field(4096, ge=260, le=1_000_000)
-    min_frequency: int = Field(2, ge=1)
+    vocab_size: int = Field(
+        4096, ge=260, le=1_000_000,
+        description="Tokens of the trained BPE, its 256 byte symbols and end-of-text token included (kind=bpe; a small "
+        "corpus may give fewer); sizes the model's embedding and LM head.",
+    )
+    min_frequency: int = Field(
+        2, ge=1,
+        description="A pair of symbols becomes a merged token only if it occurs at least this many times in the train "
+        "split (kind=bpe).",
+    )
     path: Optional[str] = Field(None, description="Local path or hub id of a tokenizer to attach (kind=pretrained).")
     num_proc: int = Field(1, ge=1, description="Processes for datasets.map when packing.")
 

@@ -13,6 +13,10 @@ PresetName = Literal["auto", "tiny", "mini", "small", "gpt2-124m", "gpt2", "llam
 
 
 class ModelConfig(Frozen):
+    """What is trained: a preset decoder-only architecture built from scratch (Llama-style, or the original GPT-2),
+    sized to the tokenizer's vocabulary with train.block_size as its context, with fields of its transformers config
+    overridable; or a pretrained causal LM to fine-tune; and the attention kernel it runs with."""
+
     preset: PresetName = Field(
         "mini",
         description="A preset from models/model/presets.py: tiny (tests), mini and small (CPU), gpt2-124m and gpt2 "

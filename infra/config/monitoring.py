@@ -1,18 +1,53 @@
 """The monitor and schedule sections: drift thresholds and policy, traffic compaction, and when deployments run."""
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from llmops.infra.config.base import Frozen
+
+_DASK_LOCAL = re.compile(r"dask-local:([0-9]+)")
+_DASK_ADDRESS = re.compile(r"(tcp|tls|ws|wss)://[^\s/:]+:[0-9]+")
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """``monitor.cluster`` parsed: where the monitor flow's window check reads the window's partitions.
+
+    Attributes:
+        kind: ``local`` (this process, no Dask), ``dask-local`` (a temporary Dask LocalCluster started for
+            the check), ``dask`` (the Dask scheduler at ``address``).
+        workers: Worker processes of the temporary LocalCluster.
+        address: The scheduler's address.
+    """
+
+    kind: Literal["local", "dask-local", "dask"]
+    workers: int = 0
+    address: Optional[str] = None
+
+
+def parse_cluster(value: str) -> ClusterSpec:
+    """``"local"``, ``"dask-local:N"`` (N >= 1 worker processes) or a Dask scheduler address
+    (``tcp://host:port``, or tls://, ws://, wss://); a ValueError saying so for anything else."""
+    if value == "local":
+        return ClusterSpec("local")
+    if (local := _DASK_LOCAL.fullmatch(value)) and int(local.group(1)) >= 1:
+        return ClusterSpec("dask-local", workers=int(local.group(1)))
+    if _DASK_ADDRESS.fullmatch(value):
+        return ClusterSpec("dask", address=value)
+    raise ValueError(f"monitor.cluster must be 'local' (one process), 'dask-local:N' (a temporary Dask LocalCluster "
+                     f"of N >= 1 worker processes) or a Dask scheduler address such as tcp://scheduler:8786; got "
+                     f"{value!r}")
 
 
 class SignalThresholds(Frozen):
     """PSI thresholds for one drift signal, overriding the monitor-wide ones."""
 
-    psi_warn: float = Field(0.1, gt=0)
-    psi_alert: float = Field(0.2, gt=0)
+    psi_warn: float = Field(0.1, gt=0, description="This signal's warn level, in place of monitor.psi_warn.")
+    psi_alert: float = Field(0.2, gt=0, description="This signal's alert level, in place of monitor.psi_alert.")
 
     @model_validator(mode="after")
     def _check(self) -> SignalThresholds:
@@ -22,13 +57,26 @@ class SignalThresholds(Frozen):
 
 
 class MonitorConfig(Frozen):
+    """How captured traffic is checked for drift against the reference profile, built from the version's own
+    completions of validation documents. Each signal (prompt and completion features, token frequencies, optionally
+    semantic distance) gets a PSI effect and a p-value corrected over the signals tested: it warns on the effect
+    alone and alerts on effect and significance; the domain classifier alerts on the share of the window unlike the
+    reference. consecutive_windows alerting windows outside the cooldown emit llmops.drift.detected, which starts a
+    retrain (see adapt). Also sets traffic compaction and where the window check runs (cluster)."""
+
     window_minutes: int = Field(60, ge=1, description="Length of the traffic window a scheduled run checks.")
     min_samples: int = Field(100, ge=10, description="Below this many requests no verdict is given.")
     reference_size: int = Field(1000, ge=50, description="Validation documents scored into the reference profile.")
     n_bins: int = Field(10, ge=2, description="Quantile bins fixed from the reference for continuous signals.")
     top_k_tokens: int = Field(50, ge=1, description="Token-frequency signal: reference's top-K tokens plus 'other'.")
-    psi_warn: float = Field(0.1, gt=0)
-    psi_alert: float = Field(0.2, gt=0)
+    psi_warn: float = Field(
+        0.1, gt=0, description="A signal warns when its PSI (debiased: psi_debias) reaches this, significant or not."
+    )
+    psi_alert: float = Field(
+        0.2, gt=0,
+        description="A signal alerts when its PSI reaches this and its corrected p-value is below alpha; at least "
+        "psi_warn.",
+    )
     alpha: float = Field(
         0.01, gt=0, lt=1, description="Family-wise significance, corrected over the signals tested (see correction)."
     )
@@ -123,6 +171,19 @@ class MonitorConfig(Frozen):
         description="Prompts of a window embedded for semantic_distance, a uniform sample when it has more: the "
         "encoder is the cost.",
     )
+    cluster: str = Field(
+        "local",
+        description="Where the monitor flow's drift check reads the window's hour partitions: 'local' (one process, "
+        "no Dask), 'dask-local:N' (a Dask LocalCluster of N worker processes started for each check) or a Dask "
+        "scheduler address, e.g. tcp://scheduler:8786, whose workers have llmops installed and reach the store. "
+        "The statistics are the same everywhere (docs/monitoring.md#a-window-over-a-cluster-monitorcluster).",
+    )
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster(cls, value: str) -> str:
+        parse_cluster(value)
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> MonitorConfig:
@@ -141,7 +202,9 @@ class ScheduleConfig(Frozen):
         60, gt=0,
         description="Run the drift check on this interval (fractions allowed: 0.25 is every 15 s); null disables.",
     )
-    timezone: str = "UTC"
+    timezone: str = Field(
+        "UTC", description="IANA time zone (e.g. Europe/Paris) the retrain cron is read in and intervals anchored to."
+    )
     retrain_delay_minutes: float = Field(
         0.0, ge=0, description="Review window: a drift-triggered retrain is scheduled this long after the event."
     )

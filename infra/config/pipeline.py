@@ -21,18 +21,65 @@ from llmops.infra.config.train import TrainConfig
 class PipelineConfig(Frozen):
     """Everything one run of the loop needs; every field has a working default."""
 
-    model_name: str = Field("llmops-lm", pattern=r"^[a-z0-9][a-z0-9_.-]*$")
-    data: DataConfig = Field(default_factory=DataConfig)
-    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    gate: GateConfig = Field(default_factory=GateConfig)
-    compress: CompressConfig = Field(default_factory=CompressConfig)
-    serve: ServeConfig = Field(default_factory=ServeConfig)
-    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
-    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    adapt: AdaptConfig = Field(default_factory=AdaptConfig)
+    model_name: str = Field(
+        "llmops-lm", pattern=r"^[a-z0-9][a-z0-9_.-]*$",
+        description="Registry name of the model: its versions and aliases (models/<name>/) and its captured traffic "
+        "(traffic/<name>/) live under it in the store; lowercase letters, digits, '_', '.' and '-'.",
+    )
+    data: DataConfig = Field(
+        default_factory=DataConfig,
+        description="Where the training text comes from, and how records are validated, redacted and split into "
+        "train, validation and test.",
+    )
+    tokenizer: TokenizerConfig = Field(
+        default_factory=TokenizerConfig,
+        description="The tokenizer: a byte-level BPE trained on the train split, or an existing one attached.",
+    )
+    model: ModelConfig = Field(
+        default_factory=ModelConfig,
+        description="What is trained: a preset architecture (or auto, sized to the train section's wall-clock "
+        "budget), or a pretrained causal LM to fine-tune.",
+    )
+    train: TrainConfig = Field(
+        default_factory=TrainConfig,
+        description="The training run: steps and wall-clock budget, batch, optimizer and schedule, precision and "
+        "kernels, checkpoints, LoRA and torch.distributed scale-out.",
+    )
+    eval: EvalConfig = Field(
+        default_factory=EvalConfig,
+        description="How a candidate is scored (bits per byte on validation and test documents) and which sample "
+        "completions its report records.",
+    )
+    gate: GateConfig = Field(
+        default_factory=GateConfig,
+        description="Champion/challenger gate: when a candidate may replace production, by a paired bootstrap "
+        "over the documents both are scored on.",
+    )
+    compress: CompressConfig = Field(
+        default_factory=CompressConfig,
+        description="Variants (int8, bf16) made of each version behind a parity and speed gate, and an optional "
+        "distilled or pruned student.",
+    )
+    serve: ServeConfig = Field(
+        default_factory=ServeConfig,
+        description="The OpenAI-compatible server (`llmops serve`): address, request limits, batching, traffic "
+        "capture, reload and canary rollout.",
+    )
+    monitor: MonitorConfig = Field(
+        default_factory=MonitorConfig,
+        description="Drift detection on the captured traffic: reference profile, per-signal tests and thresholds, "
+        "alert policy, traffic compaction.",
+    )
+    schedule: ScheduleConfig = Field(
+        default_factory=ScheduleConfig,
+        description="When the deployments run by themselves: the scheduled retrain, the drift-check interval and "
+        "their time zone.",
+    )
+    adapt: AdaptConfig = Field(
+        default_factory=AdaptConfig,
+        description="What a drift-triggered retrain does: continue production on the drifted traffic mixed with a "
+        "replay (warm_start) or retrain from scratch (full), and the gate it must pass.",
+    )
     promote: bool = Field(True, description="Move the production alias when the gate passes.")
 
     @model_validator(mode="after")

@@ -13,7 +13,11 @@ class CanaryConfig(Frozen):
     (the ``canary`` deployment) promotes it or rolls it back on the traffic each one served."""
 
     enabled: bool = Field(False, description="A passing candidate becomes the canary instead of production.")
-    alias: str = "canary"
+    alias: str = Field(
+        "canary",
+        description="Registry alias of the canary: set on a passing candidate (enabled), served beside serve.alias, "
+        "cleared by the check.",
+    )
     share: float = Field(0.1, ge=0, le=1, description="Share of requests the canary answers (sticky per user).")
     mode: Literal["split", "shadow"] = Field(
         "split", description="split: the canary answers its share; shadow: it answers a copy of every request, "
@@ -33,17 +37,37 @@ class CanaryConfig(Frozen):
 
 
 class ServeConfig(Frozen):
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    alias: str = "production"
+    """The OpenAI-compatible completions server (``llmops serve``). It serves the version a registry alias names, in
+    the chosen variant, reloads when the alias moves, bounds every request (prompt, tokens, n, body, queue), batches
+    decoding continuously, captures each request with its features to the traffic log that monitoring reads, and
+    can roll a candidate out through a canary."""
+
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the server binds to; a non-loopback one is refused without an API key (LLMOPS_API_KEY) "
+        "unless insecure.",
+    )
+    port: int = Field(8000, ge=0, le=65535, description="TCP port the server listens on; 0 picks a free one.")
+    alias: str = Field(
+        "production",
+        description="Registry alias whose version is served and followed (reload_interval_s): production moves when "
+        "a candidate is promoted, staging with every new version.",
+    )
     variant: Literal["auto", "fp32", "bf16", "int8"] = Field(
         "auto", description="auto: the fastest variant of the served version that passed its parity and speed gate "
         "(fp32 when none did); or a named variant the version has.",
     )
-    max_prompt_chars: int = Field(8000, ge=1)
+    max_prompt_chars: int = Field(
+        8000, ge=1,
+        description="Longest text prompt in characters, else 400 (token-id prompts: the model's context bounds them).",
+    )
     max_tokens_limit: int = Field(256, ge=1, description="Largest max_tokens a request may ask for.")
-    default_max_tokens: int = Field(16, ge=1)
-    max_n: int = Field(4, ge=1)
+    default_max_tokens: int = Field(
+        16, ge=1,
+        description="Tokens generated when a request gives no max_tokens (keep it within max_tokens_limit); the "
+        "reference profile's completions are sampled this long.",
+    )
+    max_n: int = Field(4, ge=1, description="Most completions a request may ask for per prompt (OpenAI's n), else 400.")
     capture: bool = Field(True, description="Write every request/response with its features to the traffic log.")
     flush_every: int = Field(32, ge=1, description="Flush the traffic buffer after this many records...")
     flush_interval_s: float = Field(2.0, gt=0, description="...or this many seconds.")
@@ -82,7 +106,11 @@ class ServeConfig(Frozen):
     log_format: Literal["text", "json"] = Field(
         "text", description="llmops serve's log lines: text, or one JSON object per line (with the request id).",
     )
-    canary: CanaryConfig = CanaryConfig()
+    canary: CanaryConfig = Field(
+        CanaryConfig(),
+        description="Canary rollout: a passing candidate serves a share of traffic beside production until the "
+        "canary check promotes it or rolls it back.",
+    )
     capture_spool_mb: float = Field(
         256.0, gt=0,
         description="Most megabytes of the local write-ahead spool (<cache>/spool/<model>/) where each record is "

@@ -91,7 +91,16 @@ class DistributedSettings(Frozen):
 
 
 class TrainConfig(Frozen):
-    max_steps: int = Field(1000, ge=1)
+    """How the model is trained: AdamW with linear warmup and cosine decay over max_steps or a wall-clock budget,
+    precision and kernel choices, checkpoints a rerun resumes from, optional LoRA, a preflight check, and scale-out
+    with torch.distributed. The fields that change what is computed enter the run id (models/training/run_id.py);
+    execution-only ones (kernels, threads, distributed) do not, so changing them resumes the same run."""
+
+    max_steps: int = Field(
+        1000, ge=1,
+        description="Optimizer steps at most; the cosine decay spans them. A wall-clock budget (max_minutes, "
+        "time_budget_s) may stop training sooner.",
+    )
     max_minutes: Optional[float] = Field(
         1.5, gt=0, description="Wall-clock budget; training stops cleanly when it is spent (null: train max_steps)."
     )
@@ -101,22 +110,52 @@ class TrainConfig(Frozen):
         "is sized to it: the shape that reaches the fewest held-out bits in this many seconds on this machine "
         "(models/training/budget.py).",
     )
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(
+        16, ge=1,
+        description="Sequences per micro-batch, global over distributed ranks (it must divide evenly among them); "
+        "also the batch of the validation loss.",
+    )
     block_size: int = Field(128, ge=8, description="Tokens per training sequence (the context length).")
-    grad_accum_steps: int = Field(1, ge=1)
-    lr: float = Field(3e-3, gt=0)
+    grad_accum_steps: int = Field(
+        1, ge=1,
+        description="Micro-batches accumulated into one optimizer step: an effective batch of batch_size * "
+        "grad_accum_steps sequences at the memory of one micro-batch.",
+    )
+    lr: float = Field(
+        3e-3, gt=0, description="Peak AdamW learning rate, reached after warmup_steps, then cosine decay to "
+        "lr * min_lr_ratio."
+    )
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine decay ends at lr * min_lr_ratio.")
-    warmup_steps: int = Field(50, ge=0)
-    weight_decay: float = Field(0.1, ge=0)
-    beta1: float = Field(0.9, gt=0, lt=1)
-    beta2: float = Field(0.95, gt=0, lt=1)
+    warmup_steps: int = Field(50, ge=0, description="Optimizer steps of linear learning-rate warmup to lr.")
+    weight_decay: float = Field(
+        0.1, ge=0, description="AdamW's decoupled weight decay, on weight matrices and embeddings (not norms, biases)."
+    )
+    beta1: float = Field(0.9, gt=0, lt=1, description="AdamW's decay rate of its running mean of gradients.")
+    beta2: float = Field(0.95, gt=0, lt=1, description="AdamW's decay rate of its running mean of squared gradients.")
     grad_clip: float = Field(1.0, ge=0, description="Max global grad norm; 0 disables clipping.")
-    eval_every: int = Field(100, ge=1)
-    eval_batches: int = Field(8, ge=1)
-    checkpoint_every: int = Field(100, ge=1)
-    keep_checkpoints: int = Field(2, ge=1)
-    seed: int = 1337
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    eval_every: int = Field(
+        100, ge=1, description="Optimizer steps between validation-loss estimates (one is also taken at max_steps)."
+    )
+    eval_batches: int = Field(
+        8, ge=1,
+        description="Batches of batch_size validation examples per validation-loss estimate (the same first ones "
+        "every time).",
+    )
+    checkpoint_every: int = Field(
+        100, ge=1,
+        description="Optimizer steps between checkpoints in the store (and one when training ends); a rerun of the "
+        "same run id resumes from the latest.",
+    )
+    keep_checkpoints: int = Field(
+        2, ge=1, description="Newest complete checkpoints kept per run; older ones are deleted after each save."
+    )
+    seed: int = Field(
+        1337, description="Seeds the weight initialization, the order of training batches (a permutation per epoch) "
+        "and torch's RNG."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where training runs: auto is CUDA when a GPU is visible, else CPU; cuda fails without one."
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
         description="auto: measured (train.calibration_share): on CPU fp32, or bf16 autocast where the CPU computes "

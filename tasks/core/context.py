@@ -25,7 +25,8 @@ TASK_TIMEOUTS_S: dict[str, float] = {
     "ingest-data": 2 * HOUR, "build-tokenizer": 2 * HOUR, "pack-data": 2 * HOUR, "train-model": 48 * HOUR,
     "evaluate-model": 4 * HOUR, "compress-model": 2 * HOUR, "build-reference-profile": 2 * HOUR,
     "reserve-version": 300.0, "register-model": 2 * HOUR, "promote-model": HOUR, "compact-traffic": 2 * HOUR,
-    "check-drift": 2 * HOUR, "decide-drift-event": 600.0, "prepare-adaptation": 2 * HOUR, "check-canary": HOUR,
+    "check-drift": 2 * HOUR, "plan-drift-check": 600.0, "accumulate-partition": HOUR, "finish-drift-check": HOUR,
+    "decide-drift-event": 600.0, "prepare-adaptation": 2 * HOUR, "check-canary": HOUR,
     "apply-canary-verdict": 300.0, "distill-model": 48 * HOUR, "prune-model": 1 * HOUR, "resolve-teacher": 1 * HOUR,
 }
 # Tasks that hold the accelerator carry this tag; `llmops deploy` and `llmops up` limit it to one run at a time,

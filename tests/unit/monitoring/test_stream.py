@@ -13,6 +13,7 @@ from llmops.infra.traffic.compaction import compact
 from llmops.infra.traffic.log import iter_chunks, read_window, write_records
 from llmops.monitoring.accumulate import Reservoir, WindowAccumulator, sampling_keys
 from llmops.monitoring.check import check_store_window, check_window, load_report
+from llmops.monitoring.partition import records_by_partition
 from llmops.monitoring.profile import build_profile
 from llmops.monitoring.signals import rows_batch
 from llmops.monitoring.stats import ks_test
@@ -63,9 +64,12 @@ def test_streaming_equals_the_in_memory_check_of_the_same_records(profile, tmp_p
     start, end = T0 + timedelta(minutes=30), T0 + timedelta(hours=2, minutes=30)
     streamed = check_store_window(store, "lm", start, end, profile, toy_tokenize, CFG, tmp_path / "s",
                                   chunk_bytes=chunk_bytes)
-    window = [r for r in read_window(store, "lm", start, end) if r["version"] == 1]
+    window = records_by_partition(store, "lm", start, end, version=1)  # sampling keys are drawn per partition
+    assert [r for records in window.values() for r in records] == [
+        r for r in read_window(store, "lm", start, end) if r["version"] == 1]
     in_memory = check_window(profile, window, toy_tokenize, CFG, tmp_path / "m", start=start, end=end)
-    assert streamed.n_samples == len(window) == 270 and streamed.verdict == in_memory.verdict == "alert"
+    assert streamed.n_samples == sum(map(len, window.values())) == 270
+    assert streamed.verdict == in_memory.verdict == "alert"
     assert _signals(streamed) == _signals(in_memory)  # counts, PSI, KL, JS and KS (same reservoir keys): exactly
     assert streamed.classifier.model_dump(exclude={"seconds"}) == in_memory.classifier.model_dump(exclude={"seconds"})
     assert streamed.notes == ["30 record(s) served by other versions left out"]
@@ -158,7 +162,7 @@ def test_the_classifier_reads_the_same_prompt_sample_from_jsonl_parquet_and_memo
     _traffic(store, shape=TrafficShape(vocab_offset=1000))
     cfg = MonitorConfig(evidently_report=False, classifier_window_sample=100)
     start, end = T0, T0 + timedelta(hours=3)
-    window = [r for r in read_window(store, "lm", start, end) if r["version"] == 1]
+    window = records_by_partition(store, "lm", start, end, version=1)
     in_memory = check_window(profile, window, toy_tokenize, cfg, tmp_path / "m", start=start, end=end)
     from_jsonl = check_store_window(store, "lm", start, end, profile, toy_tokenize, cfg, tmp_path / "j")
     compact(store, "lm", before=end + timedelta(hours=1))
