@@ -159,9 +159,17 @@ def up(tmp_path_factory):
 # -- the browser's side ------------------------------------------------------------------------------------------
 
 def wait(driver, timeout: float = PAGE_S):
+    """A wait that looks again when React has replaced the element it was looking at (a re-render between finding
+    an element and using it), instead of failing on the stale reference."""
+    from selenium.common.exceptions import (
+        ElementClickInterceptedException,
+        NoSuchElementException,
+        StaleElementReferenceException,
+    )
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout)
+    return WebDriverWait(driver, timeout, ignored_exceptions=(
+        NoSuchElementException, StaleElementReferenceException, ElementClickInterceptedException))
 
 
 def visible(driver, xpath: str, timeout: float = PAGE_S):
@@ -176,14 +184,23 @@ def click(driver, xpath: str) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
 
-    element = visible(driver, xpath)
-    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
-    wait(driver).until(ec.element_to_be_clickable((By.XPATH, xpath))).click()
+    def clicked(_driver) -> bool:  # found, scrolled and clicked in one go: retried whole if a re-render intervenes
+        element = ec.element_to_be_clickable((By.XPATH, xpath))(driver)
+        if not element:
+            return False
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+        element.click()
+        return True
+
+    wait(driver).until(clicked, f"could not click {xpath}")
 
 
-def text_in(element, *texts: str) -> Callable[[object], bool]:
-    """A wait condition: ``element`` shows every one of ``texts`` (React fills a row's cells one by one)."""
-    return lambda _driver: all(t in element.text for t in texts)
+def text_in(xpath: str, *texts: str) -> Callable[[object], bool]:
+    """A wait condition: what ``xpath`` finds shows every one of ``texts`` (React fills a row's cells one by one, and
+    may replace the row meanwhile: it is found again each time)."""
+    from selenium.webdriver.common.by import By
+
+    return lambda driver: all(t in driver.find_element(By.XPATH, xpath).text for t in texts)
 
 
 def page_text(driver) -> str:
@@ -218,9 +235,9 @@ def field_input(driver, title: str):
 def test_the_deployments_page_lists_the_deployments_with_their_schedules(browser, up):
     open_deployments(browser, up)
     for name, flow in FLOWS.items():
-        row = visible(browser, f"//tr[.//a[normalize-space()='{name}']]")
+        row = f"//tr[.//a[normalize-space()='{name}']]"
         expected = [flow] + ([SCHEDULES[name]] if name in SCHEDULES else [])
-        wait(browser).until(text_in(row, *expected), f"{name}'s row shows {expected}: {row.text!r}")
+        wait(browser).until(text_in(row, *expected), f"{name}'s row shows {expected}")
     train = visible(browser, "//tr[.//a[normalize-space()='train']]")
     assert "Active" not in train.text, f"train has no schedule, yet its row shows one: {train.text!r}"
 
@@ -282,5 +299,6 @@ def test_the_flow_run_pages_show_the_gate_and_drift_artifacts(browser, up):
         open_deployment(browser, up, deployment)
         click(browser, f"//a[normalize-space()='{run['name']}']")
         click(browser, "//*[@role='tab'][normalize-space()='Artifacts']")
-        card = visible(browser, f"//*[@data-testid='flow-run-artifacts-grid']//a[.//*[normalize-space()='{key}']]")
-        wait(browser).until(text_in(card, description), f"{run['name']}'s {key} card: {card.text!r}")
+        card = f"//*[@data-testid='flow-run-artifacts-grid']//a[.//*[normalize-space()='{key}']]"
+        visible(browser, card)
+        wait(browser).until(text_in(card, description), f"{run['name']}'s {key} card shows {description!r}")
