@@ -16,7 +16,7 @@ from transformers import PreTrainedModel
 
 from llmops.infra.config import DistillConfig, ModelConfig, PruneConfig
 from llmops.infra.store import ArtifactStore, content_key, sha256_file
-from llmops.models.compression.distill import student_config
+from llmops.models.compression.distill import DistillationError, student_config
 from llmops.models.compression.pruning import PruneReport, prune
 from llmops.models.model.loading import download_run_model, load_model
 from llmops.models.records import PrunedRef, Record, TrainRef
@@ -87,7 +87,7 @@ def resolve_teacher(store: ArtifactStore, model_name: str, spec: str, cache_dir:
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ValueError(f"teacher {spec!r} is a folder without config.json: not a saved model")
+            raise DistillationError(f"teacher {spec!r} is a folder without config.json: not a saved model")
         return TeacherRef(label=spec, path=str(path.resolve()))
     registry = Registry(store, model_name)
     version = registry.resolve(int(spec) if spec.isdigit() else spec)

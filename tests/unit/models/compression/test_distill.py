@@ -243,3 +243,19 @@ def test_a_distributed_distillation_matches_one_process(tmp_path, monkeypatch):
     one_rows = read_metrics(single_store.local_path(f"runs/{single.run_id}/metrics.jsonl"))
     for key in ("loss", "kl"):
         assert [r[key] for r in ddp_rows] == pytest.approx([r[key] for r in one_rows], rel=1e-4)
+
+
+def test_a_teacher_folder_without_a_saved_model_is_a_distillation_error_the_cli_reports(tmp_path):
+    import subprocess
+    import sys
+
+    from llmops.models.compression.students import resolve_teacher
+
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    with pytest.raises(DistillationError, match="folder without config.json"):
+        resolve_teacher(LocalStore(tmp_path / "store"), "lm", str(empty), tmp_path / "cache")
+    cli = subprocess.run([sys.executable, "-m", "llmops.flows.cli", "distill", "--teacher", str(empty)],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert cli.returncode == 2, cli.stderr[-2000:]  # a one-line error, not a traceback
+    assert "llmops distill: error: teacher" in cli.stderr
